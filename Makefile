@@ -1,0 +1,35 @@
+# Two commands do all the set-up and work on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+PIP    := $(BIN)/python -m pip
+STAMP  := $(VENV)/.backendiff-installed
+
+.PHONY: install demo test test-heavy bench clean
+
+# torch is installed first from its own pin: the CPU build (a bare `torch` requirement
+# would pull a multi-GB CUDA build); pyproject then only needs torch>=2.6.
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(PIP) install -q torch==2.13.0
+	$(PIP) install -q -e ".[cpu,test]"
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(BIN)/backendiff backends
+	$(BIN)/backendiff compare zoo:mini-pose --backends ort,openvino,tvm,trt,openvino:fp32,precision_hint=default --samples 2 ; \
+	  code=$$?; echo "backendiff exit code $$code (0 agree, 1 diverged, 3 a backend could not run)"
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow and not gpu"
+
+test-heavy: $(STAMP)
+	$(BIN)/python -m pytest -q -m "slow"
+
+bench: $(STAMP)
+	$(BIN)/python bench/bench.py
+
+clean:
+	rm -rf $(VENV) build *.egg-info .pytest_cache

@@ -1,0 +1,178 @@
+"""The command line: a thin layer over ``backendiff.compare`` and the report renderers.
+
+Exit codes: 0 every backend agrees; 1 a backend diverged; 2 bad usage or input (one
+line, no traceback); 3 a requested backend could not run.
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import click
+from rich.console import Console
+
+from .errors import BadInput
+
+EXIT_BAD_INPUT = 2
+
+
+class _Group(click.Group):
+    """Usage errors as one line with exit code 2 (click's default prints usage blocks)."""
+
+    def main(self, args=None, prog_name=None, **kwargs):
+        try:
+            rv = super().main(args=args, prog_name=prog_name, standalone_mode=False, **kwargs)
+        except click.exceptions.NoArgsIsHelpError as e:
+            click.echo(e.ctx.get_help() if e.ctx else str(e))
+            sys.exit(EXIT_BAD_INPUT)
+        except click.UsageError as e:
+            _fail(e.format_message())
+        except click.Abort:
+            click.echo("backendiff: interrupted", err=True)
+            sys.exit(130)
+        except click.exceptions.Exit as e:
+            sys.exit(e.exit_code)
+        except BadInput as e:
+            _fail(str(e))
+        sys.exit(rv if isinstance(rv, int) else 0)
+
+
+def _fail(message: str) -> None:
+    message = " ".join(str(message).split())
+    click.echo(f"backendiff: error: {message}", err=True)
+    sys.exit(EXIT_BAD_INPUT)
+
+
+@click.group(cls=_Group, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="backendiff")
+def cli():
+    """Does your PyTorch model still compute the same thing on each deployment runtime?"""
+
+
+def _default_report_path(source: str) -> Path:
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(source.split(":")[-1] if source.startswith("zoo:") else source.split(":")[0]).stem)
+    return Path("reports") / f"{stem or 'model'}-{time.strftime('%Y%m%d-%H%M%S')}.json"
+
+
+def _check_writable(path: Path) -> None:
+    parent = path.parent if str(path.parent) else Path(".")
+    try:
+        parent.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise BadInput(f"cannot write report to {path}: {e.strerror or e}") from None
+    if path.is_dir():
+        raise BadInput(f"cannot write report to {path}: it is a folder")
+    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
+        raise BadInput(f"cannot write report to {path}: permission denied")
+
+
+@cli.command()
+@click.argument("model")
+@click.option("--backends", "-b", "backends", multiple=True, metavar="SPEC[,SPEC...]",
+              help="Backends to run, e.g. ort,openvino,tvm or 'openvino:fp32,route=onnx'. Default: all available.")
+@click.option("--input", "input_specs", multiple=True, metavar="NAME:SHAPE[:DTYPE]",
+              help="Declare an input for random data, e.g. x:1x3x224x224 or ids:1x16:int64:0..1000 (repeatable).")
+@click.option("--inputs", "input_files", multiple=True, type=click.Path(path_type=Path), metavar="FILE.npz",
+              help="Your own arrays, one per model input (repeatable: one sample each).")
+@click.option("--seed", default=0, show_default=True, help="Seed of the random inputs.")
+@click.option("--samples", default=1, show_default=True, help="Random batches to compare (worst case reported).")
+@click.option("--weights", type=click.Path(path_type=Path), help="State dict for a factory or zoo model (weights_only).")
+@click.option("--trust-pickle", is_flag=True, help="Allow a pickled whole nn.Module (runs arbitrary code).")
+@click.option("--atol", type=float, help="Absolute tolerance (default depends on precision).")
+@click.option("--rtol", type=float, help="Relative tolerance (default depends on precision).")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Where to write the JSON report (default: reports/).")
+@click.option("--no-json", is_flag=True, help="Write no JSON report.")
+@click.option("--no-cache", is_flag=True, help="Export and compile afresh; cache nothing.")
+@click.option("--cache-dir", type=click.Path(path_type=Path), help="Cache folder (default ~/.cache/backendiff).")
+@click.option("--no-golden", is_flag=True, help="Skip the float64 golden run.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress display.")
+def compare(model, backends, input_specs, input_files, seed, samples, weights, trust_pickle, atol, rtol,
+            json_path, no_json, no_cache, cache_dir, no_golden, quiet):
+    """Compare MODEL on each backend against PyTorch eager fp32.
+
+    MODEL is a .pt2 (torch.export), .pt (TorchScript), .onnx file, file.py:factory,
+    package.module:factory or zoo:NAME.
+    """
+    from .compare import compare as run_compare
+    from .config import CompareConfig
+    from .inputs import parse_input_spec
+    from .render import print_report
+
+    out_path = None if no_json else (json_path or _default_report_path(model))
+    if out_path is not None:
+        _check_writable(out_path)
+    for spec in (atol, rtol):
+        if spec is not None and spec < 0:
+            raise BadInput("--atol and --rtol must not be negative")
+    console = Console(stderr=True)
+    config = CompareConfig(
+        backends=tuple(backends) or None, seed=seed, samples=samples,
+        input_specs=tuple(parse_input_spec(s) for s in input_specs), input_files=tuple(input_files),
+        weights=weights, trust_pickle=trust_pickle, rtol=rtol, atol=atol, cache_dir=cache_dir,
+        use_cache=not no_cache, golden=not no_golden,
+        command="backendiff " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
+    )
+    if quiet or not console.is_terminal:
+        report = run_compare(model, config=config)
+    else:
+        with console.status("backendiff: starting") as status:
+            report = run_compare(model, config=config.but(progress=lambda m: status.update(f"backendiff: {m}")))
+    if out_path is not None:
+        report.write(out_path)
+    print_report(report, _stdout_console(), json_path=out_path)
+    return report.exit_code
+
+
+@cli.command("backends")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def backends_cmd(as_json):
+    """List every backend adapter: available here or not, versions, why not."""
+    from rich.table import Table
+
+    from .registry import adapter_class, names
+
+    rows = [adapter_class(n).availability() for n in names()]
+    if as_json:
+        click.echo(json.dumps([r.__dict__ | {"variants": list(r.variants)} for r in rows], indent=2))
+        return 0
+    table = Table(title="backendiff backends", title_justify="left")
+    for col in ("backend", "available", "versions", "variants", "notes"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        versions = ", ".join(f"{k} {v}" for k, v in r.versions.items())
+        notes = r.description if r.available else f"{r.reason}" + (f" — {r.hint}" if r.hint else "")
+        table.add_row(r.name, "[green]yes[/green]" if r.available else "[yellow]no[/yellow]", versions,
+                      ", ".join(r.variants), notes)
+    Console().print(table)
+    return 0
+
+
+@cli.command("report")
+@click.argument("run", type=click.Path(path_type=Path))
+def report_cmd(run):
+    """Show a saved run (a JSON report) again."""
+    from .render import print_report
+    from .report import Report
+
+    if not run.is_file():
+        raise BadInput(f"report file not found: {run}")
+    try:
+        report = Report.read(run)
+    except (ValueError, KeyError, TypeError) as e:
+        raise BadInput(f"cannot read {run} as a backendiff report: {e}") from None
+    print_report(report, _stdout_console())
+    return report.exit_code
+
+
+def main() -> None:
+    cli()
+
+
+def _stdout_console() -> Console:
+    """Wide enough for the table when the output goes to a file or a CI log."""
+    return Console() if sys.stdout.isatty() else Console(width=max(160, Console().width))

@@ -1,0 +1,284 @@
+"""``compare``: one model, many backends, one reference, one verdict.
+
+load -> inputs -> reference (+ fp64 golden) -> per backend: convert, compile, run ->
+per-output metrics against the reference -> Report. Each backend's failure is recorded in
+its own result; nothing already computed is lost.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import numpy as np
+
+from . import metrics as M
+from .cache import Cache, content_key, default_cache_dir
+from .config import CompareConfig
+from .environment import environment
+from .errors import BackendUnavailable, BadInput, Failure
+from .inputs import (InputSpec, freeze, load_npz, nonfinite_inputs, random_samples, samples_sha256, specs_of)
+from .loading import LoadedModel, load_model
+from .model import ExportFailed, ModelHandle
+from .registry import adapter_class, default_backends
+from .report import DIVERGED, FAILED, OK, UNAVAILABLE, BackendResult, OutputResult, Report
+from .specs import BackendSpec, parse_specs
+from .tolerance import tolerance_for
+
+
+def compare(model, inputs=None, backends=None, *, config: CompareConfig | None = None, **options) -> Report:
+    """Compare ``model`` on ``backends`` against PyTorch eager fp32.
+
+    ``model``: a path or spec string (``.pt2``, ``.pt``, ``.onnx``, ``file.py:factory``,
+    ``pkg.mod:factory``, ``zoo:NAME``), an ``nn.Module`` or an ``ExportedProgram``.
+    ``inputs``: None (declared or example inputs, or ``input_specs``), a tuple of
+    tensors/arrays (one sample), a dict name -> array, or a list of such dicts.
+    ``backends``: spec strings such as ``["ort", "openvino:fp32,route=onnx"]``; None runs
+    every default backend available here. Other keywords set ``CompareConfig`` fields.
+    The returned Report is truthy when every backend agrees.
+    """
+    config = (config or CompareConfig()).but(**options) if options else (config or CompareConfig())
+    if backends is not None:
+        config = config.but(backends=tuple([backends] if isinstance(backends, str) else backends))
+    if config.samples < 1:
+        raise BadInput("--samples must be at least 1")
+    t_start = time.perf_counter()
+    specs, requested = resolve_specs(config.backends)
+    progress = config.progress or (lambda message: None)
+
+    progress("loading model")
+    loaded = load_model(model, weights=config.weights, trust_pickle=config.trust_pickle)
+    samples, inputs_from = resolve_inputs(loaded, inputs, config)
+    cache = Cache((config.cache_dir or default_cache_dir()) if config.use_cache else None)
+    handle = ModelHandle(loaded, samples, cache)
+
+    progress("running the reference")
+    reference = handle.reference()
+    baseline = None
+    if config.golden:
+        golden, why_not = handle.golden()
+        baseline = golden_baseline(handle.output_names, reference, golden, why_not)
+
+    results, versions = [], {}
+    try:
+        for cls, shown, spec in specs:
+            versions.update(cls.versions())
+            results.append(run_backend(cls, shown, spec, handle, reference, config, progress))
+    finally:
+        cache.close()
+
+    timings = {k: round(v, 6) for k, v in handle.timings.items()}
+    timings["total_s"] = round(time.perf_counter() - t_start, 6)
+    return Report(
+        model={
+            "source": loaded.source,
+            "format": loaded.format,
+            "key": loaded.content_key,
+            "inputs": [s.to_dict() for s in specs_of(samples[0])],
+            "inputs_from": inputs_from,
+            "samples": len(samples),
+            "seed": config.seed,
+            "inputs_sha256": samples_sha256(samples),
+            "outputs": handle.output_names,
+        },
+        reference={"backend": "torch" if handle.has_torch else "onnx.reference", "precision": "fp32",
+                   "device": "cpu"},
+        baseline=baseline,
+        environment=environment(versions),
+        backends=results,
+        timings=timings,
+        command=config.command,
+        requested=requested,
+    )
+
+
+def resolve_specs(texts) -> tuple[list[tuple[type, str, BackendSpec]], list[str]]:
+    """Validate every spec before any work. Returns (adapter, spec as the user wrote it,
+    canonical spec) triples and the specs the user asked for by name."""
+    names = list(texts) if texts else default_backends()
+    if not names:
+        raise BadInput("no backend is available here; `backendiff backends` says why")
+    out, seen = [], set()
+    for spec in parse_specs(names):
+        cls = adapter_class(spec.name)
+        canonical = cls.canonical(spec)
+        if canonical.text in seen:
+            continue
+        seen.add(canonical.text)
+        out.append((cls, BackendSpec(cls.name, spec.variant, spec.options).text, canonical))
+    requested = [shown for _, shown, _ in out] if texts else []
+    return out, requested
+
+
+def _sample_from(value, names: list[str]) -> dict[str, np.ndarray]:
+    if isinstance(value, dict):
+        missing = [n for n in names if n not in value]
+        extra = [k for k in value if names and k not in names]
+        if missing or extra:
+            raise BadInput(f"inputs do not match the model inputs ({', '.join(names)}): "
+                           f"missing {missing or 'none'}, unexpected {extra or 'none'}")
+        items = [(n, value[n]) for n in (names or value)]
+    else:
+        seq = value if isinstance(value, (tuple, list)) else (value,)
+        if names and len(seq) != len(names):
+            raise BadInput(f"the model takes {len(names)} inputs ({', '.join(names)}), got {len(seq)}")
+        items = list(zip(names or [f"input_{i}" for i in range(len(seq))], seq))
+    out = {}
+    for n, a in items:
+        if hasattr(a, "detach"):
+            a = a.detach().cpu().numpy()
+        out[n] = freeze(np.asarray(a))
+    return out
+
+
+def check_against_declared(samples, declared: list[InputSpec] | None, names: list[str]) -> None:
+    """Inputs given for a model whose inputs are fixed (ONNX, .pt2) must fit them."""
+    sample = samples[0]
+    if names and list(sample) != list(names):
+        unknown = [n for n in sample if n not in names]
+        missing = [n for n in names if n not in sample]
+        raise BadInput(f"inputs do not match the model inputs ({', '.join(names)}): "
+                       f"missing {missing or 'none'}, unknown {unknown or 'none'}")
+    for spec in declared or []:
+        a = sample.get(spec.name)
+        if a is None:
+            continue
+        if tuple(a.shape) != tuple(spec.shape):
+            raise BadInput(f"input {spec.name} has shape {tuple(a.shape)} but the model expects {tuple(spec.shape)}")
+        if a.dtype.name != spec.dtype:
+            raise BadInput(f"input {spec.name} has dtype {a.dtype.name} but the model expects {spec.dtype}")
+
+
+def resolve_inputs(loaded: LoadedModel, inputs, config: CompareConfig) -> tuple[list[dict], str]:
+    names = loaded.input_names
+    fixed = loaded.format in ("onnx", "pt2", "exported_program")
+    if inputs is not None:
+        if isinstance(inputs, list) and inputs and isinstance(inputs[0], dict):
+            samples, source = [_sample_from(s, names) for s in inputs], "given"
+        else:
+            samples, source = [_sample_from(inputs, names)], "given"
+    elif config.input_files:
+        if not names:
+            raise BadInput("the model does not name its inputs; use --input NAME:SHAPE instead of --inputs")
+        samples, source = [load_npz(p, names) for p in config.input_files], "file"
+    elif config.input_specs:
+        given = [s.name for s in config.input_specs]
+        if names:
+            unknown = [n for n in given if n not in names]
+            missing = [n for n in names if n not in given]
+            if unknown or missing:
+                raise BadInput(f"--input names do not match the model inputs ({', '.join(names)}): "
+                               f"missing {missing or 'none'}, unknown {unknown or 'none'}")
+            specs = [next(s for s in config.input_specs if s.name == n) for n in names]
+        else:
+            specs = list(config.input_specs)
+        samples, source = random_samples(specs, config.seed, config.samples), "random"
+    elif loaded.example_args is not None:
+        first = _sample_from(loaded.example_args, names)
+        extra = random_samples(specs_of(first), config.seed, config.samples - 1) if config.samples > 1 else []
+        samples, source = [first] + extra, "example" if not extra else "example+random"
+    elif loaded.input_specs:
+        samples, source = random_samples(list(loaded.input_specs), config.seed, config.samples), "random"
+    else:
+        listed = f" ({', '.join(names)})" if names else ""
+        raise BadInput(f"the model does not declare its inputs{listed}: pass --input NAME:SHAPE[:DTYPE] "
+                       "for each, or --inputs FILE.npz")
+    if fixed:
+        check_against_declared(samples, loaded.input_specs, names)
+    bad = nonfinite_inputs(samples)
+    if bad and config.progress:
+        config.progress(f"warning: inputs {', '.join(bad)} hold NaN/Inf")
+    return samples, source
+
+
+def golden_baseline(names, reference, golden, why_not) -> dict:
+    """The fp32 reference against the fp64 golden run: what fp32 rounding alone gives."""
+    if golden is None:
+        return {"name": "torch fp32 vs fp64", "available": False, "reason": why_not}
+    outputs = []
+    for i, name in enumerate(names):
+        per = [M.tensor_metrics(ref[i], gold[i]) for ref, gold in zip(reference, golden)]
+        outputs.append({"name": name, "metrics": M.worst_of(per)})
+    return {"name": "torch fp32 vs fp64", "available": True, "outputs": outputs}
+
+
+def compare_outputs(names, reference, actual, tol) -> list[OutputResult]:
+    """Per output, the metrics (worst over samples) and whether it is within tolerance."""
+    results = []
+    for i, name in enumerate(names):
+        per, viol, within = [], 0, True
+        shape = list(np.shape(actual[0][i]))
+        ref_shape = list(np.shape(reference[0][i]))
+        for ref, act in zip(reference, actual):
+            a, r = np.asarray(act[i]), np.asarray(ref[i])
+            if a.shape != r.shape:
+                if a.size != r.size:
+                    within = False
+                    per = []
+                    break
+                a = a.reshape(r.shape)  # a runtime that drops or adds unit dims
+            per.append(M.tensor_metrics(a, r))
+            v = M.violations(a, r, tol.rtol, tol.atol)
+            viol += v
+            within = within and v == 0
+        results.append(OutputResult(
+            name=name, shape=shape, metrics=M.worst_of(per) if per else {}, within_tolerance=within,
+            violations=viol, reference_shape=ref_shape if ref_shape != shape else None,
+        ))
+    return results
+
+
+def run_backend(cls, shown: str, spec: BackendSpec, handle: ModelHandle, reference, config: CompareConfig,
+                progress) -> BackendResult:
+    """Convert, compile and run one backend; every failure becomes data in its result."""
+    result = BackendResult(spec=shown, backend=cls.name, variant=spec.variant, status=OK,
+                           options=dict(spec.options))
+    try:
+        cls.check()
+    except BackendUnavailable as e:
+        result.status = UNAVAILABLE
+        result.error = {"stage": "setup", "type": "unavailable", "message": e.reason, "hint": e.hint}
+        return result
+    adapter = cls(spec)
+    result.route = adapter.route(handle)
+    tol = tolerance_for(adapter.precision, config.rtol, config.atol)
+    result.tolerance = tol.to_dict()
+    folder = handle.cache.folder("compiled", content_key("compiled", handle.key, spec.text, result.route,
+                                                         cls.versions()))
+    stage, t0 = "convert", time.perf_counter()
+    try:
+        progress(f"{shown}: converting")
+        converted = adapter.convert(handle, folder)
+        result.timings["convert_s"] = round(time.perf_counter() - t0, 6)
+        stage, t0 = "compile", time.perf_counter()
+        progress(f"{shown}: compiling")
+        compiled = adapter.compile(converted, folder)
+        result.timings["compile_s"] = round(time.perf_counter() - t0, 6)
+        stage, t0 = "run", time.perf_counter()
+        progress(f"{shown}: running {len(handle.samples)} sample(s)")
+        with compiled:
+            actual = [compiled.run(sample) for sample in handle.samples]
+        result.timings["infer_s"] = round(time.perf_counter() - t0, 6)
+        result.info = dict(compiled.info)
+    except ExportFailed as e:
+        result.status = FAILED
+        result.error = Failure.from_exception("export", e.cause).to_dict()
+        result.error["message"] = str(e)
+        return result
+    except BadInput:
+        raise
+    except Exception as e:
+        result.timings[f"{stage}_s"] = round(time.perf_counter() - t0, 6)
+        result.status = FAILED
+        result.error = Failure.from_exception(stage, e).to_dict()
+        return result
+    result.cache = ("hit" if adapter.cache_hit else "miss") if handle.cache.enabled else "off"
+    result.precision = {"requested": adapter.precision,
+                        "runtime": result.info.get("runtime_precision", adapter.precision)}
+    if len(actual[0]) != len(handle.output_names):
+        result.status = FAILED
+        result.error = {"stage": "compare", "type": "OutputMismatch",
+                        "message": f"the backend returned {len(actual[0])} outputs, the reference {len(handle.output_names)}"}
+        return result
+    result.outputs = compare_outputs(handle.output_names, reference, actual, tol)
+    result.status = OK if all(o.within_tolerance for o in result.outputs) else DIVERGED
+    return result

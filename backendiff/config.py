@@ -1,0 +1,29 @@
+"""One settings object, built from the CLI options (or the API's keywords) and passed down."""
+from __future__ import annotations
+
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Callable
+
+from .inputs import InputSpec
+
+
+@dataclass(frozen=True)
+class CompareConfig:
+    backends: tuple[str, ...] | None = None     # spec texts; None: every available default backend
+    seed: int = 0
+    samples: int = 1
+    input_specs: tuple[InputSpec, ...] = ()     # --input NAME:SHAPE[:DTYPE]
+    input_files: tuple[Path, ...] = ()          # --inputs FILE.npz (one sample each)
+    weights: Path | None = None
+    trust_pickle: bool = False
+    rtol: float | None = None
+    atol: float | None = None
+    cache_dir: Path | None = None               # None: the default cache folder
+    use_cache: bool = True
+    golden: bool = True
+    command: str | None = None
+    progress: Callable[[str], None] | None = field(default=None, compare=False)
+
+    def but(self, **changes) -> "CompareConfig":
+        return replace(self, **changes)

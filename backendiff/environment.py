@@ -1,0 +1,39 @@
+"""What ran: Python, platform, CPU, and the versions of everything involved."""
+from __future__ import annotations
+
+import platform
+from importlib import metadata
+
+CORE_PACKAGES = ("backendiff", "torch", "numpy", "onnx", "onnxscript")
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
+def package_versions(names) -> dict[str, str]:
+    out = {}
+    for name in names:
+        try:
+            out[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            pass
+    return out
+
+
+def environment(extra_versions: dict | None = None) -> dict:
+    versions = package_versions(CORE_PACKAGES)
+    versions.update(extra_versions or {})
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu": cpu_name(),
+        "versions": versions,
+    }

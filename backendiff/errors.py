@@ -1,0 +1,65 @@
+"""Errors and failures.
+
+Three kinds, kept apart on purpose:
+- ``BadInput``: the user asked for something that cannot work (missing file, malformed
+  spec, input that does not fit the model). The CLI prints one line and exits 2.
+- ``BackendUnavailable``: a runtime is not installed or cannot run on this machine. It
+  becomes a backend result with status ``unavailable``; it is data, not a crash.
+- ``Failure``: a frozen record of what went wrong in a backend, written into the report.
+Any other exception is a bug in backendiff itself and is raised, never disguised as a
+backend failure.
+"""
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+
+class BackendiffError(Exception):
+    """Base of the errors backendiff raises on purpose."""
+
+
+class BadInput(BackendiffError):
+    """Bad usage or bad input: one clear line for the user, exit code 2."""
+
+
+class BackendUnavailable(BackendiffError):
+    """A backend cannot run here; ``hint`` says what would make it run."""
+
+    def __init__(self, reason: str, hint: str | None = None):
+        super().__init__(reason)
+        self.reason = reason
+        self.hint = hint
+
+
+# The stages a backend goes through; a Failure names the one it failed in.
+STAGES = ("export", "convert", "compile", "run", "compare")
+
+
+@dataclass(frozen=True)
+class Failure:
+    stage: str
+    type: str
+    message: str
+
+    @classmethod
+    def from_exception(cls, stage: str, exc: BaseException) -> "Failure":
+        return cls(stage=stage, type=type(exc).__name__, message=trim_message(str(exc)))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def trim_message(text: str, max_lines: int = 12, max_chars: int = 2000) -> str:
+    """Keep what matters of a runtime's (often very long) error message."""
+    lines = [line.rstrip() for line in text.strip().splitlines() if line.strip()]
+    if len(lines) > max_lines:
+        lines = lines[:max_lines] + [f"... ({len(lines) - max_lines} more lines)"]
+    out = "\n".join(lines)
+    return out if len(out) <= max_chars else out[: max_chars - 3] + "..."
+
+
+def first_line(text: str) -> str:
+    for line in str(text).splitlines():
+        if line.strip():
+            return line.strip()
+    return ""

@@ -1,0 +1,147 @@
+"""Model inputs: declared shapes, seeded random batches, the user's own arrays.
+
+Every backend receives the very same numpy arrays (read-only, so no runtime can change
+them under another); their SHA-256 goes into the report.
+"""
+from __future__ import annotations
+
+import hashlib
+import re
+import zipfile
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import BadInput
+
+DTYPES = {
+    "float32": np.float32, "fp32": np.float32, "float": np.float32, "f32": np.float32,
+    "float64": np.float64, "fp64": np.float64, "double": np.float64,
+    "float16": np.float16, "fp16": np.float16, "half": np.float16,
+    "int64": np.int64, "long": np.int64, "i64": np.int64,
+    "int32": np.int32, "int": np.int32, "i32": np.int32,
+    "int8": np.int8, "uint8": np.uint8, "bool": np.bool_,
+}
+
+_SHAPE = re.compile(r"^\d+(x\d+)*$")
+
+
+@dataclass(frozen=True)
+class InputSpec:
+    """One model input: name, shape, dtype, and the range random values are drawn from."""
+
+    name: str
+    shape: tuple[int, ...]
+    dtype: str = "float32"
+    low: float | None = None
+    high: float | None = None
+
+    def to_dict(self) -> dict:
+        return {"name": self.name, "shape": list(self.shape), "dtype": self.dtype}
+
+
+def parse_input_spec(text: str) -> InputSpec:
+    """``NAME:SHAPE[:DTYPE[:LOW..HIGH]]``, e.g. ``x:1x3x224x224`` or ``ids:1x16:int64:0..30522``."""
+    parts = text.split(":")
+    if len(parts) < 2 or len(parts) > 4 or not parts[0]:
+        raise BadInput(f"malformed --input {text!r}: expected NAME:SHAPE[:DTYPE[:LOW..HIGH]], e.g. x:1x3x224x224")
+    name, shape_text = parts[0], parts[1].lower()
+    if not _SHAPE.match(shape_text):
+        raise BadInput(f"malformed shape {parts[1]!r} in --input {text!r}: expected dims joined by 'x', e.g. 1x3x224x224")
+    dtype = parts[2].lower() if len(parts) > 2 else "float32"
+    if dtype not in DTYPES:
+        raise BadInput(f"unknown dtype {parts[2]!r} in --input {text!r}; known: {', '.join(sorted(set(DTYPES)))}")
+    low = high = None
+    if len(parts) == 4:
+        lo, sep, hi = parts[3].partition("..")
+        try:
+            low, high = float(lo), float(hi)
+        except ValueError:
+            raise BadInput(f"malformed range {parts[3]!r} in --input {text!r}: expected LOW..HIGH") from None
+        if not sep or not high > low:
+            raise BadInput(f"malformed range {parts[3]!r} in --input {text!r}: expected LOW..HIGH with LOW < HIGH")
+    return InputSpec(name, tuple(int(d) for d in shape_text.split("x")), np.dtype(DTYPES[dtype]).name, low, high)
+
+
+def random_sample(specs: list[InputSpec], rng: np.random.Generator) -> dict[str, np.ndarray]:
+    """One batch: floats ~ N(0, 1) (or uniform in the range), integers uniform in [low, high)."""
+    out = {}
+    for spec in specs:
+        dtype = np.dtype(spec.dtype)
+        if dtype.kind == "f":
+            if spec.low is not None:
+                a = rng.uniform(spec.low, spec.high, size=spec.shape)
+            else:
+                a = rng.standard_normal(size=spec.shape)
+        elif dtype.kind == "b":
+            a = rng.integers(0, 2, size=spec.shape)
+        else:
+            lo = int(spec.low) if spec.low is not None else 0
+            hi = int(spec.high) if spec.high is not None else 10
+            a = rng.integers(lo, hi, size=spec.shape)
+        out[spec.name] = freeze(a.astype(dtype))
+    return out
+
+
+def random_samples(specs: list[InputSpec], seed: int, count: int) -> list[dict[str, np.ndarray]]:
+    rng = np.random.default_rng(seed)
+    return [random_sample(specs, rng) for _ in range(count)]
+
+
+def freeze(a: np.ndarray) -> np.ndarray:
+    a = np.ascontiguousarray(a)
+    a.setflags(write=False)
+    return a
+
+
+def load_npz(path: str | Path, names: list[str]) -> dict[str, np.ndarray]:
+    """The user's arrays, one per model input, read without pickle."""
+    path = Path(path)
+    if not path.is_file():
+        raise BadInput(f"inputs file not found: {path}")
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {k: data[k] for k in data.files}
+    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
+        raise BadInput(f"cannot read inputs file {path}: {first_line_of(e)} (expected an .npz written by numpy.savez)") from None
+    missing = [n for n in names if n not in arrays]
+    extra = [k for k in arrays if k not in names]
+    if missing or extra:
+        bits = []
+        if missing:
+            bits.append(f"missing {', '.join(missing)}")
+        if extra:
+            bits.append(f"unexpected {', '.join(extra)}")
+        raise BadInput(f"inputs file {path} does not match the model inputs ({', '.join(names)}): {'; '.join(bits)}")
+    return {n: freeze(arrays[n]) for n in names}
+
+
+def first_line_of(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+def specs_of(sample: dict[str, np.ndarray]) -> list[InputSpec]:
+    return [InputSpec(k, tuple(v.shape), v.dtype.name) for k, v in sample.items()]
+
+
+def samples_sha256(samples: list[dict[str, np.ndarray]]) -> str:
+    h = hashlib.sha256()
+    for sample in samples:
+        for name, a in sample.items():
+            h.update(name.encode())
+            h.update(str(a.dtype).encode())
+            h.update(str(a.shape).encode())
+            h.update(np.ascontiguousarray(a).tobytes())
+    return h.hexdigest()
+
+
+def nonfinite_inputs(samples: list[dict[str, np.ndarray]]) -> list[str]:
+    """Names of inputs holding NaN/Inf (warned about, still run)."""
+    bad = []
+    for sample in samples:
+        for name, a in sample.items():
+            if a.dtype.kind == "f" and not np.isfinite(a).all() and name not in bad:
+                bad.append(name)
+    return bad

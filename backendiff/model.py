@@ -1,0 +1,192 @@
+"""One model ready to compare: the loaded source, the inputs it runs on, lazily produced
+export artifacts (ExportedProgram, ONNX file; cached by content), and the reference runs.
+"""
+from __future__ import annotations
+
+import copy
+import time
+from pathlib import Path
+
+import numpy as np
+
+from .cache import Cache, content_key, write_atomic
+from .errors import BadInput, first_line
+from .loading import LoadedModel
+
+
+class ExportFailed(Exception):
+    """The model could not be exported; backends that need the export fail at stage 'export'."""
+
+    def __init__(self, what: str, cause: BaseException):
+        super().__init__(f"{what} failed: {type(cause).__name__}: {first_line(cause)}")
+        self.cause = cause
+
+
+def _to_torch(sample: dict[str, np.ndarray], names: list[str]):
+    import torch
+
+    return tuple(torch.from_numpy(np.array(sample[n])) for n in names)
+
+
+def flatten_outputs(out) -> tuple[list[str], list[np.ndarray]]:
+    """Flatten a model's output pytree into (names, arrays) in pytree order."""
+    import torch
+    from torch.utils import _pytree as pytree
+
+    leaves, _ = pytree.tree_flatten_with_path(out)
+    names, arrays = [], []
+    for path, leaf in leaves:
+        if not isinstance(leaf, torch.Tensor):
+            continue
+        name = "".join(pytree.keystr((k,)) for k in path)
+        names.append(name.lstrip(".") or "output")
+        arrays.append(leaf.detach().cpu().numpy())
+    if len(names) == 1:
+        names = ["output"] if names[0] in ("output", "[0]") else names
+    return names, arrays
+
+
+class ModelHandle:
+    def __init__(self, loaded: LoadedModel, samples: list[dict[str, np.ndarray]], cache: Cache):
+        import torch
+
+        self.loaded = loaded
+        self.samples = samples
+        self.cache = cache
+        self.input_names = list(samples[0].keys())
+        sig = [(n, list(a.shape), a.dtype.name) for n, a in samples[0].items()]
+        self.key = content_key("model", loaded.content_key, sig, torch.__version__)
+        self.timings: dict[str, float] = {}
+        self.output_names: list[str] = []
+        self._exported = loaded.exported
+        self._export_error: ExportFailed | None = None
+        self._onnx: Path | None = loaded.onnx_path
+        self._onnx_error: ExportFailed | None = None
+
+    # -- export artifacts -------------------------------------------------------------
+    @property
+    def format(self) -> str:
+        return self.loaded.format
+
+    @property
+    def has_torch(self) -> bool:
+        return self.loaded.format != "onnx"
+
+    def example_args(self):
+        return _to_torch(self.samples[0], self.input_names)
+
+    def exported_program(self):
+        """The torch.export ExportedProgram (made once per run, on first request)."""
+        if self._exported is not None:
+            return self._exported
+        if self._export_error is not None:
+            raise self._export_error
+        if not self.has_torch:
+            raise ExportFailed("torch.export", ValueError("an ONNX model has no PyTorch program"))
+        import torch
+
+        t0 = time.perf_counter()
+        try:
+            if self.loaded.torchscript:
+                from torch._export.converter import TS2EPConverter
+
+                self._exported = TS2EPConverter(self.loaded.module, self.example_args()).convert()
+            else:
+                self._exported = torch.export.export(self.loaded.module, self.example_args(), strict=False)
+        except Exception as e:
+            self._export_error = ExportFailed("torch.export", e)
+            raise self._export_error from e
+        finally:
+            self.timings["torch_export_s"] = self.timings.get("torch_export_s", 0.0) + time.perf_counter() - t0
+        return self._exported
+
+    def onnx_path(self) -> Path:
+        """The ONNX file: the source itself, or the dynamo export of the ExportedProgram
+        (optimized as torch.onnx ships it), cached by content."""
+        if self._onnx is not None:
+            return self._onnx
+        if self._onnx_error is not None:
+            raise self._onnx_error
+        import torch
+
+        folder = self.cache.folder("onnx", content_key("onnx", self.key, "dynamo", "optimize"))
+        path = folder / "model.onnx"
+        if path.exists():
+            self._onnx = path
+            return path
+        ep = self.exported_program()
+        t0 = time.perf_counter()
+        try:
+            program = torch.onnx.export(ep, dynamo=True, optimize=True, verbose=False)
+            write_atomic(path, lambda tmp: program.save(str(tmp)))
+        except Exception as e:
+            self._onnx_error = ExportFailed("torch.onnx.export", e)
+            raise self._onnx_error from e
+        finally:
+            self.timings["onnx_export_s"] = self.timings.get("onnx_export_s", 0.0) + time.perf_counter() - t0
+        self._onnx = path
+        return path
+
+    # -- reference runs ---------------------------------------------------------------
+    def reference(self) -> list[list[np.ndarray]]:
+        """PyTorch eager fp32 on the CPU (or the ONNX reference evaluator for ONNX sources),
+        one list of output arrays per sample."""
+        t0 = time.perf_counter()
+        try:
+            if self.has_torch:
+                return [self._run_torch(self.loaded.module, s) for s in self.samples]
+            return [self._run_onnx_reference(s) for s in self.samples]
+        finally:
+            self.timings["reference_s"] = time.perf_counter() - t0
+
+    def _run_torch(self, module, sample, dtype=None) -> list[np.ndarray]:
+        import torch
+
+        args = _to_torch(sample, self.input_names)
+        if dtype is not None:
+            args = tuple(a.to(dtype) if a.is_floating_point() else a for a in args)
+        try:
+            with torch.no_grad():
+                out = module(*args)
+        except Exception as e:
+            shapes = ", ".join(f"{n}{tuple(a.shape)}:{a.dtype.name}" for n, a in sample.items())
+            raise BadInput(f"the model does not run on the inputs ({shapes}): {type(e).__name__}: {first_line(e)}") from None
+        names, arrays = flatten_outputs(out)
+        if not self.output_names:
+            self.output_names = names
+        return arrays
+
+    def _run_onnx_reference(self, sample) -> list[np.ndarray]:
+        import onnx
+        from onnx.reference import ReferenceEvaluator
+
+        if not hasattr(self, "_onnx_ref"):
+            model = onnx.load(str(self._onnx))
+            self._onnx_ref = ReferenceEvaluator(model)
+            self.output_names = [o.name for o in model.graph.output]
+        try:
+            out = self._onnx_ref.run(None, {n: np.array(a) for n, a in sample.items()})
+        except Exception as e:
+            raise BadInput(f"the ONNX model does not run on the inputs: {type(e).__name__}: {first_line(e)}") from None
+        return [np.asarray(o) for o in out]
+
+    def golden(self) -> tuple[list[list[np.ndarray]] | None, str | None]:
+        """The same model in float64: the baseline that says how much error fp32 rounding
+        alone carries. Returns (outputs per sample, None) or (None, why not)."""
+        if not self.has_torch:
+            return None, "no float64 run for ONNX sources"
+        import torch
+
+        t0 = time.perf_counter()
+        try:
+            module = copy.deepcopy(self.loaded.module).double()
+            with torch.no_grad():
+                outs = []
+                for s in self.samples:
+                    args = tuple(a.double() if a.is_floating_point() else a for a in _to_torch(s, self.input_names))
+                    outs.append(flatten_outputs(module(*args))[1])
+            return outs, None
+        except Exception as e:
+            return None, f"the model does not run in float64: {type(e).__name__}: {first_line(e)}"
+        finally:
+            self.timings["golden_s"] = time.perf_counter() - t0

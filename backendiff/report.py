@@ -1,0 +1,156 @@
+"""The report: the one data structure that is written as JSON and rendered (terminal,
+later HTML/Markdown). Schema ``backendiff.report/1`` (see README); keep it stable.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+SCHEMA = "backendiff.report/1"
+
+#: statuses of a backend result, and the exit code each leads to
+OK, DIVERGED, FAILED, UNAVAILABLE, CRASHED, TIMEOUT = "ok", "diverged", "failed", "unavailable", "crashed", "timeout"
+NOT_RUN = (FAILED, UNAVAILABLE, CRASHED, TIMEOUT)
+
+
+@dataclass
+class OutputResult:
+    name: str
+    shape: list[int]
+    metrics: dict
+    within_tolerance: bool
+    violations: int = 0
+    reference_shape: list[int] | None = None
+
+
+@dataclass
+class BackendResult:
+    spec: str
+    backend: str
+    variant: str | None
+    status: str
+    options: dict = field(default_factory=dict)
+    error: dict | None = None
+    route: str | None = None
+    precision: dict = field(default_factory=dict)
+    tolerance: dict | None = None
+    cache: str | None = None
+    timings: dict = field(default_factory=dict)
+    outputs: list[OutputResult] = field(default_factory=list)
+    layers: list = field(default_factory=list)
+    first_divergence: dict | None = None
+    task: dict | None = None
+    info: dict = field(default_factory=dict)
+
+    @property
+    def ran(self) -> bool:
+        return self.status in (OK, DIVERGED)
+
+    def worst(self) -> dict:
+        """The worst metrics over all outputs (for one-row summaries)."""
+        if not self.outputs:
+            return {}
+        ms = [o.metrics for o in self.outputs]
+        sq = [m["sqnr_db"] for m in ms if m.get("sqnr_db") is not None]
+        return {
+            "max_abs": max(m["max_abs"] for m in ms),
+            "max_rel": max(m["max_rel"] for m in ms),
+            "cosine": min(m["cosine"] for m in ms),
+            "sqnr_db": min(sq) if sq else None,
+            "nonfinite": sum(m["nonfinite"] for m in ms),
+        }
+
+
+@dataclass
+class Report:
+    model: dict
+    reference: dict
+    environment: dict
+    backends: list[BackendResult] = field(default_factory=list)
+    baseline: dict | None = None
+    timings: dict = field(default_factory=dict)
+    command: str | None = None
+    requested: list[str] = field(default_factory=list)
+    schema: str = SCHEMA
+
+    @property
+    def verdict(self) -> str:
+        bad = [b for b in self.backends if b.status == DIVERGED or (b.status in NOT_RUN and b.spec in self.requested)]
+        return "fail" if bad or not any(b.ran for b in self.backends) else "pass"
+
+    @property
+    def exit_code(self) -> int:
+        """0 all agree; 1 a backend diverged; 3 a requested backend could not run."""
+        if any(b.status in NOT_RUN and b.spec in self.requested for b in self.backends):
+            return 3
+        if any(b.status == DIVERGED for b in self.backends):
+            return 1
+        return 0 if any(b.ran for b in self.backends) else 3
+
+    def __bool__(self) -> bool:
+        return self.verdict == "pass"
+
+    def backend(self, spec: str) -> BackendResult:
+        for b in self.backends:
+            if b.spec == spec or b.backend == spec:
+                return b
+        raise KeyError(spec)
+
+    # -- serialisation ------------------------------------------------------------------
+    def to_dict(self) -> dict:
+        d = {
+            "schema": self.schema,
+            "model": self.model,
+            "reference": self.reference,
+            "baseline": self.baseline,
+            "environment": self.environment,
+            "command": self.command,
+            "requested": self.requested,
+            "timings": self.timings,
+            "backends": [asdict(b) for b in self.backends],
+            "verdict": self.verdict,
+        }
+        return _finite(d)
+
+    def to_json(self, indent: int = 2) -> str:
+        return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
+
+    def write(self, path: str | Path) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(self.to_json() + "\n")
+        return path
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "Report":
+        if not isinstance(d, dict) or not str(d.get("schema", "")).startswith("backendiff.report/"):
+            raise ValueError("not a backendiff report (no 'schema': 'backendiff.report/N')")
+        backends = []
+        for b in d.get("backends", []):
+            b = dict(b)
+            b["outputs"] = [OutputResult(**o) for o in b.get("outputs", [])]
+            backends.append(BackendResult(**b))
+        return cls(model=d["model"], reference=d["reference"], environment=d.get("environment", {}),
+                   backends=backends, baseline=d.get("baseline"), timings=d.get("timings", {}),
+                   command=d.get("command"), requested=d.get("requested", []), schema=d["schema"])
+
+    @classmethod
+    def read(cls, path: str | Path) -> "Report":
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def _finite(value):
+    """JSON has no Inf/NaN: -Inf SQNR (all noise) becomes -999; NaN becomes None."""
+    if isinstance(value, float):
+        if math.isnan(value):
+            return None
+        if math.isinf(value):
+            return 999.0 if value > 0 else -999.0
+        return value
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    return value

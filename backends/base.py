@@ -1,0 +1,152 @@
+"""The adapter contract.
+
+An adapter is a small class with plain class attributes (``name = "ort"``) and two build
+steps, ``convert`` (the model in the runtime's own format, by its own route) and
+``compile`` (a ready-to-run ``Compiled``). Building is separate from running: the
+``Compiled`` object is a context manager whose ``run`` maps one input sample to the list
+of output arrays, in the model's output order.
+"""
+from __future__ import annotations
+
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from backendiff.errors import BackendUnavailable, BadInput
+from backendiff.specs import BackendSpec
+
+
+@dataclass(frozen=True)
+class Availability:
+    name: str
+    available: bool
+    versions: dict = field(default_factory=dict)
+    reason: str | None = None
+    hint: str | None = None
+    variants: tuple[str, ...] = ()
+    description: str = ""
+
+
+class Compiled:
+    """A model compiled for one runtime, ready to run samples."""
+
+    #: what the runtime actually did, read back from it (precision, route, device, ...)
+    info: dict
+
+    def __init__(self):
+        self.info = {}
+
+    def run(self, sample: dict[str, np.ndarray]) -> list[np.ndarray]:
+        raise NotImplementedError
+
+    def close(self) -> None:
+        pass
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+        return False
+
+
+class Adapter:
+    name: str = ""
+    description: str = ""
+    #: modules to import, mapped to the distribution whose version is reported
+    packages: dict[str, str] = {}
+    #: the ``pip install backendiff[EXTRA]`` that brings the runtime
+    extra: str | None = None
+    variants: tuple[str, ...] = ("fp32",)
+    #: option key -> allowed values (None: any value)
+    options: dict[str, tuple[str, ...] | None] = {}
+    #: default option values, filled into the canonical spec
+    defaults: dict[str, str] = {}
+    #: part of the default set run when the user names no backends
+    default: bool = True
+
+    def __init__(self, spec: BackendSpec):
+        self.spec = spec
+        self.cache_hit = False
+
+    # -- availability ---------------------------------------------------------------
+    @classmethod
+    def install_hint(cls) -> str | None:
+        return f"pip install 'backendiff[{cls.extra}]'" if cls.extra else None
+
+    @classmethod
+    def check(cls) -> None:
+        """Raise BackendUnavailable when the runtime cannot run here."""
+        for module, dist in cls.packages.items():
+            try:
+                importlib.import_module(module)
+            except ImportError as e:
+                raise BackendUnavailable(f"{dist} is not installed ({e.name or module})", cls.install_hint()) from None
+            except Exception as e:  # a broken install: present but fails to import
+                raise BackendUnavailable(f"{dist} fails to import: {type(e).__name__}: {e}", cls.install_hint()) from None
+
+    @classmethod
+    def versions(cls) -> dict[str, str]:
+        from importlib import metadata
+
+        out = {}
+        for dist in cls.packages.values():
+            try:
+                out[dist] = metadata.version(dist)
+            except metadata.PackageNotFoundError:
+                pass
+        return out
+
+    @classmethod
+    def availability(cls) -> Availability:
+        try:
+            cls.check()
+        except BackendUnavailable as e:
+            return Availability(cls.name, False, cls.versions(), e.reason, e.hint, cls.variants, cls.description)
+        return Availability(cls.name, True, cls.versions(), None, None, cls.variants, cls.description)
+
+    # -- spec -----------------------------------------------------------------------
+    @classmethod
+    def canonical(cls, spec: BackendSpec) -> BackendSpec:
+        """Validate the spec against this adapter; fill in the default variant and options."""
+        variant = spec.variant or cls.variants[0]
+        if variant not in cls.variants:
+            raise BadInput(f"unknown variant {variant!r} for backend {cls.name!r}; available: {', '.join(cls.variants)}")
+        opts = dict(cls.defaults)
+        for key, value in spec.options:
+            if key not in cls.options:
+                known = ", ".join(sorted(cls.options)) or "none"
+                raise BadInput(f"unknown option {key!r} for backend {cls.name!r}; known options: {known}")
+            allowed = cls.options[key]
+            if allowed is not None and value not in allowed:
+                raise BadInput(f"bad value {value!r} for option {key!r} of {cls.name!r}; allowed: {', '.join(allowed)}")
+            opts[key] = value
+        return BackendSpec(cls.name, variant, tuple(sorted(opts.items())))
+
+    @property
+    def variant(self) -> str:
+        return self.spec.variant or self.variants[0]
+
+    @property
+    def precision(self) -> str:
+        """The precision this spec asks for (judges which default tolerance applies)."""
+        return self.variant
+
+    def route(self, model) -> str:
+        """How this adapter gets the model: ``export`` (ExportedProgram) or ``onnx``."""
+        route = self.spec.option("route") or "export"
+        return "onnx" if not model.has_torch else route
+
+    # -- build and run ---------------------------------------------------------------
+    def convert(self, model, folder: Path) -> Any:
+        raise NotImplementedError
+
+    def compile(self, converted: Any, folder: Path) -> Compiled:
+        raise NotImplementedError
+
+
+def ordered(sample: dict[str, np.ndarray], names: list[str]) -> list[np.ndarray]:
+    return [sample[n] for n in names]
