@@ -170,6 +170,11 @@ def report_cmd(run):
 
 
 def main() -> None:
+    import warnings
+
+    # deprecation chatter from inside torch/onnxscript is not the user's concern
+    warnings.filterwarnings("ignore", category=FutureWarning)
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
     cli()
 
 

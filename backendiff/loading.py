@@ -53,9 +53,28 @@ def sha256_file(path: Path) -> str:
     return h.hexdigest()
 
 
+_PRIMITIVE = (bool, int, float, str, type(None))
+
+
+def _plain_attributes(module) -> list[tuple[str, str]]:
+    """A module's non-tensor settings (``align_corners``, ``ceil_mode``, ``eps``, ...), which
+    ``repr`` does not always show but ``forward`` may read."""
+    out = []
+    for key, value in sorted(vars(module).items()):
+        if key.startswith("_") or key == "training":
+            continue
+        if isinstance(value, _PRIMITIVE) or (
+            isinstance(value, (tuple, list)) and all(isinstance(v, _PRIMITIVE) for v in value)
+        ):
+            out.append((key, repr(value)))
+    return out
+
+
 def module_key(module) -> str:
-    """Content key of an nn.Module: its weights and buffers, its structure (repr), and the
-    source code of every module class in it (a changed forward changes the key)."""
+    """Content key of an nn.Module: weights and buffers, structure (repr), every submodule's
+    plain attributes, and the source files defining its module classes (so an edited
+    ``forward`` or helper in the same file changes the key). Code in other files that
+    ``forward`` calls is not covered: ``--no-cache`` after editing such code."""
     import torch
 
     h = hashlib.sha256()
@@ -66,16 +85,19 @@ def module_key(module) -> str:
             t = t.detach().cpu().contiguous()
             h.update(str(t.dtype).encode() + str(tuple(t.shape)).encode())
             h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    seen = set()
-    for m in module.modules():
-        cls = type(m)
-        if cls in seen:
-            continue
-        seen.add(cls)
-        h.update(f"{cls.__module__}.{cls.__qualname__}".encode())
+    files, torch_root = set(), str(Path(torch.__file__).parent)
+    for name, m in module.named_modules():
+        h.update(f"{name}:{type(m).__module__}.{type(m).__qualname__}:{_plain_attributes(m)}".encode())
         try:
-            h.update(inspect.getsource(cls).encode())
-        except (OSError, TypeError):
+            path = inspect.getsourcefile(type(m))
+        except TypeError:
+            path = None
+        if path and not path.startswith(torch_root):  # torch's own code is keyed by its version
+            files.add(path)
+    for path in sorted(files):
+        try:
+            h.update(Path(path).read_bytes())
+        except OSError:
             pass
     return h.hexdigest()
 

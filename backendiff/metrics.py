@@ -35,7 +35,7 @@ def sqnr_db(actual: np.ndarray, reference: np.ndarray) -> float | None:
     """20·log10(‖r‖ / ‖a − r‖) over finite positions; None when identical (infinite)."""
     a, r = _as64(actual), _as64(reference)
     both = np.isfinite(a) & np.isfinite(r)
-    noise = float(np.linalg.norm((a - r)[both]))
+    noise = float(np.linalg.norm(a[both] - r[both]))
     signal = float(np.linalg.norm(r[both]))
     if noise == 0.0:
         return None
@@ -62,7 +62,7 @@ def tensor_metrics(actual, reference) -> dict:
     if a.shape != r.shape:
         raise ValueError(f"shape mismatch: {a.shape} vs reference {r.shape}")
     both = np.isfinite(a) & np.isfinite(r)
-    diff = np.abs(a - r)[both]
+    diff = np.abs(a[both] - r[both])
     if diff.size:
         rel = diff / (np.abs(r[both]) + REL_EPS)
         max_abs, mean_abs, max_rel = float(diff.max()), float(diff.mean()), float(rel.max())
@@ -82,8 +82,8 @@ def violations(actual, reference, rtol: float, atol: float) -> int:
     """Elements outside ``|a − r| <= atol + rtol·|r|`` plus non-finite mismatches."""
     a, r = _as64(actual), _as64(reference)
     both = np.isfinite(a) & np.isfinite(r)
-    bad = np.abs(a - r) > atol + rtol * np.abs(r)
-    return int((bad & both).sum() + nonfinite_mismatch(a, r).sum())
+    bad = np.abs(a[both] - r[both]) > atol + rtol * np.abs(r[both])
+    return int(bad.sum() + nonfinite_mismatch(a, r).sum())
 
 
 def worst_of(per_sample: list[dict]) -> dict:

@@ -4,6 +4,7 @@ export artifacts (ExportedProgram, ONNX file; cached by content), and the refere
 from __future__ import annotations
 
 import copy
+import logging
 import time
 from pathlib import Path
 
@@ -115,6 +116,8 @@ class ModelHandle:
             self._onnx = path
             return path
         ep = self.exported_program()
+        # the exporter logs a warning per missing torchvision op on every export
+        logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
         t0 = time.perf_counter()
         try:
             program = torch.onnx.export(ep, dynamo=True, optimize=True, verbose=False)

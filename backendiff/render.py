@@ -55,15 +55,26 @@ def backend_table(report: Report) -> Table:
                 notes.append("cached")
             table.add_row(b.spec, status, fmt(w.get("max_abs")), fmt(w.get("max_rel")), fmt(w.get("cosine"), "cos"),
                           fmt(w.get("sqnr_db"), "db"), str(w.get("nonfinite", 0)), fmt(t.get("convert_s"), "s"),
-                          fmt(t.get("compile_s"), "s"), fmt(t.get("infer_s"), "s"), "; ".join(notes))
+                          fmt(t.get("compile_s"), "s"), fmt(t.get("infer_s"), "s"), Text("; ".join(notes)))
         else:
             err = b.error or {}
-            msg = err.get("message", "").splitlines()[0] if err.get("message") else ""
+            msg = _headline(err.get("message") or "")
             note = f"[{err.get('stage', '?')}] {msg}"
             if err.get("hint"):
                 note += f" ({err['hint']})"
-            table.add_row(b.spec, status, "", "", "", "", "", "", "", "", note)
+            table.add_row(b.spec, status, "", "", "", "", "", "", "", "", Text(note))
     return table
+
+
+def _headline(message: str) -> str:
+    """The informative line of a runtime message (TVM prefixes a timestamp and a source path)."""
+    for line in message.splitlines():
+        line = line.strip()
+        if "Check failed" in line:
+            return line[line.index("Check failed"):]
+        if line and not line.startswith("Traceback"):
+            return line
+    return ""
 
 
 def print_report(report: Report, console: Console | None = None, json_path=None) -> None:
