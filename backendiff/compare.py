@@ -232,12 +232,14 @@ def run_backend(cls, shown: str, spec: BackendSpec, handle: ModelHandle, referen
     """Convert, compile and run one backend; every failure becomes data in its result."""
     result = BackendResult(spec=shown, backend=cls.name, variant=spec.variant, status=OK,
                            options=dict(spec.options))
+    t0 = time.perf_counter()
     try:
-        cls.check()
+        cls.check()  # imports the runtime: its own start-up cost, timed as setup_s
     except BackendUnavailable as e:
         result.status = UNAVAILABLE
         result.error = {"stage": "setup", "type": "unavailable", "message": e.reason, "hint": e.hint}
         return result
+    result.timings["setup_s"] = round(time.perf_counter() - t0, 6)
     adapter = cls(spec)
     result.route = adapter.route(handle)
     tol = tolerance_for(adapter.precision, config.rtol, config.atol)

@@ -63,6 +63,7 @@ class ModelHandle:
         self._export_error: ExportFailed | None = None
         self._onnx: Path | None = loaded.onnx_path
         self._onnx_error: ExportFailed | None = None
+        self.onnx_from_cache = False
 
     # -- export artifacts -------------------------------------------------------------
     @property
@@ -113,7 +114,7 @@ class ModelHandle:
         folder = self.cache.folder("onnx", content_key("onnx", self.key, "dynamo", "optimize"))
         path = folder / "model.onnx"
         if path.exists():
-            self._onnx = path
+            self._onnx, self.onnx_from_cache = path, True
             return path
         ep = self.exported_program()
         # the exporter logs a warning per missing torchvision op on every export

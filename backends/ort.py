@@ -39,7 +39,9 @@ class OrtAdapter(Adapter):
         return "onnx"
 
     def convert(self, model, folder: Path):
-        return model.onnx_path()
+        path = model.onnx_path()
+        self.cache_hit = model.onnx_from_cache
+        return path
 
     def compile(self, onnx_path, folder: Path) -> Compiled:
         import onnxruntime as ort
