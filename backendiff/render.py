@@ -25,27 +25,25 @@ def fmt(value, kind: str = "g") -> str:
     return f"{value:.2e}"
 
 
-def backend_table(report: Report) -> Table:
-    table = Table(title=f"backendiff · {report.model.get('source')} vs {report.reference.get('backend')} "
-                        f"{report.reference.get('precision')}", title_justify="left")
-    for col, justify in [("backend", "left"), ("status", "left"), ("max abs", "right"), ("max rel", "right"),
-                         ("cosine", "right"), ("SQNR dB", "right"), ("non-finite", "right"),
-                         ("convert s", "right"), ("compile s", "right"), ("infer s", "right"), ("notes", "left")]:
-        table.add_column(col, justify=justify, overflow="fold")
+COLUMNS = [("backend", "left"), ("status", "left"), ("max abs", "right"), ("max rel", "right"), ("cosine", "right"),
+           ("SQNR dB", "right"), ("NaN/Inf", "right"), ("convert/compile/infer s", "right"), ("notes", "left")]
+COMPACT = ("backend", "status", "max abs", "SQNR dB", "notes")   # for terminals under 140 columns
+
+
+def _rows(report: Report) -> list[tuple[dict, str | None]]:
+    """One dict per table row (column -> cell) and the row's style."""
+    rows = []
     if report.baseline and report.baseline.get("available"):
         ms = [o["metrics"] for o in report.baseline["outputs"]]
         sq = [m["sqnr_db"] for m in ms if m["sqnr_db"] is not None]
-        table.add_row("torch fp32 vs fp64", Text("baseline", style="dim"), fmt(max(m["max_abs"] for m in ms)),
-                      fmt(max(m["max_rel"] for m in ms)), fmt(min(m["cosine"] for m in ms), "cos"),
-                      fmt(min(sq) if sq else None, "db"), str(sum(m["nonfinite"] for m in ms)), "", "", "",
-                      Text("fp32 rounding alone", style="dim"), style="dim")
+        rows.append(({"backend": "torch fp32 vs fp64", "status": "baseline", "max abs": fmt(max(m["max_abs"] for m in ms)),
+                      "max rel": fmt(max(m["max_rel"] for m in ms)), "cosine": fmt(min(m["cosine"] for m in ms), "cos"),
+                      "SQNR dB": fmt(min(sq) if sq else None, "db"), "NaN/Inf": str(sum(m["nonfinite"] for m in ms)),
+                      "notes": "fp32 rounding alone"}, "dim"))
     for b in report.backends:
-        status = Text(b.status, style=_STATUS_STYLE.get(b.status, ""))
-        notes = []
+        row = {"backend": b.spec, "status": Text(b.status, style=_STATUS_STYLE.get(b.status, ""))}
         if b.status in (OK, DIVERGED):
-            w = b.worst()
-            t = b.timings
-            prec = b.precision or {}
+            w, t, prec, notes = b.worst(), b.timings, b.precision or {}, []
             if prec.get("runtime") and prec.get("runtime") != prec.get("requested"):
                 notes.append(f"runtime precision {prec['runtime']}")
             bad = [o.name for o in b.outputs if not o.within_tolerance]
@@ -53,16 +51,32 @@ def backend_table(report: Report) -> Table:
                 notes.append(f"{', '.join(bad)} outside rtol={b.tolerance['rtol']:g} atol={b.tolerance['atol']:g}")
             if b.cache == "hit":
                 notes.append("cached")
-            table.add_row(b.spec, status, fmt(w.get("max_abs")), fmt(w.get("max_rel")), fmt(w.get("cosine"), "cos"),
-                          fmt(w.get("sqnr_db"), "db"), str(w.get("nonfinite", 0)), fmt(t.get("convert_s"), "s"),
-                          fmt(t.get("compile_s"), "s"), fmt(t.get("infer_s"), "s"), Text("; ".join(notes)))
+            row.update({"max abs": fmt(w.get("max_abs")), "max rel": fmt(w.get("max_rel")),
+                        "cosine": fmt(w.get("cosine"), "cos"), "SQNR dB": fmt(w.get("sqnr_db"), "db"),
+                        "NaN/Inf": str(w.get("nonfinite", 0)),
+                        "convert/compile/infer s": " / ".join(fmt(t.get(k), "s") for k in ("convert_s", "compile_s", "infer_s")),
+                        "notes": "; ".join(notes)})
         else:
             err = b.error or {}
-            msg = _headline(err.get("message") or "")
-            note = f"[{err.get('stage', '?')}] {msg}"
-            if err.get("hint"):
-                note += f" ({err['hint']})"
-            table.add_row(b.spec, status, "", "", "", "", "", "", "", "", Text(note))
+            note = f"[{err.get('stage', '?')}] {_headline(err.get('message') or '')}"
+            row["notes"] = note + (f" ({err['hint']})" if err.get("hint") else "")
+        rows.append((row, None))
+    return rows
+
+
+def backend_table(report: Report, width: int = 160) -> Table:
+    table = Table(title=f"backendiff · {report.model.get('source')} vs {report.reference.get('backend')} "
+                        f"{report.reference.get('precision')}", title_justify="left")
+    columns = [(c, j) for c, j in COLUMNS if width >= 140 or c in COMPACT]
+    for col, justify in columns:
+        if col == "notes":
+            table.add_column(col, justify=justify, overflow="fold", min_width=24, ratio=1)
+        else:
+            table.add_column(col, justify=justify, no_wrap=col != "backend", overflow="fold",
+                             max_width=26 if col == "backend" else None)
+    for row, style in _rows(report):
+        cells = [row.get(c, "") for c, _ in columns]
+        table.add_row(*[c if isinstance(c, Text) else Text(c) for c in cells], style=style)
     return table
 
 
@@ -79,11 +93,11 @@ def _headline(message: str) -> str:
 
 def print_report(report: Report, console: Console | None = None, json_path=None) -> None:
     console = console or Console()
-    console.print(backend_table(report))
+    console.print(backend_table(report, console.width))
     m = report.model
     inputs = ", ".join(f"{i['name']}{tuple(i['shape'])}:{i['dtype']}" for i in m.get("inputs", []))
     console.print(f"inputs: {inputs} · {m.get('samples')} sample(s) from {m.get('inputs_from')} "
-                  f"(seed {m.get('seed')}) · total {report.timings.get('total_s', 0):.2f}s")
+                  f"(seed {m.get('seed')}) · total {report.timings.get('total_s', 0):.2f}s", highlight=False)
     if report.baseline and not report.baseline.get("available"):
         console.print(f"[dim]no fp64 baseline: {report.baseline.get('reason')}[/dim]")
     style = "bold green" if report.verdict == "pass" else "bold red"
