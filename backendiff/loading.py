@@ -174,16 +174,20 @@ def _from_exported(ep, source: str, fmt: str, key: str | None) -> LoadedModel:
                 break
             specs.append(InputSpec(n, shape, str(val.dtype).replace("torch.", "")))
     if key is None:
-        key = hashlib.sha256(str(ep.graph_module.code).encode() + repr(ep.state_dict.keys()).encode()).hexdigest()
-        import torch
-
-        h = hashlib.sha256(key.encode())
-        for k, t in ep.state_dict.items():
-            if isinstance(t, torch.Tensor):
-                h.update(k.encode() + t.detach().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
-        key = h.hexdigest()
+        key = exported_key(ep)
     return LoadedModel(source=source, format=fmt, content_key=key, exported=ep, module=ep.module(),
                        example_args=example, input_specs=specs or None, input_names=names)
+
+
+def exported_key(ep) -> str:
+    """Content key of an in-memory ExportedProgram: its graph code and its weights."""
+    import torch
+
+    h = hashlib.sha256(str(ep.graph_module.code).encode())
+    for name, t in ep.state_dict.items():
+        if isinstance(t, torch.Tensor):
+            h.update(name.encode() + t.detach().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
 
 
 def _load_pt2(path: Path) -> LoadedModel:

@@ -111,7 +111,10 @@ class ModelHandle:
             raise self._onnx_error
         import torch
 
-        folder = self.cache.folder("onnx", content_key("onnx", self.key, "dynamo", "optimize"))
+        from .environment import package_versions
+
+        exporter = package_versions(("onnx", "onnxscript", "onnx-ir"))
+        folder = self.cache.folder("onnx", content_key("onnx", self.key, "dynamo", "optimize", exporter))
         path = folder / "model.onnx"
         if path.exists():
             self._onnx, self.onnx_from_cache = path, True
