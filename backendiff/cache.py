@@ -13,7 +13,7 @@ import os
 import tempfile
 from pathlib import Path
 
-CACHE_FORMAT = 1
+CACHE_FORMAT = 2  # bump when what is cached (or read back beside it) changes
 
 
 def default_cache_dir() -> Path:

@@ -79,6 +79,10 @@ def _check_writable(path: Path) -> None:
               help="Declare an input for random data, e.g. x:1x3x224x224 or ids:1x16:int64:0..1000 (repeatable).")
 @click.option("--inputs", "input_files", multiple=True, type=click.Path(path_type=Path), metavar="FILE.npz",
               help="Your own arrays, one per model input (repeatable: one sample each).")
+@click.option("--calib", "calib_files", multiple=True, type=click.Path(path_type=Path), metavar="FILE.npz",
+              help="int8 calibration data: one array per input, with or without a leading samples axis "
+                   "(default: --inputs, else seeded random batches).")
+@click.option("--calib-samples", default=32, show_default=True, help="Random calibration batches when no data is given.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the random inputs.")
 @click.option("--samples", default=1, show_default=True, help="Random batches to compare (worst case reported).")
 @click.option("--weights", type=click.Path(path_type=Path), help="State dict for a factory or zoo model (weights_only).")
@@ -91,7 +95,7 @@ def _check_writable(path: Path) -> None:
 @click.option("--cache-dir", type=click.Path(path_type=Path), help="Cache folder (default ~/.cache/backendiff).")
 @click.option("--no-golden", is_flag=True, help="Skip the float64 golden run.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress display.")
-def compare(model, backends, input_specs, input_files, seed, samples, weights, trust_pickle, atol, rtol,
+def compare(model, backends, input_specs, input_files, calib_files, calib_samples, seed, samples, weights, trust_pickle, atol, rtol,
             json_path, no_json, no_cache, cache_dir, no_golden, quiet):
     """Compare MODEL on each backend against PyTorch eager fp32.
 
@@ -113,6 +117,7 @@ def compare(model, backends, input_specs, input_files, seed, samples, weights, t
     config = CompareConfig(
         backends=tuple(backends) or None, seed=seed, samples=samples,
         input_specs=tuple(parse_input_spec(s) for s in input_specs), input_files=tuple(input_files),
+        calib_files=tuple(calib_files), calib_samples=calib_samples,
         weights=weights, trust_pickle=trust_pickle, rtol=rtol, atol=atol, cache_dir=cache_dir,
         use_cache=not no_cache, golden=not no_golden,
         command="backendiff " + " ".join(shlex.quote(a) for a in sys.argv[1:]),

@@ -16,7 +16,8 @@ from .cache import Cache, content_key, default_cache_dir
 from .config import CompareConfig
 from .environment import environment
 from .errors import BackendUnavailable, BadInput, Failure
-from .inputs import (InputSpec, freeze, load_npz, nonfinite_inputs, random_samples, samples_sha256, specs_of)
+from .inputs import (InputSpec, freeze, load_calibration_npz, load_npz, nonfinite_inputs, random_samples,
+                     samples_sha256, specs_of)
 from .loading import LoadedModel, load_model
 from .model import ExportFailed, ModelHandle
 from .registry import adapter_class, default_backends
@@ -41,15 +42,18 @@ def compare(model, inputs=None, backends=None, *, config: CompareConfig | None =
         config = config.but(backends=tuple([backends] if isinstance(backends, str) else backends))
     if config.samples < 1:
         raise BadInput("--samples must be at least 1")
+    if config.calib_samples < 1:
+        raise BadInput("--calib-samples must be at least 1")
     t_start = time.perf_counter()
     specs, requested = resolve_specs(config.backends)
     progress = config.progress or (lambda message: None)
 
     progress("loading model")
     loaded = load_model(model, weights=config.weights, trust_pickle=config.trust_pickle)
-    samples, inputs_from = resolve_inputs(loaded, inputs, config)
+    samples, inputs_from, specs_used = resolve_inputs(loaded, inputs, config)
     cache = Cache((config.cache_dir or default_cache_dir()) if config.use_cache else None)
     handle = ModelHandle(loaded, samples, cache)
+    handle.set_calibration_source(lambda: calibration_samples(config, samples, specs_used))
 
     progress("running the reference")
     reference = handle.reference()
@@ -88,6 +92,7 @@ def compare(model, inputs=None, backends=None, *, config: CompareConfig | None =
         timings=timings,
         command=config.command,
         requested=requested,
+        calibration=handle.calibration_info,
     )
 
 
@@ -148,9 +153,24 @@ def check_against_declared(samples, declared: list[InputSpec] | None, names: lis
             raise BadInput(f"input {spec.name} has dtype {a.dtype.name} but the model expects {spec.dtype}")
 
 
-def resolve_inputs(loaded: LoadedModel, inputs, config: CompareConfig) -> tuple[list[dict], str]:
+def calibration_samples(config: CompareConfig, samples, specs: list[InputSpec]) -> tuple[list[dict], dict]:
+    """int8 calibration data: ``--calib`` files, else the user's own ``--inputs``, else
+    seeded random batches drawn like the inputs (with another seed than the inputs)."""
+    if config.calib_files:
+        calib = [s for path in config.calib_files for s in load_calibration_npz(path, samples[0])]
+        return calib, {"source": "file", "files": [str(p) for p in config.calib_files]}
+    if config.input_files:
+        return list(samples), {"source": "inputs"}
+    seed = config.seed + 1
+    return random_samples(specs, seed, config.calib_samples), {"source": "random", "seed": seed}
+
+
+def resolve_inputs(loaded: LoadedModel, inputs, config: CompareConfig) -> tuple[list[dict], str, list[InputSpec]]:
+    """The input samples, where they came from, and the specs that random batches (more
+    samples, calibration data) are drawn from."""
     names = loaded.input_names
     fixed = loaded.format in ("onnx", "pt2", "exported_program")
+    specs: list[InputSpec] | None = None
     if inputs is not None:
         if isinstance(inputs, list) and inputs and isinstance(inputs[0], dict):
             samples, source = [_sample_from(s, names) for s in inputs], "given"
@@ -162,6 +182,7 @@ def resolve_inputs(loaded: LoadedModel, inputs, config: CompareConfig) -> tuple[
         samples, source = [load_npz(p, names) for p in config.input_files], "file"
     elif config.input_specs:
         given = [s.name for s in config.input_specs]
+        specs = list(config.input_specs)
         if names:
             unknown = [n for n in given if n not in names]
             missing = [n for n in names if n not in given]
@@ -169,15 +190,14 @@ def resolve_inputs(loaded: LoadedModel, inputs, config: CompareConfig) -> tuple[
                 raise BadInput(f"--input names do not match the model inputs ({', '.join(names)}): "
                                f"missing {missing or 'none'}, unknown {unknown or 'none'}")
             specs = [next(s for s in config.input_specs if s.name == n) for n in names]
-        else:
-            specs = list(config.input_specs)
         samples, source = random_samples(specs, config.seed, config.samples), "random"
     elif loaded.example_args is not None:
         first = _sample_from(loaded.example_args, names)
         extra = random_samples(specs_of(first), config.seed, config.samples - 1) if config.samples > 1 else []
         samples, source = [first] + extra, "example" if not extra else "example+random"
     elif loaded.input_specs:
-        samples, source = random_samples(list(loaded.input_specs), config.seed, config.samples), "random"
+        specs = list(loaded.input_specs)
+        samples, source = random_samples(specs, config.seed, config.samples), "random"
     else:
         listed = f" ({', '.join(names)})" if names else ""
         raise BadInput(f"the model does not declare its inputs{listed}: pass --input NAME:SHAPE[:DTYPE] "
@@ -187,7 +207,7 @@ def resolve_inputs(loaded: LoadedModel, inputs, config: CompareConfig) -> tuple[
     bad = nonfinite_inputs(samples)
     if bad and config.progress:
         config.progress(f"warning: inputs {', '.join(bad)} hold NaN/Inf")
-    return samples, source
+    return samples, source, specs or specs_of(samples[0])
 
 
 def golden_baseline(names, reference, golden, why_not) -> dict:
@@ -241,11 +261,22 @@ def run_backend(cls, shown: str, spec: BackendSpec, handle: ModelHandle, referen
         return result
     result.timings["setup_s"] = round(time.perf_counter() - t0, 6)
     adapter = cls(spec)
+    try:
+        adapter.check_variant()
+    except BackendUnavailable as e:
+        result.status = UNAVAILABLE
+        result.error = {"stage": "setup", "type": "unavailable", "message": e.reason, "hint": e.hint}
+        return result
     result.route = adapter.route(handle)
     tol = tolerance_for(adapter.precision, config.rtol, config.atol)
     result.tolerance = tol.to_dict()
+    calib = None
+    if adapter.needs_calibration:
+        progress(f"{shown}: preparing calibration data")
+        handle.calibration()
+        calib = handle.calibration_info["sha256"]
     folder = handle.cache.folder("compiled", content_key("compiled", handle.key, spec.text, result.route,
-                                                         cls.versions()))
+                                                         cls.versions(), calib))
     stage, t0 = "convert", time.perf_counter()
     try:
         progress(f"{shown}: converting")
@@ -268,6 +299,10 @@ def run_backend(cls, shown: str, spec: BackendSpec, handle: ModelHandle, referen
         return result
     except BadInput:
         raise
+    except BackendUnavailable as e:  # found out while converting (e.g. no fp16 lowering)
+        result.status = UNAVAILABLE
+        result.error = {"stage": stage, "type": "unavailable", "message": e.reason, "hint": e.hint}
+        return result
     except Exception as e:
         result.timings[f"{stage}_s"] = round(time.perf_counter() - t0, 6)
         result.status = FAILED

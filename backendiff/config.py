@@ -15,6 +15,8 @@ class CompareConfig:
     samples: int = 1
     input_specs: tuple[InputSpec, ...] = ()     # --input NAME:SHAPE[:DTYPE]
     input_files: tuple[Path, ...] = ()          # --inputs FILE.npz (one sample each)
+    calib_files: tuple[Path, ...] = ()          # --calib FILE.npz: int8 calibration data
+    calib_samples: int = 32                     # random calibration batches when no data is given
     weights: Path | None = None
     trust_pickle: bool = False
     rtol: float | None = None

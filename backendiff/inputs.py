@@ -145,3 +145,25 @@ def nonfinite_inputs(samples: list[dict[str, np.ndarray]]) -> list[str]:
             if a.dtype.kind == "f" and not np.isfinite(a).all() and name not in bad:
                 bad.append(name)
     return bad
+
+
+def load_calibration_npz(path: str | Path, reference: dict[str, np.ndarray]) -> list[dict[str, np.ndarray]]:
+    """Calibration samples from one .npz: each array either has the input's own rank (one
+    sample) or one leading axis more (a stack of samples)."""
+    arrays = load_npz(path, list(reference))
+    counts = set()
+    for name, a in arrays.items():
+        rank = reference[name].ndim
+        if a.ndim == rank:
+            counts.add(0)
+        elif a.ndim == rank + 1:
+            counts.add(a.shape[0])
+        else:
+            raise BadInput(f"calibration array {name} in {path} has shape {a.shape}; expected "
+                           f"{reference[name].shape} or (N, *{reference[name].shape})")
+    if len(counts) != 1:
+        raise BadInput(f"calibration arrays in {path} disagree on the number of samples")
+    n = counts.pop()
+    if n == 0:
+        return [arrays]
+    return [{name: freeze(a[i]) for name, a in arrays.items()} for i in range(n)]

@@ -2,7 +2,8 @@
 
 All arithmetic is done in float64. Non-finite values are compared by position: a NaN
 where the reference has a NaN (or the same Inf) is agreement, not divergence; the
-finite metrics are computed over the positions where both sides are finite.
+finite metrics are computed over the positions where both sides are finite, and a
+non-finite value where the reference is finite makes the SQNR −∞.
 """
 from __future__ import annotations
 
@@ -68,12 +69,14 @@ def tensor_metrics(actual, reference) -> dict:
         max_abs, mean_abs, max_rel = float(diff.max()), float(diff.mean()), float(rel.max())
     else:
         max_abs = mean_abs = max_rel = 0.0
+    mismatch = bool(nonfinite_mismatch(a, r).any())
     return {
         "max_abs": max_abs,
         "mean_abs": mean_abs,
         "max_rel": max_rel,
         "cosine": cosine(a, r),
-        "sqnr_db": sqnr_db(a, r),
+        # a NaN/Inf where the reference is finite is unbounded noise
+        "sqnr_db": -math.inf if mismatch else sqnr_db(a, r),
         "nonfinite": int((~np.isfinite(a)).sum()),
     }
 

@@ -29,8 +29,9 @@ def _to_torch(sample: dict[str, np.ndarray], names: list[str]):
     return tuple(torch.from_numpy(np.array(sample[n])) for n in names)
 
 
-def flatten_outputs(out) -> tuple[list[str], list[np.ndarray]]:
-    """Flatten a model's output pytree into (names, arrays) in pytree order."""
+def flatten_outputs(out, as_float32: bool = False) -> tuple[list[str], list[np.ndarray]]:
+    """Flatten a model's output pytree into (names, arrays) in pytree order (floating
+    outputs in float32 when ``as_float32``: numpy has no bfloat16)."""
     import torch
     from torch.utils import _pytree as pytree
 
@@ -41,6 +42,8 @@ def flatten_outputs(out) -> tuple[list[str], list[np.ndarray]]:
             continue
         name = "".join(pytree.keystr((k,)) for k in path)
         names.append(name.lstrip(".") or "output")
+        if as_float32 and leaf.is_floating_point():
+            leaf = leaf.float()
         arrays.append(leaf.detach().cpu().numpy())
     if len(names) == 1:
         names = ["output"] if names[0] in ("output", "[0]") else names
@@ -64,6 +67,23 @@ class ModelHandle:
         self._onnx: Path | None = loaded.onnx_path
         self._onnx_error: ExportFailed | None = None
         self.onnx_from_cache = False
+        self._calibration_source = None
+        self._calibration: list[dict[str, np.ndarray]] | None = None
+        self.calibration_info: dict | None = None
+
+    # -- calibration data (int8) --------------------------------------------------------
+    def set_calibration_source(self, make) -> None:
+        """``make() -> (samples, info)``, called once, when an int8 variant first asks."""
+        self._calibration_source = make
+
+    def calibration(self) -> list[dict[str, np.ndarray]]:
+        if self._calibration is None:
+            from .inputs import samples_sha256
+
+            samples, info = self._calibration_source()
+            self._calibration = samples
+            self.calibration_info = {**info, "samples": len(samples), "sha256": samples_sha256(samples)}
+        return self._calibration
 
     # -- export artifacts -------------------------------------------------------------
     @property

@@ -15,7 +15,7 @@ def fmt(value, kind: str = "g") -> str:
     if value is None:
         return "∞" if kind == "db" else "-"
     if kind == "db":
-        return f"{value:.1f}"
+        return "-∞" if value <= -999 else f"{value:.1f}"
     if kind == "cos":
         return f"{value:.6f}"
     if kind == "s":
@@ -45,7 +45,11 @@ def _rows(report: Report) -> list[tuple[dict, str | None]]:
         if b.status in (OK, DIVERGED):
             w, t, prec, notes = b.worst(), b.timings, b.precision or {}, []
             if prec.get("runtime") and prec.get("runtime") != prec.get("requested"):
-                notes.append(f"runtime precision {prec['runtime']}")
+                counts = b.info.get("runtime_precisions") or {}
+                ran = " · ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))
+                if len(counts) == 1:
+                    ran = f"{sum(counts.values())}"
+                notes.append(f"ran {prec['runtime']}" + (f" ({ran} ops)" if ran else ""))
             bad = [o.name for o in b.outputs if not o.within_tolerance]
             if bad:
                 notes.append(f"{', '.join(bad)} outside rtol={b.tolerance['rtol']:g} atol={b.tolerance['atol']:g}")

@@ -73,6 +73,7 @@ class Report:
     timings: dict = field(default_factory=dict)
     command: str | None = None
     requested: list[str] = field(default_factory=list)
+    calibration: dict | None = None
     schema: str = SCHEMA
 
     @property
@@ -108,6 +109,7 @@ class Report:
             "environment": self.environment,
             "command": self.command,
             "requested": self.requested,
+            "calibration": self.calibration,
             "timings": self.timings,
             "backends": [asdict(b) for b in self.backends],
             "verdict": self.verdict,
@@ -134,7 +136,8 @@ class Report:
             backends.append(BackendResult(**b))
         return cls(model=d["model"], reference=d["reference"], environment=d.get("environment", {}),
                    backends=backends, baseline=d.get("baseline"), timings=d.get("timings", {}),
-                   command=d.get("command"), requested=d.get("requested", []), schema=d["schema"])
+                   command=d.get("command"), requested=d.get("requested", []), calibration=d.get("calibration"),
+                   schema=d["schema"])
 
     @classmethod
     def read(cls, path: str | Path) -> "Report":

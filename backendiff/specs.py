@@ -26,8 +26,11 @@ class BackendSpec:
 
     @property
     def text(self) -> str:
+        opts = [f"{k}={v}" for k, v in self.options]
+        if self.variant is None and opts:  # tvm:opt=3, as it is written
+            return f"{self.name}:" + ",".join(opts)
         head = self.name if self.variant is None else f"{self.name}:{self.variant}"
-        return ",".join([head] + [f"{k}={v}" for k, v in self.options])
+        return ",".join([head] + opts)
 
     def option(self, key: str, default: str | None = None) -> str | None:
         return dict(self.options).get(key, default)

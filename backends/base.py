@@ -131,6 +131,14 @@ class Adapter:
         return self.spec.variant or self.variants[0]
 
     @property
+    def needs_calibration(self) -> bool:
+        return self.variant == "int8"
+
+    def check_variant(self) -> None:
+        """Raise BackendUnavailable when this variant cannot run here (say, bf16 on a CPU
+        without bf16 support). Called after ``check``."""
+
+    @property
     def precision(self) -> str:
         """The precision this spec asks for (judges which default tolerance applies)."""
         return self.variant

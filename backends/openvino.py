@@ -2,13 +2,19 @@
 
 Route ``export`` (default) converts the ExportedProgram directly with
 ``ov.convert_model``; ``route=onnx`` reads the dynamo ONNX export. The converted model is
-saved as IR (uncompressed: ``save_model`` compresses weights to f16 by default) and the
-compiled blob goes to OpenVINO's own ``CACHE_DIR``.
+saved as IR and the compiled blob goes to OpenVINO's own ``CACHE_DIR``.
 
-Precision: on CPUs with AVX-512 BF16 or AMX, the CPU plugin's default inference precision
-is bf16, so an "fp32" model silently runs in bf16 (errors of 1e-3..1e-2 against PyTorch).
-The ``fp32`` variant pins ``INFERENCE_PRECISION_HINT=f32``; ``precision_hint=default``
-leaves the runtime's choice, and the report says what the runtime actually used.
+Variants:
+- ``fp32``: IR saved uncompressed (``save_model`` compresses weights to f16 by default) and
+  ``INFERENCE_PRECISION_HINT=f32``. On CPUs with AVX-512 BF16 or AMX the plugin's default
+  is bf16, so without the hint an "fp32" model silently runs in bf16;
+  ``precision_hint=default`` measures that out-of-the-box behaviour.
+- ``fp16``: weights compressed to f16 in the IR, inference hint f16.
+- ``bf16``: inference hint bf16; *unavailable* on a CPU without bf16 support.
+- ``int8``: post-training quantization with NNCF (``nncf.quantize``), calibrated on the
+  run's calibration data; non-quantized ops in f32.
+What ran is read back per executed primitive from the compiled model's runtime model
+(``runtimePrecision``), e.g. ``{"int8": 3, "fp32": 2}``.
 """
 from __future__ import annotations
 
@@ -17,18 +23,12 @@ from pathlib import Path
 
 import numpy as np
 
+from backendiff.errors import BackendUnavailable
+
 from .base import Adapter, Compiled
 
-_HINTS = {"fp32": "f32", "f32": "f32", "bf16": "bf16", "fp16": "f16", "f16": "f16"}
-_TYPE_NAMES = {"f32": "fp32", "bf16": "bf16", "f16": "fp16", "float32": "fp32", "bfloat16": "bf16", "float16": "fp16"}
-
-
-def precision_name(ov_type) -> str:
-    text = str(ov_type).lower()
-    for key, name in _TYPE_NAMES.items():
-        if f"'{key}'" in text or text == key or text.endswith(key):
-            return name
-    return text
+_HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16", "int8": "f32"}
+_PERF = {"latency": "LATENCY", "throughput": "THROUGHPUT"}
 
 
 class OpenVinoCompiled(Compiled):
@@ -43,13 +43,42 @@ class OpenVinoCompiled(Compiled):
         return [np.array(results[o]) for o in self.compiled.outputs]
 
 
+def executed_primitives(compiled) -> list[tuple[str, str]]:
+    """(layerType, runtimePrecision) of every primitive the CPU plugin executes."""
+    out = []
+    for op in compiled.get_runtime_model().get_ordered_ops():
+        info = op.get_rt_info()
+        if "layerType" in info and "runtimePrecision" in info:
+            out.append((info["layerType"].astype(str), info["runtimePrecision"].astype(str)))
+    return out
+
+
 class OpenVinoAdapter(Adapter):
     name = "openvino"
     description = "OpenVINO CPU plugin, from the ExportedProgram (route=onnx: from the ONNX export)"
     packages = {"openvino": "openvino"}
     extra = "openvino"
-    options = {"route": ("export", "onnx"), "device": None, "precision_hint": ("fp32", "bf16", "fp16", "default"), "threads": None}
+    variants = ("fp32", "fp16", "bf16", "int8")
+    options = {"route": ("export", "onnx"), "device": None, "precision_hint": ("fp32", "bf16", "fp16", "default"),
+               "perf_hint": tuple(_PERF), "threads": None}
     defaults = {"route": "export", "device": "CPU"}
+
+    def check_variant(self) -> None:
+        if self.variant == "bf16":
+            import openvino as ov
+
+            device = self.spec.option("device", "CPU")
+            caps = ov.Core().get_property(device, "OPTIMIZATION_CAPABILITIES")
+            if "BF16" not in caps:
+                raise BackendUnavailable(
+                    f"the {device} device has no bf16 support (OPTIMIZATION_CAPABILITIES: {', '.join(caps)}); "
+                    "OpenVINO would accept the bf16 hint and run f32", "run on a CPU with AVX-512 BF16 or AMX")
+        if self.variant == "int8":
+            try:
+                import nncf  # noqa: F401
+            except ImportError:
+                raise BackendUnavailable("nncf is not installed (OpenVINO int8 quantization)",
+                                         self.install_hint()) from None
 
     def convert(self, model, folder: Path):
         import openvino as ov
@@ -62,17 +91,29 @@ class OpenVinoAdapter(Adapter):
             converted = ov.convert_model(str(model.onnx_path()))
         else:
             converted = ov.convert_model(model.exported_program())
+        if self.variant == "int8":
+            import contextlib
+            import io
+            import logging
 
+            import nncf
+
+            logging.getLogger("nncf").setLevel(logging.ERROR)
+            calib = [list(s.values())[0] if len(s) == 1 else tuple(s.values()) for s in model.calibration()]
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                converted = nncf.quantize(converted, nncf.Dataset(calib), subset_size=len(calib))  # progress bars
         tmp = folder / f".tmp-{os.getpid()}"
         tmp.mkdir(exist_ok=True)
-        ov.save_model(converted, str(tmp / "model.xml"), compress_to_fp16=False)
+        ov.save_model(converted, str(tmp / "model.xml"), compress_to_fp16=self.variant == "fp16")
         os.replace(tmp / "model.bin", folder / "model.bin")
         os.replace(tmp / "model.xml", xml)  # the .xml last: its presence marks a complete entry
         tmp.rmdir()
-        return converted
+        return converted if self.variant != "fp16" else ov.Core().read_model(str(xml))
 
     def compile(self, converted, folder: Path) -> Compiled:
         import openvino as ov
+
+        from backendiff.precision import openvino_compute_precisions, summarize
 
         core = ov.Core()
         device = self.spec.option("device", "CPU")
@@ -80,15 +121,19 @@ class OpenVinoAdapter(Adapter):
         hint = self.spec.option("precision_hint") or self.variant
         if hint != "default":
             config["INFERENCE_PRECISION_HINT"] = _HINTS[hint]
+        if self.spec.option("perf_hint"):
+            config["PERFORMANCE_HINT"] = _PERF[self.spec.option("perf_hint")]
         threads = self.spec.option("threads")
         if threads:
             config["INFERENCE_NUM_THREADS"] = int(threads)
         compiled = core.compile_model(converted, device, config)
         out = OpenVinoCompiled(compiled)
-        out.info["device"] = device
+        out.info.update(device=device, precision_hint=hint)
         try:
-            out.info["runtime_precision"] = precision_name(compiled.get_property("INFERENCE_PRECISION_HINT"))
+            out.info["inference_precision"] = str(compiled.get_property("INFERENCE_PRECISION_HINT"))
         except Exception:  # not every device reports it
             pass
-        out.info["precision_hint"] = hint
+        counts = openvino_compute_precisions(executed_primitives(compiled))
+        out.info["runtime_precisions"] = counts
+        out.info["runtime_precision"] = summarize(counts) or self.variant
         return out

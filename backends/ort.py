@@ -1,6 +1,15 @@
-"""ONNX Runtime: the dynamo ONNX export, run on the CPU execution provider."""
+"""ONNX Runtime: the dynamo ONNX export, run on the CPU execution provider.
+
+Variants: ``fp32``; ``fp16`` (``onnxruntime.transformers.float16.convert_float_to_float16``
+with fp32 inputs and outputs kept at the boundary); ``int8`` (static QDQ quantization with
+``quantize_static``, calibrated on the run's calibration data, per-channel int8 weights).
+The session saves the graph it actually runs (``optimized_model_filepath``), and the
+precision of every compute op is read off that graph: ORT's CPU provider has few fp16
+kernels, so it wraps many ops of an fp16 model in Casts and runs them in fp32.
+"""
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import numpy as np
@@ -27,12 +36,42 @@ class OrtCompiled(Compiled):
         return list(self.session.run(None, feeds))
 
 
+def lower_fp16(src: Path, dst: Path) -> None:
+    import onnx
+    from onnxruntime.transformers.float16 import convert_float_to_float16
+
+    model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True, disable_shape_infer=False)
+    onnx.save(model, str(dst))
+
+
+def quantize_int8(src: Path, dst: Path, samples, per_channel: bool) -> None:
+    import onnx
+    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+
+    pre = dst.with_name("pre_" + dst.name)
+    quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+    names = [i.name for i in onnx.load(str(pre), load_external_data=False).graph.input]
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self._it = iter([{n: np.asarray(a) for n, a in zip(names, s.values())} for s in samples])
+
+        def get_next(self):
+            return next(self._it, None)
+
+    quantize_static(str(pre), str(dst), Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
+                    weight_type=QuantType.QInt8, per_channel=per_channel)
+    pre.unlink(missing_ok=True)
+
+
 class OrtAdapter(Adapter):
     name = "ort"
     description = "ONNX Runtime, CPU execution provider, from the dynamo ONNX export"
     packages = {"onnxruntime": "onnxruntime"}
     extra = "ort"
-    options = {"opt": tuple(_LEVELS), "threads": None}
+    variants = ("fp32", "fp16", "int8")
+    options = {"opt": tuple(_LEVELS), "threads": None, "per_channel": ("true", "false")}
     defaults = {"opt": "all"}
 
     def route(self, model) -> str:
@@ -41,10 +80,26 @@ class OrtAdapter(Adapter):
     def convert(self, model, folder: Path):
         path = model.onnx_path()
         self.cache_hit = model.onnx_from_cache
-        return path
+        if self.variant == "fp32":
+            return path
+        out = folder / f"model_{self.variant}.onnx"
+        if out.exists():
+            self.cache_hit = True
+            return out
+        self.cache_hit = False
+        tmp = folder / f".tmp-{os.getpid()}-{out.name}"
+        if self.variant == "fp16":
+            lower_fp16(path, tmp)
+        else:
+            quantize_int8(path, tmp, model.calibration(), self.spec.option("per_channel", "true") == "true")
+        os.replace(tmp, out)
+        return out
 
     def compile(self, onnx_path, folder: Path) -> Compiled:
+        import onnx
         import onnxruntime as ort
+
+        from backendiff.precision import onnx_compute_precisions, summarize
 
         so = ort.SessionOptions()
         so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _LEVELS[self.spec.option("opt", "all")])
@@ -52,7 +107,15 @@ class OrtAdapter(Adapter):
         threads = self.spec.option("threads")
         if threads:
             so.intra_op_num_threads = int(threads)
+        optimized = folder / f".optimized-{os.getpid()}.onnx"
+        if self.variant != "fp32":  # read back what runs: the graph after ORT's own transforms
+            so.optimized_model_filepath = str(optimized)
         session = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
         compiled = OrtCompiled(session)
         compiled.info["opt"] = self.spec.option("opt", "all")
+        if optimized.exists():
+            counts = onnx_compute_precisions(onnx.load(str(optimized), load_external_data=False))
+            optimized.unlink()
+            compiled.info["runtime_precisions"] = counts
+            compiled.info["runtime_precision"] = summarize(counts) or self.variant
         return compiled

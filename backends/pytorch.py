@@ -1,37 +1,53 @@
 """PyTorch itself as a backend: eager mode on the CPU.
 
-Not part of the default set (it *is* the reference in fp32); useful as a baseline for
-lower-precision variants and as the base of test adapters.
+Not part of the default set (``torch`` fp32 *is* the reference). ``torch:fp16`` and
+``torch:bf16`` run PyTorch at lower precision, which separates "precision loss" from
+"backend difference": if ``ort:fp16`` is as far from the reference as ``torch:fp16``, the
+loss is fp16's, not ONNX Runtime's. ``mode=cast`` (default) casts the whole model and its
+float inputs; ``mode=autocast`` keeps fp32 weights and lets ``torch.autocast`` choose per op.
 """
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
 
 from .base import Adapter, Compiled
 
+_DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
+
 
 class TorchCompiled(Compiled):
-    def __init__(self, module, input_names):
+    def __init__(self, module, dtype=None, autocast: bool = False):
         super().__init__()
         self.module = module
-        self.input_names = input_names
+        self.dtype = dtype
+        self.autocast = autocast
 
     def run(self, sample):
+        import contextlib
+
         import torch
 
         from backendiff.model import flatten_outputs
 
-        args = tuple(torch.from_numpy(np.array(a)) for a in sample.values())
-        with torch.no_grad():
-            return flatten_outputs(self.module(*args))[1]
+        args = [torch.from_numpy(np.array(a)) for a in sample.values()]
+        if self.dtype is not None and not self.autocast:
+            args = [a.to(self.dtype) if a.is_floating_point() else a for a in args]
+        ctx = torch.autocast("cpu", dtype=self.dtype) if self.autocast else contextlib.nullcontext()
+        with torch.no_grad(), ctx:
+            out = self.module(*args)
+        return flatten_outputs(out, as_float32=True)[1]
 
 
 class TorchAdapter(Adapter):
     name = "torch"
-    description = "PyTorch eager on the CPU (the reference's own runtime)"
+    description = "PyTorch eager on the CPU (the reference's own runtime); fp16/bf16 as precision baselines"
     packages = {"torch": "torch"}
+    variants = ("fp32", "fp16", "bf16")
+    options = {"mode": ("cast", "autocast")}
+    defaults = {"mode": "cast"}
     default = False
 
     def route(self, model) -> str:
@@ -43,4 +59,14 @@ class TorchAdapter(Adapter):
         return model.loaded.module
 
     def compile(self, module, folder: Path) -> Compiled:
-        return TorchCompiled(module, None)
+        import torch
+
+        if self.variant == "fp32":
+            return TorchCompiled(module)
+        dtype = getattr(torch, _DTYPES[self.variant])
+        autocast = self.spec.option("mode") == "autocast"
+        compiled = TorchCompiled(module if autocast else copy.deepcopy(module).to(dtype), dtype, autocast)
+        compiled.info["mode"] = self.spec.option("mode", "cast")
+        if not autocast:
+            compiled.info["runtime_precision"] = self.variant
+        return compiled

@@ -4,15 +4,40 @@ Route ``export`` (default) imports the ExportedProgram with
 ``relax.frontend.torch.from_exported_program``; ``route=onnx`` imports the dynamo ONNX
 export with ``relax.frontend.onnx.from_onnx``. The compiled library is cached as a shared
 object (``export_library``) and reloaded with ``tvm.runtime.load_module``.
+
+Options: ``opt=0..3`` (the ``PassContext`` optimization level), ``target``. Variant
+``fp16`` applies ``relax.transform.ToMixedPrecision(out_dtype="float16")``: inputs and
+outputs stay fp32, convolutions and matmuls compute and accumulate in fp16 (``accum=fp32``:
+fp16 operands, fp32 accumulation), ops Relax keeps in fp32 (batch norm, ...) stay there. The precision of every operator call
+is counted on the transformed module and kept beside the cached library.
 """
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
 
 import numpy as np
 
+from backendiff.errors import BackendUnavailable
+
 from .base import Adapter, Compiled
+
+
+def relax_ops(mod) -> list[tuple[str, str]]:
+    """(operator name, output dtype) of every operator call in a Relax module's ``main``."""
+    from tvm import relax
+
+    out = []
+    func = mod["main"]
+    for block in getattr(func.body, "blocks", []):
+        for binding in block.bindings:
+            value = binding.value
+            if isinstance(value, relax.Call) and hasattr(value.op, "name"):
+                info = getattr(binding.var, "ty", None) or getattr(binding.var, "struct_info", None)
+                dtype = getattr(info, "dtype", None)
+                out.append((str(value.op.name), str(dtype) if dtype is not None else ""))
+    return out
 
 
 def flatten(value) -> list[np.ndarray]:
@@ -45,8 +70,9 @@ class TvmAdapter(Adapter):
     description = "Apache TVM Relax, target llvm, from the ExportedProgram (route=onnx: from the ONNX export)"
     packages = {"tvm": "apache-tvm"}
     extra = "tvm"
-    options = {"route": ("export", "onnx"), "target": None}
-    defaults = {"route": "export", "target": "llvm"}
+    variants = ("fp32", "fp16")
+    options = {"route": ("export", "onnx"), "target": None, "opt": ("0", "1", "2", "3"), "accum": ("fp16", "fp32")}
+    defaults = {"route": "export", "target": "llvm", "opt": "3"}
 
     def convert(self, model, folder: Path):
         lib = folder / "model.so"
@@ -59,23 +85,42 @@ class TvmAdapter(Adapter):
 
             shapes = {n: list(a.shape) for n, a in model.samples[0].items()}
             dtypes = {n: a.dtype.name for n, a in model.samples[0].items()}
-            return from_onnx(onnx.load(str(model.onnx_path())), shape_dict=shapes, dtype_dict=dtypes,
-                             keep_params_in_input=False)
-        from tvm.relax.frontend.torch import from_exported_program
+            mod = from_onnx(onnx.load(str(model.onnx_path())), shape_dict=shapes, dtype_dict=dtypes,
+                            keep_params_in_input=False)
+        else:
+            from tvm.relax.frontend.torch import from_exported_program
 
-        return from_exported_program(model.exported_program(), keep_params_as_input=False)
+            mod = from_exported_program(model.exported_program(), keep_params_as_input=False)
+        if self.variant == "fp16":
+            from tvm import relax
+
+            try:
+                accum = "float32" if self.spec.option("accum") == "fp32" else "float16"
+                mod = relax.transform.ToMixedPrecision(out_dtype=accum)(mod)
+            except Exception as e:
+                raise BackendUnavailable(f"Relax cannot convert this model to fp16: {type(e).__name__}: {e}") from None
+        return mod
 
     def compile(self, converted, folder: Path) -> Compiled:
         import tvm
 
+        from backendiff.precision import relax_compute_precisions, summarize
+
         target = self.spec.option("target", "llvm")
+        opt = int(self.spec.option("opt", "3"))
+        sidecar = folder / "precisions.json"
         if isinstance(converted, Path):
             lib = tvm.runtime.load_module(str(converted))
+            counts = json.loads(sidecar.read_text()) if sidecar.exists() else {}
         else:
-            lib = tvm.compile(converted, target=tvm.target.Target(target))
+            counts = relax_compute_precisions(relax_ops(converted))
+            with tvm.transform.PassContext(opt_level=opt):
+                lib = tvm.compile(converted, target=tvm.target.Target(target))
+            sidecar.write_text(json.dumps(counts))
             tmp = folder / f".model-{os.getpid()}.so"  # export_library picks the format by suffix
             lib.export_library(str(tmp))
             os.replace(tmp, folder / "model.so")
         out = TvmCompiled(lib)
-        out.info["target"] = target
+        out.info.update(target=target, opt=opt, runtime_precisions=counts)
+        out.info["runtime_precision"] = summarize(counts) or self.variant
         return out

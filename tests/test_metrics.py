@@ -35,6 +35,7 @@ def test_nonfinite_compared_by_position():
     assert M.violations(moved, r, 0, 0) == 2
     flipped = np.array([np.nan, 1.0, -np.inf, 2.0])
     assert M.violations(flipped, r, 1, 1) == 1
+    assert m["sqnr_db"] is None and M.tensor_metrics(moved, r)["sqnr_db"] == -math.inf
 
 
 def test_violations_use_the_allclose_rule():
