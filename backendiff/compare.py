@@ -247,6 +247,16 @@ def compare_outputs(names, reference, actual, tol) -> list[OutputResult]:
     return results
 
 
+def precision_record(requested: str, info: dict) -> dict:
+    """Requested vs what the runtime ran. ``honoured``: the requested precision is among the
+    precisions the runtime computed in (int8 models keep some ops in float; that is normal),
+    False when the runtime silently ran none of it (e.g. ORT's fp16 model run in fp32)."""
+    runtime = info.get("runtime_precision", requested)
+    counts = info.get("runtime_precisions")
+    honoured = bool(counts.get(requested)) if counts else runtime == requested
+    return {"requested": requested, "runtime": runtime, "honoured": honoured}
+
+
 def run_backend(cls, shown: str, spec: BackendSpec, handle: ModelHandle, reference, config: CompareConfig,
                 progress) -> BackendResult:
     """Convert, compile and run one backend; every failure becomes data in its result."""
@@ -309,8 +319,7 @@ def run_backend(cls, shown: str, spec: BackendSpec, handle: ModelHandle, referen
         result.error = Failure.from_exception(stage, e).to_dict()
         return result
     result.cache = ("hit" if adapter.cache_hit else "miss") if handle.cache.enabled else "off"
-    result.precision = {"requested": adapter.precision,
-                        "runtime": result.info.get("runtime_precision", adapter.precision)}
+    result.precision = precision_record(adapter.precision, result.info)
     if len(actual[0]) != len(handle.output_names):
         result.status = FAILED
         result.error = {"stage": "compare", "type": "OutputMismatch",

@@ -49,7 +49,8 @@ def _rows(report: Report) -> list[tuple[dict, str | None]]:
                 ran = " · ".join(f"{k} {v}" for k, v in sorted(counts.items(), key=lambda kv: -kv[1]))
                 if len(counts) == 1:
                     ran = f"{sum(counts.values())}"
-                notes.append(f"ran {prec['runtime']}" + (f" ({ran} ops)" if ran else ""))
+                notes.append(f"ran {prec['runtime']}" + (f" ({ran} ops)" if ran else "")
+                             + ("" if prec.get("honoured", True) else f": {prec['requested']} not honoured"))
             bad = [o.name for o in b.outputs if not o.within_tolerance]
             if bad:
                 notes.append(f"{', '.join(bad)} outside rtol={b.tolerance['rtol']:g} atol={b.tolerance['atol']:g}")

@@ -56,7 +56,7 @@ def test_openvino_runtime_default_precision_is_reported():
     CPUs with AVX-512 BF16 / AMX), and the report says what it ran in."""
     report = backendiff.compare("zoo:digits-cnn", backends=["openvino", "openvino:fp32,precision_hint=default"])
     pinned, native = report.backends
-    assert pinned.status == "ok" and pinned.precision == {"requested": "fp32", "runtime": "fp32"}
+    assert pinned.status == "ok" and pinned.precision == {"requested": "fp32", "runtime": "fp32", "honoured": True}
     if native.precision["runtime"] == "bf16":
         assert native.status == "diverged"
         assert native.outputs[0].metrics["max_abs"] > 1e-3
