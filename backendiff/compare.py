@@ -257,26 +257,25 @@ def precision_record(requested: str, info: dict) -> dict:
     return {"requested": requested, "runtime": runtime, "honoured": honoured}
 
 
+def unavailable(result: BackendResult, stage: str, e: BackendUnavailable) -> BackendResult:
+    result.status = UNAVAILABLE
+    result.error = {"stage": stage, "type": "unavailable", "message": e.reason, "hint": e.hint}
+    return result
+
+
 def run_backend(cls, shown: str, spec: BackendSpec, handle: ModelHandle, reference, config: CompareConfig,
                 progress) -> BackendResult:
     """Convert, compile and run one backend; every failure becomes data in its result."""
     result = BackendResult(spec=shown, backend=cls.name, variant=spec.variant, status=OK,
                            options=dict(spec.options))
     t0 = time.perf_counter()
-    try:
-        cls.check()  # imports the runtime: its own start-up cost, timed as setup_s
-    except BackendUnavailable as e:
-        result.status = UNAVAILABLE
-        result.error = {"stage": "setup", "type": "unavailable", "message": e.reason, "hint": e.hint}
-        return result
-    result.timings["setup_s"] = round(time.perf_counter() - t0, 6)
     adapter = cls(spec)
     try:
+        cls.check()  # imports the runtime: its own start-up cost, timed as setup_s
         adapter.check_variant()
     except BackendUnavailable as e:
-        result.status = UNAVAILABLE
-        result.error = {"stage": "setup", "type": "unavailable", "message": e.reason, "hint": e.hint}
-        return result
+        return unavailable(result, "setup", e)
+    result.timings["setup_s"] = round(time.perf_counter() - t0, 6)
     result.route = adapter.route(handle)
     tol = tolerance_for(adapter.precision, config.rtol, config.atol)
     result.tolerance = tol.to_dict()
@@ -310,9 +309,7 @@ def run_backend(cls, shown: str, spec: BackendSpec, handle: ModelHandle, referen
     except BadInput:
         raise
     except BackendUnavailable as e:  # found out while converting (e.g. no fp16 lowering)
-        result.status = UNAVAILABLE
-        result.error = {"stage": stage, "type": "unavailable", "message": e.reason, "hint": e.hint}
-        return result
+        return unavailable(result, stage, e)
     except Exception as e:
         result.timings[f"{stage}_s"] = round(time.perf_counter() - t0, 6)
         result.status = FAILED
