@@ -324,4 +324,27 @@ def run_backend(cls, shown: str, spec: BackendSpec, handle: ModelHandle, referen
         return result
     result.outputs = compare_outputs(handle.output_names, reference, actual, tol)
     result.status = OK if all(o.within_tolerance for o in result.outputs) else DIVERGED
+    if config.layerwise and adapter.layers_from and handle.has_torch:
+        localize(adapter, handle, result, tol, progress)
     return result
+
+
+def localize(adapter, handle: ModelHandle, result: BackendResult, tol, progress) -> None:
+    """Propagated mode: every layer's error on the first sample, and where divergence starts.
+    Final outputs above stay measured on the unmodified compiled model."""
+    from .layers import first_divergence, layer_rows
+
+    progress(f"{result.spec}: layer-wise comparison")
+    t0 = time.perf_counter()
+    try:
+        layers, reference = handle.reference_layers()
+        actual = adapter.layer_values(handle, handle.samples[0])
+    except ExportFailed as e:
+        result.info["layers_error"] = str(e)
+        return
+    rows = layer_rows(layers, reference, actual, tol.rtol, tol.atol)
+    result.layers = rows
+    if result.status == DIVERGED or any(row["nonfinite_born"] for row in rows):
+        result.first_divergence = first_divergence(rows)
+    result.info["layers_from"] = adapter.layers_from
+    result.timings["layers_s"] = round(time.perf_counter() - t0, 6)

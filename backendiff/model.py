@@ -197,6 +197,19 @@ class ModelHandle:
             raise BadInput(f"the ONNX model does not run on the inputs: {type(e).__name__}: {first_line(e)}") from None
         return [np.asarray(o) for o in out]
 
+    def reference_layers(self):
+        """(layers, values): every FX node of the ExportedProgram and its fp32 reference value
+        on the first sample; computed once."""
+        if not hasattr(self, "_reference_layers"):
+            from .layers import graph_layers, record_nodes
+
+            graph_module = self.exported_program().module()
+            t0 = time.perf_counter()
+            values = record_nodes(graph_module, self.example_args())
+            self.timings["reference_layers_s"] = time.perf_counter() - t0
+            self._reference_layers = (graph_layers(graph_module), values)
+        return self._reference_layers
+
     def golden(self) -> tuple[list[list[np.ndarray]] | None, str | None]:
         """The same model in float64: the baseline that says how much error fp32 rounding
         alone carries. Returns (outputs per sample, None) or (None, why not)."""

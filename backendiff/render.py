@@ -105,6 +105,14 @@ def print_report(report: Report, console: Console | None = None, json_path=None)
                   f"(seed {m.get('seed')}) · total {report.timings.get('total_s', 0):.2f}s", highlight=False)
     if report.baseline and not report.baseline.get("available"):
         console.print(f"[dim]no fp64 baseline: {report.baseline.get('reason')}[/dim]")
+    for b in report.backends:
+        fd = b.first_divergence
+        if fd:
+            where = f"{fd['module'] or '<top>'} ({fd['op_type']}, node {fd['node']})"
+            why = {"nonfinite": "first NaN/Inf born here", "growth": f"error grows x{fd['growth'] + 1:.3g} over its inputs",
+                   "tolerance": "first layer past tolerance"}[fd.get("reason", "tolerance")]
+            console.print(Text(f"{b.spec}: divergence starts at {where}"
+                               + (f" · {fd['source']}" if fd.get("source") else "") + f" · {why}"))
     style = "bold green" if report.verdict == "pass" else "bold red"
     line = f"verdict: [{style}]{report.verdict}[/{style}]"
     if json_path:

@@ -94,8 +94,12 @@ class Report:
         return self.verdict == "pass"
 
     def backend(self, spec: str) -> BackendResult:
+        """The result of a spec as written (``ort:fp16``), else the first of a backend name."""
         for b in self.backends:
-            if b.spec == spec or b.backend == spec:
+            if b.spec == spec:
+                return b
+        for b in self.backends:
+            if b.backend == spec:
                 return b
         raise KeyError(spec)
 

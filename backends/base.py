@@ -148,6 +148,14 @@ class Adapter:
         route = self.spec.option("route") or "export"
         return "onnx" if not model.has_torch else route
 
+    #: how ``layer_values`` obtains intermediates (said in the report); None: not supported
+    layers_from: str | None = None
+
+    def layer_values(self, model, sample: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+        """Every FX node's output on this backend for one sample, keyed by node name
+        (propagated mode), or None when this adapter cannot give them yet."""
+        return None
+
     # -- build and run ---------------------------------------------------------------
     def convert(self, model, folder: Path) -> Any:
         raise NotImplementedError

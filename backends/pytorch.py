@@ -50,8 +50,30 @@ class TorchAdapter(Adapter):
     defaults = {"mode": "cast"}
     default = False
 
+    layers_from = "torch.fx.Interpreter over the ExportedProgram at the variant's precision (no fusion to disturb)"
+
     def route(self, model) -> str:
         return "eager"
+
+    def layer_values(self, model, sample):
+        import contextlib
+
+        import torch
+
+        from backendiff.layers import record_nodes
+
+        graph_module = model.exported_program().module()
+        args = [torch.from_numpy(np.array(a)) for a in sample.values()]
+        ctx = contextlib.nullcontext()
+        if self.variant != "fp32":
+            dtype = getattr(torch, _DTYPES[self.variant])
+            if self.spec.option("mode") == "autocast":
+                ctx = torch.autocast("cpu", dtype=dtype)
+            else:
+                graph_module = copy.deepcopy(graph_module).to(dtype)
+                args = [a.to(dtype) if a.is_floating_point() else a for a in args]
+        with ctx:
+            return record_nodes(graph_module, args)
 
     def convert(self, model, folder: Path):
         if not model.has_torch:

@@ -1,0 +1,140 @@
+"""Layer-wise divergence (propagated mode) over the FX graph of the ExportedProgram.
+
+Every ``call_function`` node of the graph is a layer, named in the user's terms: the
+module path that called it (``nn_module_stack``), its op, and the source line of the
+user's code (``stack_trace``, frames inside torch skipped). The reference value of every
+node comes from running the graph under a ``torch.fx.Interpreter``; a backend's values
+come from running its own form of the model with each node's output recorded.
+
+Localization follows CRADLE/LEMON: δ is a node's mean absolute deviation, its growth
+``(δ − max δ_inputs) / (max δ_inputs + 1e-7)``; the first divergence is the earliest node
+past tolerance whose error grows over its inputs' (not the largest error: error only
+grows downstream). Where a NaN/Inf is first born is its own finding and takes precedence.
+"""
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+from . import metrics as M
+
+GROWTH_EPS = 1e-7
+#: a node "grows" the error when its δ is at least this many times its inputs' over them
+GROWTH_MIN = 1.0
+
+
+@dataclass(frozen=True)
+class Layer:
+    index: int
+    node: str
+    op_type: str
+    module: str
+    source: str | None
+    inputs: tuple[str, ...]
+
+
+def _module_path(node) -> str:
+    stack = node.meta.get("nn_module_stack") or {}
+    if not stack:
+        return ""
+    path, _cls = list(stack.values())[-1]
+    return re.sub(r"^L\['self'\]\.?", "", str(path))
+
+
+def user_source(stack_trace: str | None) -> str | None:
+    """``file:line`` of the innermost frame outside torch itself."""
+    if not stack_trace:
+        return None
+    frames = re.findall(r'File "([^"]+)", line (\d+)', stack_trace)
+    user = [(f, n) for f, n in frames if "/torch/" not in f.replace("\\", "/")]
+    if not user:
+        return None
+    path, line = user[-1]
+    return f"{path}:{line}"
+
+
+def graph_layers(graph_module) -> list[Layer]:
+    """The call_function nodes of an FX graph, in execution order."""
+    out = []
+    for node in graph_module.graph.nodes:
+        if node.op != "call_function":
+            continue
+        target = getattr(node.target, "__name__", str(node.target))
+        op = str(getattr(node.target, "_opname", target.split(".")[0]))
+        inputs = tuple(a.name for a in node.all_input_nodes if a.op == "call_function")
+        out.append(Layer(len(out), node.name, op, _module_path(node), user_source(node.meta.get("stack_trace")),
+                         inputs))
+    return out
+
+
+def record_nodes(graph_module, args) -> dict[str, np.ndarray]:
+    """Run an FX graph module and keep every call_function node's tensor output (float32
+    numpy; the first tensor of a tuple output)."""
+    import torch
+    from torch.fx import Interpreter
+
+    values: dict[str, np.ndarray] = {}
+
+    class Recorder(Interpreter):
+        def run_node(self, n):
+            result = super().run_node(n)
+            if n.op == "call_function":
+                t = result
+                if isinstance(t, (tuple, list)):
+                    t = next((x for x in t if isinstance(x, torch.Tensor)), None)
+                if isinstance(t, torch.Tensor):
+                    t = t.detach()
+                    values[n.name] = (t.float() if t.is_floating_point() else t).cpu().numpy().copy()
+            return result
+
+    with torch.no_grad():
+        Recorder(graph_module).run(*args)
+    return values
+
+
+def growth(delta: float, input_deltas: list[float]) -> float:
+    base = max(input_deltas) if input_deltas else 0.0
+    return (delta - base) / (base + GROWTH_EPS)
+
+
+def layer_rows(layers: list[Layer], reference: dict, actual: dict, rtol: float, atol: float) -> list[dict]:
+    """One row per layer both sides have: metrics, growth, within tolerance, and whether a
+    NaN/Inf appears where the reference is finite."""
+    rows, delta = [], {}
+    for layer in layers:
+        r, a = reference.get(layer.node), actual.get(layer.node)
+        if r is None or a is None or np.shape(r) != np.shape(a) or r.dtype.kind not in "fc":
+            continue
+        m = M.tensor_metrics(a, r)
+        delta[layer.node] = m["mean_abs"]
+        g = growth(m["mean_abs"], [delta[i] for i in layer.inputs if i in delta])
+        rows.append({
+            "index": layer.index, "module": layer.module, "op_type": layer.op_type, "node": layer.node,
+            "source": layer.source, "fused_into": None, "metrics": m, "growth": g,
+            "within_tolerance": M.violations(a, r, rtol, atol) == 0,
+            "nonfinite_born": bool(M.nonfinite_mismatch(a, r).any()),
+        })
+    return rows
+
+
+def first_nonfinite(rows: list[dict]) -> dict | None:
+    return next((row for row in rows if row["nonfinite_born"]), None)
+
+
+def first_divergence(rows: list[dict]) -> dict | None:
+    """Where a NaN/Inf is first born; else the earliest layer past tolerance whose error
+    grows over its inputs'; else the earliest layer past tolerance."""
+    born = first_nonfinite(rows)
+    if born is not None:
+        return {**_summary(born), "reason": "nonfinite"}
+    past = [row for row in rows if not row["within_tolerance"]]
+    for row in past:
+        if row["growth"] >= GROWTH_MIN:
+            return {**_summary(row), "reason": "growth"}
+    return {**_summary(past[0]), "reason": "tolerance"} if past else None
+
+
+def _summary(row: dict) -> dict:
+    return {k: row[k] for k in ("index", "module", "op_type", "node", "source", "metrics", "growth")}

@@ -1,0 +1,136 @@
+"""Propagated layer-wise localization: named by PyTorch module, NaN birth first."""
+import random
+
+import numpy as np
+import pytest
+import torch
+from torch import nn
+
+import backendiff
+from backendiff.backends.pytorch import TorchAdapter, TorchCompiled
+from backendiff.layers import first_divergence, growth, layer_rows, record_nodes
+from backendiff.registry import register_backend, unregister_backend
+
+from .test_variants import Overflow
+
+
+def test_growth_and_first_divergence_rules():
+    assert growth(0.2, [0.1]) == pytest.approx(1.0, rel=1e-5)
+    assert growth(0.1, []) == pytest.approx(1e6)
+    row = lambda i, within, g, born=False: {"index": i, "module": f"m{i}", "op_type": "x", "node": f"n{i}",
+                                            "source": None, "metrics": {}, "growth": g, "within_tolerance": within,
+                                            "nonfinite_born": born}
+    rows = [row(0, True, 5.0), row(1, False, 0.1), row(2, False, 3.0), row(3, False, 9.0, born=True)]
+    assert first_divergence(rows)["node"] == "n3" and first_divergence(rows)["reason"] == "nonfinite"
+    rows[3]["nonfinite_born"] = False
+    assert first_divergence(rows)["node"] == "n2" and first_divergence(rows)["reason"] == "growth"
+    assert first_divergence([row(0, True, 1.0)]) is None
+
+
+def test_fp16_overflow_names_the_module_where_the_first_inf_is_born():
+    x = torch.randn(4, 16, generator=torch.Generator().manual_seed(0))
+    report = backendiff.compare(Overflow().eval(), inputs=(x,), backends=["torch:fp16", "torch"])
+    fd = report.backend("torch:fp16").first_divergence
+    assert fd["module"] == "up" and fd["reason"] == "nonfinite" and fd["op_type"] == "linear"
+    assert fd["source"].endswith("test_variants.py:" + str(Overflow.forward.__code__.co_firstlineno + 1))
+    assert report.backend("torch").first_divergence is None
+    assert [r["module"] for r in report.backend("torch").layers] == ["up", "", "down"]
+    assert all(r["metrics"]["max_abs"] == 0 for r in report.backend("torch").layers)
+
+
+class RandomNet(nn.Module):
+    """A random stack of small layers (the property test's architectures)."""
+
+    KINDS = ("linear", "relu", "gelu", "norm", "tanh", "residual")
+
+    def __init__(self, rng: random.Random, width: int = 12):
+        super().__init__()
+        blocks = []
+        for _ in range(rng.randint(3, 8)):
+            kind = rng.choice(self.KINDS)
+            if kind == "linear":
+                blocks.append(nn.Linear(width, width))
+            elif kind == "relu":
+                blocks.append(nn.Sequential(nn.Linear(width, width), nn.ReLU()))
+            elif kind == "gelu":
+                blocks.append(nn.Sequential(nn.Linear(width, width), nn.GELU()))
+            elif kind == "norm":
+                blocks.append(nn.Sequential(nn.LayerNorm(width), nn.Linear(width, width)))
+            elif kind == "tanh":
+                blocks.append(nn.Sequential(nn.Linear(width, width), nn.Tanh()))
+            else:
+                blocks.append(Residual(width))
+        self.blocks = nn.ModuleList(blocks)
+
+    def forward(self, x):
+        for block in self.blocks:
+            x = block(x)
+        return x
+
+
+class Residual(nn.Module):
+    def __init__(self, width):
+        super().__init__()
+        self.fc = nn.Linear(width, width)
+
+    def forward(self, x):
+        return x + torch.sigmoid(self.fc(x))
+
+
+class Nudge(TorchAdapter):
+    """Test-only backend: PyTorch with exactly one chosen FX node's output shifted by 0.1."""
+
+    name = "nudge"
+    target: str = ""
+
+    def _nudged(self, model):
+        gm = model.exported_program().module()
+        node = next(n for n in gm.graph.nodes if n.name == self.target)
+        with gm.graph.inserting_after(node):
+            shifted = gm.graph.call_function(torch.ops.aten.add.Tensor, (node, 0.1))
+        node.replace_all_uses_with(shifted, delete_user_cb=lambda user: user is not shifted)
+        gm.recompile()
+        return gm, shifted.name
+
+    def compile(self, module, folder):
+        return TorchCompiled(self._gm)
+
+    def convert(self, model, folder):
+        self._gm, _ = self._nudged(model)
+        return None
+
+    def layer_values(self, model, sample):
+        gm, shifted = self._nudged(model)
+        values = record_nodes(gm, [torch.from_numpy(np.array(a)) for a in sample.values()])
+        values[self.target] = values.pop(shifted)  # the chosen node, as the backend computed it
+        return values
+
+
+def test_first_divergence_names_the_altered_node_every_time():
+    rng = random.Random(1234)
+    trials = hits = absorbed = 0
+    register_backend(Nudge)
+    try:
+        for _ in range(12):
+            torch.manual_seed(rng.randint(0, 10_000))
+            model = RandomNet(rng).eval()
+            x = torch.randn(2, 12)
+            ep = torch.export.export(model, (x,))
+            nodes = [n for n in ep.graph.nodes if n.op == "call_function"]
+            for node in rng.sample(nodes, min(3, len(nodes))):
+                Nudge.target = node.name
+                expected = list(node.meta["nn_module_stack"].values())[-1][0]
+                report = backendiff.compare(model, inputs=(x,), backends=["nudge"], golden=False, use_cache=False)
+                fd = report.backend("nudge").first_divergence
+                trials += 1
+                if report.backend("nudge").status == "ok":
+                    # the shift was absorbed (e.g. by a LayerNorm): then no divergence is claimed
+                    assert fd is None
+                    hits += 1
+                    absorbed += 1
+                    continue
+                hits += fd is not None and fd["node"] == node.name and fd["module"] == expected
+    finally:
+        unregister_backend("nudge")
+    assert trials >= 30 and hits == trials
+    assert absorbed <= trials // 4, absorbed   # most shifts do reach the outputs: the test has teeth
