@@ -94,8 +94,9 @@ def _check_writable(path: Path) -> None:
 @click.option("--no-cache", is_flag=True, help="Export and compile afresh; cache nothing.")
 @click.option("--cache-dir", type=click.Path(path_type=Path), help="Cache folder (default ~/.cache/backendiff).")
 @click.option("--no-golden", is_flag=True, help="Skip the float64 golden run.")
-@click.option("--layerwise/--no-layerwise", default=True, show_default=True,
-              help="Per-layer divergence and where it starts, for backends that can give intermediates.")
+@click.option("--layerwise/--no-layerwise", default=None,
+              help="Per-layer divergence and where it starts, for every backend that can give intermediates "
+                   "(default: only for backends that diverged).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress display.")
 def compare(model, backends, input_specs, input_files, calib_files, calib_samples, seed, samples, weights, trust_pickle, atol, rtol,
             json_path, no_json, no_cache, cache_dir, no_golden, layerwise, quiet):
@@ -121,7 +122,8 @@ def compare(model, backends, input_specs, input_files, calib_files, calib_sample
         input_specs=tuple(parse_input_spec(s) for s in input_specs), input_files=tuple(input_files),
         calib_files=tuple(calib_files), calib_samples=calib_samples,
         weights=weights, trust_pickle=trust_pickle, rtol=rtol, atol=atol, cache_dir=cache_dir,
-        use_cache=not no_cache, golden=not no_golden, layerwise=layerwise,
+        use_cache=not no_cache, golden=not no_golden,
+        layerwise={None: "auto", True: "always", False: "never"}[layerwise],
         command="backendiff " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
     )
     if quiet or not console.is_terminal:

@@ -40,6 +40,8 @@ def compare(model, inputs=None, backends=None, *, config: CompareConfig | None =
     config = (config or CompareConfig()).but(**options) if options else (config or CompareConfig())
     if backends is not None:
         config = config.but(backends=tuple([backends] if isinstance(backends, str) else backends))
+    if config.layerwise not in ("auto", "always", "never"):
+        raise BadInput(f"layerwise must be auto, always or never, not {config.layerwise!r}")
     if config.samples < 1:
         raise BadInput("--samples must be at least 1")
     if config.calib_samples < 1:
@@ -324,7 +326,8 @@ def run_backend(cls, shown: str, spec: BackendSpec, handle: ModelHandle, referen
         return result
     result.outputs = compare_outputs(handle.output_names, reference, actual, tol)
     result.status = OK if all(o.within_tolerance for o in result.outputs) else DIVERGED
-    if config.layerwise and adapter.layers_from and handle.has_torch:
+    wanted = config.layerwise == "always" or (config.layerwise == "auto" and result.status == DIVERGED)
+    if wanted and adapter.layers_from and handle.has_torch:
         localize(adapter, handle, result, tol, progress)
     return result
 

@@ -24,7 +24,9 @@ class CompareConfig:
     cache_dir: Path | None = None               # None: the default cache folder
     use_cache: bool = True
     golden: bool = True
-    layerwise: bool = True                      # per-layer divergence where the backend can give it
+    # per-layer divergence where the backend can give it: "auto" for backends that diverged,
+    # "always", or "never"
+    layerwise: str = "auto"
     command: str | None = None
     progress: Callable[[str], None] | None = field(default=None, compare=False)
 

@@ -13,6 +13,7 @@ grows downstream). Where a NaN/Inf is first born is its own finding and takes pr
 """
 from __future__ import annotations
 
+import operator
 import re
 from dataclasses import dataclass
 
@@ -61,8 +62,11 @@ def graph_layers(graph_module) -> list[Layer]:
     for node in graph_module.graph.nodes:
         if node.op != "call_function":
             continue
-        target = getattr(node.target, "__name__", str(node.target))
-        op = str(getattr(node.target, "_opname", target.split(".")[0]))
+        source_node = node
+        if node.target is operator.getitem and node.args and hasattr(node.args[0], "target"):
+            source_node = node.args[0]  # one output of a multi-output op (batch norm): name the op
+        target = getattr(source_node.target, "__name__", str(source_node.target))
+        op = str(getattr(source_node.target, "_opname", target.split(".")[0]))
         inputs = tuple(a.name for a in node.all_input_nodes if a.op == "call_function")
         out.append(Layer(len(out), node.name, op, _module_path(node), user_source(node.meta.get("stack_trace")),
                          inputs))

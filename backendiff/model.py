@@ -4,6 +4,7 @@ export artifacts (ExportedProgram, ONNX file; cached by content), and the refere
 from __future__ import annotations
 
 import copy
+import functools
 import logging
 import time
 from pathlib import Path
@@ -13,6 +14,15 @@ import numpy as np
 from .cache import Cache, content_key, write_atomic
 from .errors import BadInput, first_line
 from .loading import LoadedModel
+
+
+@functools.lru_cache(maxsize=1)
+def _onnx_registry():
+    from torch.onnx._internal.exporter import _registration
+
+    # the registry logs a warning per missing torchvision op
+    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+    return _registration.ONNXRegistry.from_torchlib()
 
 
 class ExportFailed(Exception):
@@ -197,13 +207,55 @@ class ModelHandle:
             raise BadInput(f"the ONNX model does not run on the inputs: {type(e).__name__}: {first_line(e)}") from None
         return [np.asarray(o) for o in out]
 
+    def layer_program(self):
+        """The ExportedProgram decomposed exactly as the ONNX exporter decomposes it, so that
+        FX node names, ONNX value names and the layer rows are one key (made once)."""
+        if not hasattr(self, "_layer_program"):
+            ep = copy.deepcopy(self.exported_program())
+            try:  # the exporter's own preparation step (internal API of torch.onnx)
+                from torch.onnx._internal.exporter import _core
+
+                self._layer_program = _core._prepare_exported_program_for_export(ep, registry=_onnx_registry())
+            except (ImportError, AttributeError, TypeError):
+                self._layer_program = ep.run_decompositions()
+        return self._layer_program
+
+    def instrumented_onnx(self) -> tuple[Path, list[str]]:
+        """The ONNX export of ``layer_program`` without the exporter's optimizer, with every FX
+        node's value marked as a graph output; cached. Returns (path, marked names)."""
+        import onnx
+        import torch
+
+        from .environment import package_versions
+
+        exporter = package_versions(("onnx", "onnxscript", "onnx-ir"))
+        folder = self.cache.folder("onnx", content_key("instrumented", self.key, exporter))
+        path, names_file = folder / "instrumented.onnx", folder / "marked.txt"
+        if path.exists() and names_file.exists():
+            return path, names_file.read_text().split()
+        program = self.layer_program()
+        logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
+        t0 = time.perf_counter()
+        model = torch.onnx.export(program, dynamo=True, optimize=False, verbose=False).model_proto
+        self.timings["instrumented_export_s"] = time.perf_counter() - t0
+        fx = {n.name for n in program.graph.nodes if n.op == "call_function"}
+        existing = {o.name for o in model.graph.output}
+        marked = []
+        for vi in model.graph.value_info:
+            if vi.name in fx and vi.name not in existing and vi.type.tensor_type.elem_type in (1, 10, 11, 16):
+                model.graph.output.append(vi)
+                marked.append(vi.name)
+        write_atomic(path, lambda tmp: onnx.save(model, str(tmp)))
+        names_file.write_text("\n".join(marked))
+        return path, marked
+
     def reference_layers(self):
-        """(layers, values): every FX node of the ExportedProgram and its fp32 reference value
+        """(layers, values): every FX node of the layer program and its fp32 reference value
         on the first sample; computed once."""
         if not hasattr(self, "_reference_layers"):
             from .layers import graph_layers, record_nodes
 
-            graph_module = self.exported_program().module()
+            graph_module = self.layer_program().module()
             t0 = time.perf_counter()
             values = record_nodes(graph_module, self.example_args())
             self.timings["reference_layers_s"] = time.perf_counter() - t0

@@ -77,6 +77,34 @@ class OrtAdapter(Adapter):
     def route(self, model) -> str:
         return "onnx"
 
+    @property
+    def layers_from(self) -> str | None:
+        if self.variant == "int8":
+            return None  # quantization renames the graph's values: not matched yet
+        return ("ONNX Runtime on the ONNX export without the exporter's optimizer, every FX node's value "
+                "marked as a graph output (this can change what ORT fuses and which casts it keeps; "
+                "final outputs are measured on the unmodified model)")
+
+    def layer_values(self, model, sample):
+        import onnxruntime as ort
+
+        path, marked = model.instrumented_onnx()
+        if self.variant == "fp16":
+            lowered = path.with_name("instrumented_fp16.onnx")
+            if not lowered.exists():
+                tmp = path.with_name(f".tmp-{os.getpid()}-instrumented_fp16.onnx")
+                lower_fp16(path, tmp)
+                os.replace(tmp, lowered)
+            path = lowered
+        so = ort.SessionOptions()
+        so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _LEVELS[self.spec.option("opt", "all")])
+        so.log_severity_level = 3
+        session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        names = [o.name for o in session.get_outputs()]
+        feeds = {i.name: np.asarray(a) for i, a in zip(session.get_inputs(), sample.values())}
+        values = dict(zip(names, session.run(None, feeds)))
+        return {n: np.asarray(v, dtype=np.float32) if v.dtype == np.float16 else v for n, v in values.items()}
+
     def convert(self, model, folder: Path):
         path = model.onnx_path()
         self.cache_hit = model.onnx_from_cache

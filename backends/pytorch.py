@@ -62,7 +62,7 @@ class TorchAdapter(Adapter):
 
         from backendiff.layers import record_nodes
 
-        graph_module = model.exported_program().module()
+        graph_module = model.layer_program().module()
         args = [torch.from_numpy(np.array(a)) for a in sample.values()]
         ctx = contextlib.nullcontext()
         if self.variant != "fp32":

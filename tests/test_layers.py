@@ -29,12 +29,15 @@ def test_growth_and_first_divergence_rules():
 
 def test_fp16_overflow_names_the_module_where_the_first_inf_is_born():
     x = torch.randn(4, 16, generator=torch.Generator().manual_seed(0))
-    report = backendiff.compare(Overflow().eval(), inputs=(x,), backends=["torch:fp16", "torch"])
+    report = backendiff.compare(Overflow().eval(), inputs=(x,), backends=["torch:fp16", "torch"],
+                                layerwise="always")
     fd = report.backend("torch:fp16").first_divergence
     assert fd["module"] == "up" and fd["reason"] == "nonfinite" and fd["op_type"] == "linear"
     assert fd["source"].endswith("test_variants.py:" + str(Overflow.forward.__code__.co_firstlineno + 1))
     assert report.backend("torch").first_divergence is None
     assert [r["module"] for r in report.backend("torch").layers] == ["up", "", "down"]
+    auto = backendiff.compare(Overflow().eval(), inputs=(x,), backends=["torch:fp16", "torch"])
+    assert auto.backend("torch").layers == [] and auto.backend("torch:fp16").first_divergence["module"] == "up"
     assert all(r["metrics"]["max_abs"] == 0 for r in report.backend("torch").layers)
 
 
@@ -84,7 +87,7 @@ class Nudge(TorchAdapter):
     target: str = ""
 
     def _nudged(self, model):
-        gm = model.exported_program().module()
+        gm = model.layer_program().module()
         node = next(n for n in gm.graph.nodes if n.name == self.target)
         with gm.graph.inserting_after(node):
             shifted = gm.graph.call_function(torch.ops.aten.add.Tensor, (node, 0.1))
@@ -134,3 +137,18 @@ def test_first_divergence_names_the_altered_node_every_time():
         unregister_backend("nudge")
     assert trials >= 30 and hits == trials
     assert absorbed <= trials // 4, absorbed   # most shifts do reach the outputs: the test has teeth
+
+
+@pytest.mark.skipif(not __import__("tests.conftest", fromlist=["available"]).available("ort"), reason="needs ort")
+def test_ort_layers_are_matched_to_modules():
+    report = backendiff.compare("zoo:digits-cnn", backends=["ort", "ort:fp16"], layerwise="always")
+    fp32, fp16 = report.backend("ort"), report.backend("ort:fp16")
+    modules = [row["module"] for row in fp32.layers]
+    assert {"features.0", "features.1", "features.3", "classifier"} <= set(modules)
+    assert next(r for r in fp32.layers if r["module"] == "features.1")["op_type"].startswith("_native_batch_norm")
+    assert all(row["within_tolerance"] for row in fp32.layers) and fp32.first_divergence is None
+    assert "marked as a graph output" in fp32.info["layers_from"]
+    # fp16 rounding: every layer's SQNR far below fp32's, on the same rows
+    assert [r["node"] for r in fp16.layers] == [r["node"] for r in fp32.layers]
+    assert max(r["metrics"]["sqnr_db"] for r in fp16.layers) < 90 < min(
+        r["metrics"]["sqnr_db"] or 999 for r in fp32.layers)
