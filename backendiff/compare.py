@@ -6,7 +6,6 @@ its own result; nothing already computed is lost.
 """
 from __future__ import annotations
 
-import os
 import time
 
 import numpy as np

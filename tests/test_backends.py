@@ -1,9 +1,7 @@
 """Each CPU runtime, by its default route and by the ONNX route, agrees with PyTorch fp32 on
 small models covering conv/BN/ReLU, ceil-mode max-pool, bilinear upsampling with
 align_corners True and False, LayerNorm, GELU and attention."""
-import numpy as np
 import pytest
-import torch
 
 import backendiff
 from backendiff.inputs import InputSpec

@@ -1,11 +1,9 @@
 """A real divergence is detected and reported; real agreement passes."""
-import numpy as np
 import pytest
 import torch
 
 import backendiff
 from backendiff.backends.pytorch import TorchAdapter
-from backendiff.inputs import InputSpec
 from backendiff.registry import register_backend, unregister_backend
 
 from .conftest import needs

@@ -8,9 +8,10 @@ from torch import nn
 
 import backendiff
 from backendiff.backends.pytorch import TorchAdapter, TorchCompiled
-from backendiff.layers import first_divergence, growth, layer_rows, record_nodes
+from backendiff.layers import first_divergence, growth, record_nodes
 from backendiff.registry import register_backend, unregister_backend
 
+from .conftest import needs
 from .test_variants import Overflow
 
 
@@ -139,7 +140,7 @@ def test_first_divergence_names_the_altered_node_every_time():
     assert absorbed <= trials // 4, absorbed   # most shifts do reach the outputs: the test has teeth
 
 
-@pytest.mark.skipif(not __import__("tests.conftest", fromlist=["available"]).available("ort"), reason="needs ort")
+@needs("ort")
 def test_ort_layers_are_matched_to_modules():
     report = backendiff.compare("zoo:digits-cnn", backends=["ort", "ort:fp16"], layerwise="always")
     fp32, fp16 = report.backend("ort"), report.backend("ort:fp16")

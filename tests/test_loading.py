@@ -1,8 +1,6 @@
 """Every model source loads and compares: .pt2, TorchScript .pt, .onnx, file.py:factory,
 package.module:factory with --weights, zoo:NAME; pickled modules are refused unless trusted."""
-from pathlib import Path
 
-import numpy as np
 import pytest
 import torch
 

@@ -1,5 +1,4 @@
 """The precision read-back helpers, on hand-made graphs."""
-import onnx
 from onnx import TensorProto, helper
 
 from backendiff.precision import (onnx_compute_precisions, openvino_compute_precisions, relax_compute_precisions,
