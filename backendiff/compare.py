@@ -14,7 +14,7 @@ from . import metrics as M
 from .cache import Cache, content_key, default_cache_dir
 from .config import CompareConfig
 from .environment import environment
-from .errors import BackendUnavailable, BadInput, Failure
+from .errors import BackendUnavailable, BadInput, Failure, first_line
 from .inputs import (InputSpec, freeze, load_calibration_npz, load_npz, nonfinite_inputs, random_samples,
                      samples_sha256, specs_of)
 from .loading import LoadedModel, load_model
@@ -341,8 +341,10 @@ def localize(adapter, handle: ModelHandle, result: BackendResult, tol, progress)
     try:
         layers, reference = handle.reference_layers()
         actual = adapter.layer_values(handle, handle.samples[0])
-    except ExportFailed as e:
-        result.info["layers_error"] = str(e)
+    except BadInput:
+        raise
+    except Exception as e:  # the layer-wise view is extra: its failure loses nothing already measured
+        result.info["layers_error"] = f"{type(e).__name__}: {first_line(e)}"
         return
     rows = layer_rows(layers, reference, actual, tol.rtol, tol.atol)
     result.layers = rows

@@ -80,6 +80,39 @@ class OpenVinoAdapter(Adapter):
                 raise BackendUnavailable("nncf is not installed (OpenVINO int8 quantization)",
                                          self.install_hint()) from None
 
+    @property
+    def layers_from(self) -> str | None:
+        if self.variant == "int8":
+            return None  # NNCF's quantized graph is not matched to FX nodes yet
+        return ("OpenVINO on the ONNX export without the exporter's optimizer (whatever the route), every FX "
+                "node's value marked as an output, same device and precision settings (marking outputs can "
+                "change fusion; final outputs are measured on the unmodified model)")
+
+    def layer_values(self, model, sample):
+        import openvino as ov
+
+        path, marked = model.instrumented_onnx()
+        converted = ov.convert_model(str(path))
+        compiled = ov.Core().compile_model(converted, self.spec.option("device", "CPU"), self._config(None))
+        results = compiled.create_infer_request().infer([np.asarray(a) for a in sample.values()])
+        values = {}
+        for port in compiled.outputs:
+            for name in port.get_names():
+                values[name] = np.array(results[port])
+        return values
+
+    def _config(self, folder: Path | None) -> dict:
+        config = {"CACHE_DIR": str(folder / "blobs")} if folder is not None else {}
+        hint = self.spec.option("precision_hint") or self.variant
+        if hint != "default":
+            config["INFERENCE_PRECISION_HINT"] = _HINTS[hint]
+        if self.spec.option("perf_hint"):
+            config["PERFORMANCE_HINT"] = _PERF[self.spec.option("perf_hint")]
+        threads = self.spec.option("threads")
+        if threads:
+            config["INFERENCE_NUM_THREADS"] = int(threads)
+        return config
+
     def convert(self, model, folder: Path):
         import openvino as ov
 
@@ -117,16 +150,8 @@ class OpenVinoAdapter(Adapter):
 
         core = ov.Core()
         device = self.spec.option("device", "CPU")
-        config = {"CACHE_DIR": str(folder / "blobs")}
         hint = self.spec.option("precision_hint") or self.variant
-        if hint != "default":
-            config["INFERENCE_PRECISION_HINT"] = _HINTS[hint]
-        if self.spec.option("perf_hint"):
-            config["PERFORMANCE_HINT"] = _PERF[self.spec.option("perf_hint")]
-        threads = self.spec.option("threads")
-        if threads:
-            config["INFERENCE_NUM_THREADS"] = int(threads)
-        compiled = core.compile_model(converted, device, config)
+        compiled = core.compile_model(converted, device, self._config(folder))
         out = OpenVinoCompiled(compiled)
         out.info.update(device=device, precision_hint=hint)
         try:

@@ -74,6 +74,18 @@ class TvmAdapter(Adapter):
     options = {"route": ("export", "onnx"), "target": None, "opt": ("0", "1", "2", "3"), "accum": ("fp16", "fp32")}
     defaults = {"route": "export", "target": "llvm", "opt": "3"}
 
+    def _lower(self, mod):
+        """The variant's transformation of an imported module (fp16: ToMixedPrecision)."""
+        if self.variant != "fp16":
+            return mod
+        from tvm import relax
+
+        accum = "float32" if self.spec.option("accum") == "fp32" else "float16"
+        try:
+            return relax.transform.ToMixedPrecision(out_dtype=accum)(mod)
+        except Exception as e:
+            raise BackendUnavailable(f"Relax cannot convert this model to fp16: {type(e).__name__}: {e}") from None
+
     def convert(self, model, folder: Path):
         lib = folder / "model.so"
         if lib.exists():
@@ -91,15 +103,7 @@ class TvmAdapter(Adapter):
             from tvm.relax.frontend.torch import from_exported_program
 
             mod = from_exported_program(model.exported_program(), keep_params_as_input=False)
-        if self.variant == "fp16":
-            from tvm import relax
-
-            try:
-                accum = "float32" if self.spec.option("accum") == "fp32" else "float16"
-                mod = relax.transform.ToMixedPrecision(out_dtype=accum)(mod)
-            except Exception as e:
-                raise BackendUnavailable(f"Relax cannot convert this model to fp16: {type(e).__name__}: {e}") from None
-        return mod
+        return self._lower(mod)
 
     def compile(self, converted, folder: Path) -> Compiled:
         import tvm

@@ -153,3 +153,39 @@ def test_ort_layers_are_matched_to_modules():
     assert [r["node"] for r in fp16.layers] == [r["node"] for r in fp32.layers]
     assert max(r["metrics"]["sqnr_db"] for r in fp16.layers) < 90 < min(
         r["metrics"]["sqnr_db"] or 999 for r in fp32.layers)
+
+
+@needs("openvino")
+def test_openvino_layers_and_where_bf16_starts():
+    report = backendiff.compare("zoo:digits-cnn", backends=["openvino", "openvino:fp32,precision_hint=default"])
+    pinned, native = report.backends
+    assert pinned.layers == []                       # agreed: no layer-wise run by default
+    if native.precision["runtime"] == "fp32":
+        pytest.skip("this CPU runs OpenVINO's default precision in fp32")
+    assert native.status == "diverged" and len(native.layers) >= 10
+    fd = native.first_divergence
+    assert (fd["module"], fd["op_type"], fd["reason"]) == ("features.0", "conv2d", "growth")
+    assert fd["source"].endswith("digits_cnn.py:" + str(next(
+        i for i, line in enumerate(open(fd["source"].rsplit(":", 1)[0]), 1) if "self.features(x)" in line)))
+
+
+def test_a_failing_layer_view_loses_nothing():
+    class Broken(Nudge):
+        name = "broken"
+
+        def convert(self, model, folder):
+            return model.loaded.module
+
+        def compile(self, module, folder):
+            return TorchCompiled(module)
+
+        def layer_values(self, model, sample):
+            raise RuntimeError("no intermediates today")
+
+    register_backend(Broken)
+    try:
+        report = backendiff.compare("zoo:digits-cnn-narrow", backends=["broken"], layerwise="always")
+    finally:
+        unregister_backend("broken")
+    b = report.backend("broken")
+    assert b.status == "ok" and b.outputs and b.info["layers_error"] == "RuntimeError: no intermediates today"
