@@ -327,14 +327,15 @@ def run_backend(cls, shown: str, spec: BackendSpec, handle: ModelHandle, referen
     result.status = OK if all(o.within_tolerance for o in result.outputs) else DIVERGED
     wanted = config.layerwise == "always" or (config.layerwise == "auto" and result.status == DIVERGED)
     if wanted and adapter.layers_from and handle.has_torch:
-        localize(adapter, handle, result, tol, progress)
+        localize(adapter, handle, result, tol, progress, actual[0])
     return result
 
 
-def localize(adapter, handle: ModelHandle, result: BackendResult, tol, progress) -> None:
+def localize(adapter, handle: ModelHandle, result: BackendResult, tol, progress, deployed) -> None:
     """Propagated mode: every layer's error on the first sample, and where divergence starts.
-    Final outputs above stay measured on the unmodified compiled model."""
-    from .layers import first_divergence, layer_rows
+    Final outputs above stay measured on the unmodified compiled model; when the
+    instrumented run's own outputs differ from them, the report says so."""
+    from .layers import first_divergence, layer_rows, output_nodes
 
     progress(f"{result.spec}: layer-wise comparison")
     t0 = time.perf_counter()
@@ -351,4 +352,29 @@ def localize(adapter, handle: ModelHandle, result: BackendResult, tol, progress)
     if result.status == DIVERGED or any(row["nonfinite_born"] for row in rows):
         result.first_divergence = first_divergence(rows)
     result.info["layers_from"] = adapter.layers_from
+    changed = instrumentation_changes(output_nodes(handle.layer_program().graph), handle.output_names, deployed,
+                                      actual, tol)
+    born = [row["module"] or row["node"] for row in rows if row["nonfinite_born"]]
+    if born and not any((~np.isfinite(d)).any() for d in deployed if np.asarray(d).dtype.kind == "f"):
+        # NaN/Inf appear only because intermediates were marked (e.g. forced out in fp16)
+        changed.append({"nonfinite_only_when_instrumented": born[:5]})
+    if changed:
+        result.info["instrumentation_changed"] = changed
+        if result.first_divergence:
+            result.first_divergence["caveat"] = "instrumentation changed the result; see info.instrumentation_changed"
     result.timings["layers_s"] = round(time.perf_counter() - t0, 6)
+
+
+def instrumentation_changes(nodes: list[str], names: list[str], deployed, instrumented: dict, tol) -> list[dict]:
+    """Outputs on which the instrumented run (intermediates marked) disagrees with the
+    deployed, unmodified model: marking outputs changed what the runtime computed."""
+    out = []
+    for node, name, d in zip(nodes, names, deployed):
+        v = instrumented.get(node)
+        if v is None or np.shape(v) != np.shape(d):
+            continue
+        if M.violations(v, d, tol.rtol, tol.atol):
+            out.append({"output": name, "node": node, "deployed_nonfinite": int((~np.isfinite(d)).sum()),
+                        "instrumented_nonfinite": int((~np.isfinite(v)).sum()),
+                        "max_abs": M.tensor_metrics(v, d)["max_abs"]})
+    return out

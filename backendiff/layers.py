@@ -73,6 +73,14 @@ def graph_layers(graph_module) -> list[Layer]:
     return out
 
 
+def output_nodes(graph) -> list[str]:
+    """Names of the FX nodes that produce the graph's outputs, in output order."""
+    from torch.utils import _pytree as pytree
+
+    out = next(n for n in graph.nodes if n.op == "output")
+    return [a.name for a in pytree.tree_leaves(out.args[0]) if hasattr(a, "name")]
+
+
 def record_nodes(graph_module, args) -> dict[str, np.ndarray]:
     """Run an FX graph module and keep every call_function node's tensor output (float32
     numpy; the first tensor of a tuple output)."""

@@ -220,34 +220,45 @@ class ModelHandle:
                 self._layer_program = ep.run_decompositions()
         return self._layer_program
 
-    def instrumented_onnx(self) -> tuple[Path, list[str]]:
-        """The ONNX export of ``layer_program`` without the exporter's optimizer, with every FX
-        node's value marked as a graph output; cached. Returns (path, marked names)."""
+    def layer_onnx(self) -> tuple[Path, list[str]]:
+        """The ONNX export of ``layer_program`` without the exporter's optimizer, so every FX
+        node keeps a value of its own name (nothing marked yet); cached. Returns (path, the
+        FX node names that have a floating-point value in it)."""
         import onnx
         import torch
 
         from .environment import package_versions
 
         exporter = package_versions(("onnx", "onnxscript", "onnx-ir"))
-        folder = self.cache.folder("onnx", content_key("instrumented", self.key, exporter))
-        path, names_file = folder / "instrumented.onnx", folder / "marked.txt"
+        folder = self.cache.folder("onnx", content_key("layers", self.key, exporter))
+        path, names_file = folder / "layers.onnx", folder / "nodes.txt"
         if path.exists() and names_file.exists():
             return path, names_file.read_text().split()
         program = self.layer_program()
         logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
         t0 = time.perf_counter()
         model = torch.onnx.export(program, dynamo=True, optimize=False, verbose=False).model_proto
-        self.timings["instrumented_export_s"] = time.perf_counter() - t0
+        self.timings["layers_export_s"] = time.perf_counter() - t0
         fx = {n.name for n in program.graph.nodes if n.op == "call_function"}
-        existing = {o.name for o in model.graph.output}
-        marked = []
-        for vi in model.graph.value_info:
-            if vi.name in fx and vi.name not in existing and vi.type.tensor_type.elem_type in (1, 10, 11, 16):
-                model.graph.output.append(vi)
-                marked.append(vi.name)
+        names = [vi.name for vi in model.graph.value_info if vi.name in fx]
         write_atomic(path, lambda tmp: onnx.save(model, str(tmp)))
-        names_file.write_text("\n".join(marked))
-        return path, marked
+        names_file.write_text("\n".join(names))
+        return path, names
+
+    def instrumented_onnx(self) -> tuple[Path, list[str]]:
+        """``layer_onnx`` with every FX node's value marked as a graph output; cached."""
+        import onnx
+
+        from .onnx_graph import mark_outputs
+
+        plain, names = self.layer_onnx()
+        path = plain.with_name("instrumented.onnx")
+        if not path.exists():
+            model = onnx.load(str(plain))
+            marked = mark_outputs(model, names)
+            write_atomic(path, lambda tmp: onnx.save(model, str(tmp)))
+            path.with_name("marked.txt").write_text("\n".join(marked))
+        return path, path.with_name("marked.txt").read_text().split()
 
     def reference_layers(self):
         """(layers, values): every FX node of the layer program and its fp32 reference value

@@ -54,6 +54,12 @@ def _rows(report: Report) -> list[tuple[dict, str | None]]:
             bad = [o.name for o in b.outputs if not o.within_tolerance]
             if bad:
                 notes.append(f"{', '.join(bad)} outside rtol={b.tolerance['rtol']:g} atol={b.tolerance['atol']:g}")
+            changed = b.info.get("instrumentation_changed")
+            if changed:
+                notes.append("the layer-wise (instrumented) run differs from the deployed model: "
+                             + "; ".join(f"output {c['output']}" if "output" in c else
+                                         f"NaN/Inf only when instrumented ({', '.join(c['nonfinite_only_when_instrumented'])})"
+                                         for c in changed))
             if b.cache == "hit":
                 notes.append("cached")
             row.update({"max abs": fmt(w.get("max_abs")), "max rel": fmt(w.get("max_rel")),
@@ -111,8 +117,9 @@ def print_report(report: Report, console: Console | None = None, json_path=None)
             where = f"{fd['module'] or '<top>'} ({fd['op_type']}, node {fd['node']})"
             why = {"nonfinite": "first NaN/Inf born here", "growth": f"error grows x{fd['growth'] + 1:.3g} over its inputs",
                    "tolerance": "first layer past tolerance"}[fd.get("reason", "tolerance")]
+            caveat = " · seen only with intermediates marked: instrumentation changed the result" if fd.get("caveat") else ""
             console.print(Text(f"{b.spec}: divergence starts at {where}"
-                               + (f" · {fd['source']}" if fd.get("source") else "") + f" · {why}"))
+                               + (f" · {fd['source']}" if fd.get("source") else "") + f" · {why}{caveat}"))
     style = "bold green" if report.verdict == "pass" else "bold red"
     line = f"verdict: [{style}]{report.verdict}[/{style}]"
     if json_path:

@@ -88,14 +88,23 @@ class OrtAdapter(Adapter):
     def layer_values(self, model, sample):
         import onnxruntime as ort
 
-        path, marked = model.instrumented_onnx()
+        path, _ = model.instrumented_onnx()
         if self.variant == "fp16":
-            lowered = path.with_name("instrumented_fp16.onnx")
-            if not lowered.exists():
-                tmp = path.with_name(f".tmp-{os.getpid()}-instrumented_fp16.onnx")
-                lower_fp16(path, tmp)
-                os.replace(tmp, lowered)
-            path = lowered
+            # as a deployment engineer would instrument it: the fp16 model, then its values
+            # marked as outputs, in fp16 (the runtime must produce them in fp16)
+            path = path.with_name("instrumented_fp16.onnx")
+            if not path.exists():
+                import onnx
+
+                from backendiff.onnx_graph import mark_outputs
+
+                plain, names = model.layer_onnx()
+                tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+                lower_fp16(plain, tmp)
+                lowered = onnx.load(str(tmp))
+                mark_outputs(lowered, names)
+                onnx.save(lowered, str(tmp))
+                os.replace(tmp, path)
         so = ort.SessionOptions()
         so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _LEVELS[self.spec.option("opt", "all")])
         so.log_severity_level = 3
@@ -103,7 +112,7 @@ class OrtAdapter(Adapter):
         names = [o.name for o in session.get_outputs()]
         feeds = {i.name: np.asarray(a) for i, a in zip(session.get_inputs(), sample.values())}
         values = dict(zip(names, session.run(None, feeds)))
-        return {n: np.asarray(v, dtype=np.float32) if v.dtype == np.float16 else v for n, v in values.items()}
+        return {n: v.astype(np.float32) if v.dtype == np.float16 else v for n, v in values.items()}
 
     def convert(self, model, folder: Path):
         path = model.onnx_path()

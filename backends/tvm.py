@@ -24,6 +24,26 @@ from backendiff.errors import BackendUnavailable
 from .base import Adapter, Compiled
 
 
+def constants_as_tensors(graph) -> None:
+    """Rewrite ``Constant`` nodes holding ``value_int(s)`` / ``value_float(s)`` (as the
+    unoptimized dynamo export writes them) into the ``value`` tensor form, the only one
+    Relax's ONNX importer reads. In place."""
+    from onnx import TensorProto, helper
+
+    kinds = {"value_int": (TensorProto.INT64, False), "value_ints": (TensorProto.INT64, True),
+             "value_float": (TensorProto.FLOAT, False), "value_floats": (TensorProto.FLOAT, True)}
+    for node in graph.graph.node:
+        if node.op_type != "Constant" or len(node.attribute) != 1 or node.attribute[0].name not in kinds:
+            continue
+        attr = node.attribute[0]
+        dtype, is_list = kinds[attr.name]
+        value = helper.get_attribute_value(attr)
+        values = list(value) if is_list else [value]
+        tensor = helper.make_tensor(node.output[0], dtype, [len(values)] if is_list else [], values)
+        del node.attribute[:]
+        node.attribute.append(helper.make_attribute("value", tensor))
+
+
 def relax_ops(mod) -> list[tuple[str, str]]:
     """(operator name, output dtype) of every operator call in a Relax module's ``main``."""
     from tvm import relax
@@ -73,6 +93,26 @@ class TvmAdapter(Adapter):
     variants = ("fp32", "fp16")
     options = {"route": ("export", "onnx"), "target": None, "opt": ("0", "1", "2", "3"), "accum": ("fp16", "fp32")}
     defaults = {"route": "export", "target": "llvm", "opt": "3"}
+
+    layers_from = ("TVM Relax on the ONNX export without the exporter's optimizer (whatever the route), every FX "
+                   "node's value marked as an output, same variant and opt level (marking outputs can change "
+                   "fusion; final outputs are measured on the unmodified model)")
+
+    def layer_values(self, model, sample):
+        import onnx
+        import tvm
+        from tvm.relax.frontend.onnx import from_onnx
+
+        path, marked = model.instrumented_onnx()
+        graph = onnx.load(str(path))
+        constants_as_tensors(graph)
+        shapes = {n: list(a.shape) for n, a in sample.items()}
+        dtypes = {n: a.dtype.name for n, a in sample.items()}
+        mod = self._lower(from_onnx(graph, shape_dict=shapes, dtype_dict=dtypes, keep_params_in_input=False))
+        with tvm.transform.PassContext(opt_level=int(self.spec.option("opt", "3"))):
+            lib = tvm.compile(mod, target=tvm.target.Target(self.spec.option("target", "llvm")))
+        arrays = TvmCompiled(lib).run(sample)
+        return dict(zip([o.name for o in graph.graph.output], arrays))
 
     def _lower(self, mod):
         """The variant's transformation of an imported module (fp16: ToMixedPrecision)."""

@@ -11,7 +11,7 @@ from backendiff.backends.pytorch import TorchAdapter, TorchCompiled
 from backendiff.layers import first_divergence, growth, record_nodes
 from backendiff.registry import register_backend, unregister_backend
 
-from .conftest import needs
+from .conftest import available, needs
 from .test_variants import Overflow
 
 
@@ -26,6 +26,26 @@ def test_growth_and_first_divergence_rules():
     rows[3]["nonfinite_born"] = False
     assert first_divergence(rows)["node"] == "n2" and first_divergence(rows)["reason"] == "growth"
     assert first_divergence([row(0, True, 1.0)]) is None
+
+
+def test_fp16_overflow_on_every_runtime():
+    """torch:fp16 and tvm:fp16 overflow for real and name the module; ORT's deployed fp16
+    model stays finite (it runs in fp32) while its instrumented run overflows: both shown."""
+    x = torch.randn(4, 16, generator=torch.Generator().manual_seed(0))
+    specs = ["torch:fp16"] + [s for s in ("tvm:fp16", "ort:fp16") if available(s.split(":")[0])]
+    report = backendiff.compare(Overflow().eval(), inputs=(x,), backends=specs)
+    for spec in specs:
+        fd = report.backend(spec).first_divergence
+        assert (fd["module"], fd["reason"]) == ("up", "nonfinite"), spec
+    for spec in ("torch:fp16", "tvm:fp16"):
+        if spec in specs:
+            assert report.backend(spec).outputs[0].metrics["nonfinite"] > 0
+            assert "instrumentation_changed" not in report.backend(spec).info
+    if "ort:fp16" in specs:
+        ort16 = report.backend("ort:fp16")
+        assert ort16.outputs[0].metrics["nonfinite"] == 0                    # deployed: finite
+        assert {"nonfinite_only_when_instrumented": ["up"]} in ort16.info["instrumentation_changed"]
+        assert "caveat" in ort16.first_divergence
 
 
 def test_fp16_overflow_names_the_module_where_the_first_inf_is_born():
@@ -189,3 +209,12 @@ def test_a_failing_layer_view_loses_nothing():
         unregister_backend("broken")
     b = report.backend("broken")
     assert b.status == "ok" and b.outputs and b.info["layers_error"] == "RuntimeError: no intermediates today"
+
+
+@needs("tvm")
+def test_tvm_layers_from_the_instrumented_export():
+    report = backendiff.compare("zoo:digits-cnn", backends=["tvm", "tvm:fp16"], layerwise="always")
+    fp32, fp16 = report.backend("tvm"), report.backend("tvm:fp16")
+    assert len(fp32.layers) == len(fp16.layers) >= 10 and "layers_error" not in fp32.info
+    assert all(r["within_tolerance"] for r in fp32.layers)
+    assert max(r["metrics"]["sqnr_db"] for r in fp16.layers) < 80
