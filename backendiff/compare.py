@@ -327,11 +327,12 @@ def run_backend(cls, shown: str, spec: BackendSpec, handle: ModelHandle, referen
     result.status = OK if all(o.within_tolerance for o in result.outputs) else DIVERGED
     wanted = config.layerwise == "always" or (config.layerwise == "auto" and result.status == DIVERGED)
     if wanted and adapter.layers_from and handle.has_torch:
-        localize(adapter, handle, result, tol, progress, actual[0])
+        localize(adapter, handle, result, tol, progress, actual[0], reference[0])
     return result
 
 
-def localize(adapter, handle: ModelHandle, result: BackendResult, tol, progress, deployed) -> None:
+def localize(adapter, handle: ModelHandle, result: BackendResult, tol, progress, deployed,
+             reference_outputs) -> None:
     """Propagated mode: every layer's error on the first sample, and where divergence starts.
     Final outputs above stay measured on the unmodified compiled model; when the
     instrumented run's own outputs differ from them, the report says so."""
@@ -353,7 +354,7 @@ def localize(adapter, handle: ModelHandle, result: BackendResult, tol, progress,
         result.first_divergence = first_divergence(rows)
     result.info["layers_from"] = adapter.layers_from
     changed = instrumentation_changes(output_nodes(handle.layer_program().graph), handle.output_names, deployed,
-                                      actual, tol)
+                                      actual, reference_outputs)
     born = [row["module"] or row["node"] for row in rows if row["nonfinite_born"]]
     if born and not any((~np.isfinite(d)).any() for d in deployed if np.asarray(d).dtype.kind == "f"):
         # NaN/Inf appear only because intermediates were marked (e.g. forced out in fp16)
@@ -365,16 +366,25 @@ def localize(adapter, handle: ModelHandle, result: BackendResult, tol, progress,
     result.timings["layers_s"] = round(time.perf_counter() - t0, 6)
 
 
-def instrumentation_changes(nodes: list[str], names: list[str], deployed, instrumented: dict, tol) -> list[dict]:
-    """Outputs on which the instrumented run (intermediates marked) disagrees with the
-    deployed, unmodified model: marking outputs changed what the runtime computed."""
+#: an instrumented output whose SQNR against the reference is off from the deployed one's by
+#: more than this (in dB: 6 dB is twice or half the error) changed materially
+CHANGE_DB = 6.0
+
+
+def instrumentation_changes(nodes: list[str], names: list[str], deployed, instrumented: dict, reference) -> list[dict]:
+    """Outputs on which the instrumented run (intermediates marked) is materially further from
+    or closer to the reference than the deployed, unmodified model: marking outputs changed
+    what the runtime computed (different fusion, values forced out in low precision)."""
     out = []
-    for node, name, d in zip(nodes, names, deployed):
+    for node, name, d, r in zip(nodes, names, deployed, reference):
         v = instrumented.get(node)
-        if v is None or np.shape(v) != np.shape(d):
+        if v is None or np.shape(v) != np.shape(d) or np.shape(d) != np.shape(r):
             continue
-        if M.violations(v, d, tol.rtol, tol.atol):
-            out.append({"output": name, "node": node, "deployed_nonfinite": int((~np.isfinite(d)).sum()),
-                        "instrumented_nonfinite": int((~np.isfinite(v)).sum()),
-                        "max_abs": M.tensor_metrics(v, d)["max_abs"]})
+        dm, vm = M.tensor_metrics(d, r), M.tensor_metrics(v, r)
+        dsq = 300.0 if dm["sqnr_db"] is None else dm["sqnr_db"]
+        vsq = 300.0 if vm["sqnr_db"] is None else vm["sqnr_db"]
+        if dm["nonfinite"] != vm["nonfinite"] or abs(dsq - vsq) > CHANGE_DB:
+            out.append({"output": name, "node": node, "deployed_nonfinite": dm["nonfinite"],
+                        "instrumented_nonfinite": vm["nonfinite"], "deployed_sqnr_db": dm["sqnr_db"],
+                        "instrumented_sqnr_db": vm["sqnr_db"]})
     return out

@@ -113,18 +113,22 @@ def growth(delta: float, input_deltas: list[float]) -> float:
 
 def layer_rows(layers: list[Layer], reference: dict, actual: dict, rtol: float, atol: float) -> list[dict]:
     """One row per layer both sides have: metrics, growth, within tolerance, and whether a
-    NaN/Inf appears where the reference is finite."""
+    NaN/Inf appears where the reference is finite. A layer without a row (a multi-output
+    op seen through its ``getitem``) passes its inputs' δ on, so growth is measured
+    against the nearest measured ancestors."""
     rows, delta = [], {}
     for layer in layers:
+        inputs = [delta[i] for i in layer.inputs if i in delta]
         r, a = reference.get(layer.node), actual.get(layer.node)
         if r is None or a is None or np.shape(r) != np.shape(a) or r.dtype.kind not in "fc":
+            if inputs:
+                delta[layer.node] = max(inputs)
             continue
         m = M.tensor_metrics(a, r)
         delta[layer.node] = m["mean_abs"]
-        g = growth(m["mean_abs"], [delta[i] for i in layer.inputs if i in delta])
         rows.append({
             "index": layer.index, "module": layer.module, "op_type": layer.op_type, "node": layer.node,
-            "source": layer.source, "fused_into": None, "metrics": m, "growth": g,
+            "source": layer.source, "fused_into": None, "metrics": m, "growth": growth(m["mean_abs"], inputs),
             "within_tolerance": M.violations(a, r, rtol, atol) == 0,
             "nonfinite_born": bool(M.nonfinite_mismatch(a, r).any()),
         })

@@ -102,6 +102,50 @@ def _headline(message: str) -> str:
     return ""
 
 
+BARS = "▁▂▃▄▅▆▇█"
+
+
+def depth_line(rows: list[dict]) -> str:
+    """Error against depth, one bar per layer, scaled to this backend's own range: the
+    higher the bar, the lower the SQNR (the more error)."""
+    sq = [150.0 if r["metrics"].get("sqnr_db") is None else max(r["metrics"]["sqnr_db"], -50.0) for r in rows]
+    if not sq:
+        return ""
+    lo, hi = min(sq), max(sq)
+    if hi - lo < 1e-9:
+        return BARS[0] * len(sq)
+    return "".join(BARS[round((hi - v) / (hi - lo) * (len(BARS) - 1))] for v in sq)
+
+
+def top_suspects(rows: list[dict], n: int = 3) -> list[dict]:
+    """The layers past tolerance whose error grows most over their inputs'."""
+    past = [r for r in rows if r.get("nonfinite_born") or (not r["within_tolerance"] and r["growth"] >= 1.0)]
+    return sorted(past, key=lambda r: (not r.get("nonfinite_born"), -r["growth"]))[:n]
+
+
+def layer_lines(b) -> list[str]:
+    """The layer-wise quick look of one backend: where it starts, suspects, error vs depth."""
+    if not b.layers:
+        return []
+    lines = []
+    fd = b.first_divergence
+    if fd:
+        where = f"{fd['module'] or '<top>'} ({fd['op_type']}, node {fd['node']})"
+        why = {"nonfinite": "first NaN/Inf born here", "growth": f"error grows x{fd['growth'] + 1:.3g} over its inputs",
+               "tolerance": "first layer past tolerance"}[fd.get("reason", "tolerance")]
+        caveat = " · seen only with intermediates marked: instrumentation changed the result" if fd.get("caveat") else ""
+        lines.append(f"{b.spec}: divergence starts at {where}" + (f" · {fd['source']}" if fd.get("source") else "")
+                     + f" · {why}{caveat}")
+    for r in top_suspects(b.layers):
+        src = f" · {r['source'].rsplit('/', 1)[-1]}" if r.get("source") else ""
+        lines.append(f"  suspect {r['module'] or '<top>'} ({r['op_type']}){src} · growth {r['growth']:.3g} · "
+                     f"SQNR {fmt(r['metrics'].get('sqnr_db'), 'db')} dB")
+    sq = [r["metrics"].get("sqnr_db") for r in b.layers if r["metrics"].get("sqnr_db") is not None]
+    span = f", SQNR {min(sq):.0f}..{max(sq):.0f} dB" if sq else ""
+    lines.append(f"  error vs depth ({len(b.layers)} layers{span}; taller = more error): {depth_line(b.layers)}")
+    return lines
+
+
 def print_report(report: Report, console: Console | None = None, json_path=None) -> None:
     console = console or Console()
     console.print(backend_table(report, console.width))
@@ -112,14 +156,8 @@ def print_report(report: Report, console: Console | None = None, json_path=None)
     if report.baseline and not report.baseline.get("available"):
         console.print(f"[dim]no fp64 baseline: {report.baseline.get('reason')}[/dim]")
     for b in report.backends:
-        fd = b.first_divergence
-        if fd:
-            where = f"{fd['module'] or '<top>'} ({fd['op_type']}, node {fd['node']})"
-            why = {"nonfinite": "first NaN/Inf born here", "growth": f"error grows x{fd['growth'] + 1:.3g} over its inputs",
-                   "tolerance": "first layer past tolerance"}[fd.get("reason", "tolerance")]
-            caveat = " · seen only with intermediates marked: instrumentation changed the result" if fd.get("caveat") else ""
-            console.print(Text(f"{b.spec}: divergence starts at {where}"
-                               + (f" · {fd['source']}" if fd.get("source") else "") + f" · {why}{caveat}"))
+        for line in layer_lines(b):
+            console.print(Text(line))
     style = "bold green" if report.verdict == "pass" else "bold red"
     line = f"verdict: [{style}]{report.verdict}[/{style}]"
     if json_path:

@@ -218,3 +218,16 @@ def test_tvm_layers_from_the_instrumented_export():
     assert len(fp32.layers) == len(fp16.layers) >= 10 and "layers_error" not in fp32.info
     assert all(r["within_tolerance"] for r in fp32.layers)
     assert max(r["metrics"]["sqnr_db"] for r in fp16.layers) < 80
+
+
+def test_terminal_layer_view():
+    from backendiff.render import depth_line, layer_lines
+
+    rows = [{"metrics": {"sqnr_db": v}} for v in (None, 120.0, 80.0, 40.0)]
+    assert depth_line(rows) == "▁▃▅█"   # None (exact) is the top of the range
+    x = torch.randn(4, 16, generator=torch.Generator().manual_seed(0))
+    report = backendiff.compare(Overflow().eval(), inputs=(x,), backends=["torch:fp16"])
+    lines = layer_lines(report.backend("torch:fp16"))
+    assert lines[0].startswith("torch:fp16: divergence starts at up (linear, node linear)")
+    assert "first NaN/Inf born here" in lines[0] and lines[1].startswith("  suspect up (linear)")
+    assert lines[-1].startswith("  error vs depth (3 layers")
