@@ -328,7 +328,28 @@ def run_backend(cls, shown: str, spec: BackendSpec, handle: ModelHandle, referen
     wanted = config.layerwise == "always" or (config.layerwise == "auto" and result.status == DIVERGED)
     if wanted and adapter.layers_from and handle.has_torch:
         localize(adapter, handle, result, tol, progress, actual[0], reference[0])
+    if config.advise and result.status == DIVERGED and spec.variant != "fp32" and "keep" in cls.options \
+            and handle.has_torch:
+        result.advice = mixed_precision_advice(cls, shown, spec, handle, reference, config, result, progress)
     return result
+
+
+def mixed_precision_advice(cls, shown, spec, handle, reference, config, result, progress) -> dict:
+    """Which modules to keep in fp32 (see advice.py); each trial is a real run of the variant."""
+    import onnx
+
+    from .advice import advise
+    from .onnx_graph import compute_modules
+
+    modules = compute_modules(onnx.load(str(handle.onnx_path()), load_external_data=False))
+    quiet = config.but(layerwise="never", advise=False)
+
+    def trial(candidate: BackendSpec) -> BackendResult:
+        progress(f"{shown}: advice, trying {candidate.text}")
+        return run_backend(cls, candidate.text, cls.canonical(candidate), handle, reference, quiet, progress)
+
+    user = parse_specs(shown)[0]  # the spec as the user wrote it, so the advice reads the same way
+    return advise(user, result, modules, trial)
 
 
 def localize(adapter, handle: ModelHandle, result: BackendResult, tol, progress, deployed,

@@ -16,3 +16,40 @@ def mark_outputs(model, names) -> list[str]:
             model.graph.output.append(vi)
             marked.append(vi.name)
     return marked
+
+
+COMPUTE_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "Attention", "LSTM", "GRU", "RNN"}
+
+
+def node_module(node) -> str:
+    """The PyTorch module path of an ONNX node written by the dynamo exporter
+    (``pkg.torch.onnx.name_scopes``: ['', 'features', 'features.0', 'conv2d'] -> features.0)."""
+    import ast
+
+    for prop in node.metadata_props:
+        if prop.key == "pkg.torch.onnx.name_scopes":
+            try:
+                scopes = ast.literal_eval(prop.value)
+            except (ValueError, SyntaxError):
+                return ""
+            return scopes[-2] if len(scopes) >= 2 else ""
+    return ""
+
+
+def in_modules(module: str, modules) -> bool:
+    return any(module == m or module.startswith(m + ".") for m in modules)
+
+
+def nodes_in_modules(model, modules) -> list[str]:
+    """Names of the graph's nodes that belong to any of ``modules`` (or their submodules)."""
+    return [n.name for n in model.graph.node if in_modules(node_module(n), modules)]
+
+
+def compute_modules(model) -> list[str]:
+    """The module paths that own compute ops (Conv, Gemm, MatMul, ...), in graph order."""
+    out = []
+    for n in model.graph.node:
+        m = node_module(n)
+        if n.op_type in COMPUTE_OPS and m and m not in out:
+            out.append(m)
+    return out

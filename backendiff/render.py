@@ -146,6 +146,17 @@ def layer_lines(b) -> list[str]:
     return lines
 
 
+def advice_lines(b) -> list[str]:
+    a = b.advice
+    if not a:
+        return []
+    if not a.get("found"):
+        return [f"{b.spec}: no mixed-precision fix found ({a.get('reason')})"]
+    v = a["verified"]
+    return [f"{b.spec}: keep {', '.join(a['keep'])} in fp32 → {v['status']} (SQNR {fmt(v['sqnr_db'], 'db')} dB, "
+            f"max abs {fmt(v['max_abs'])}; {a['trials']} verified runs) · reproduce: --backends '{a['spec']}'"]
+
+
 def print_report(report: Report, console: Console | None = None, json_path=None) -> None:
     console = console or Console()
     console.print(backend_table(report, console.width))
@@ -156,7 +167,7 @@ def print_report(report: Report, console: Console | None = None, json_path=None)
     if report.baseline and not report.baseline.get("available"):
         console.print(f"[dim]no fp64 baseline: {report.baseline.get('reason')}[/dim]")
     for b in report.backends:
-        for line in layer_lines(b):
+        for line in layer_lines(b) + advice_lines(b):
             console.print(Text(line))
     style = "bold green" if report.verdict == "pass" else "bold red"
     line = f"verdict: [{style}]{report.verdict}[/{style}]"

@@ -42,6 +42,7 @@ class BackendResult:
     layers: list = field(default_factory=list)
     first_divergence: dict | None = None
     task: dict | None = None
+    advice: dict | None = None
     info: dict = field(default_factory=dict)
 
     @property

@@ -36,22 +36,32 @@ class OrtCompiled(Compiled):
         return list(self.session.run(None, feeds))
 
 
-def lower_fp16(src: Path, dst: Path) -> None:
+def lower_fp16(src: Path, dst: Path, keep: list[str] = ()) -> None:
+    """fp16 with fp32 inputs/outputs; the nodes of the ``keep`` modules stay fp32."""
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
-    model = convert_float_to_float16(onnx.load(str(src)), keep_io_types=True, disable_shape_infer=False)
+    from backendiff.onnx_graph import nodes_in_modules
+
+    model = onnx.load(str(src))
+    model = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=False,
+                                     node_block_list=nodes_in_modules(model, keep) or None)
     onnx.save(model, str(dst))
 
 
-def quantize_int8(src: Path, dst: Path, samples, per_channel: bool) -> None:
+def quantize_int8(src: Path, dst: Path, samples, per_channel: bool, keep: list[str] = ()) -> None:
+    """Static QDQ int8; the nodes of the ``keep`` modules stay in float."""
     import onnx
     from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
+    from backendiff.onnx_graph import nodes_in_modules
+
     pre = dst.with_name("pre_" + dst.name)
-    quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
-    names = [i.name for i in onnx.load(str(pre), load_external_data=False).graph.input]
+    quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)  # keeps node names and metadata
+    pre_model = onnx.load(str(pre), load_external_data=False)
+    names = [i.name for i in pre_model.graph.input]
+    exclude = nodes_in_modules(pre_model, keep)
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -61,7 +71,7 @@ def quantize_int8(src: Path, dst: Path, samples, per_channel: bool) -> None:
             return next(self._it, None)
 
     quantize_static(str(pre), str(dst), Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
-                    weight_type=QuantType.QInt8, per_channel=per_channel)
+                    weight_type=QuantType.QInt8, per_channel=per_channel, nodes_to_exclude=exclude or None)
     pre.unlink(missing_ok=True)
 
 
@@ -71,7 +81,8 @@ class OrtAdapter(Adapter):
     packages = {"onnxruntime": "onnxruntime"}
     extra = "ort"
     variants = ("fp32", "fp16", "int8")
-    options = {"opt": tuple(_LEVELS), "threads": None, "per_channel": ("true", "false")}
+    #: ``keep=MODULE;MODULE``: those PyTorch modules stay in fp32 (fp16 block list / int8 exclusions)
+    options = {"opt": tuple(_LEVELS), "threads": None, "per_channel": ("true", "false"), "keep": None}
     defaults = {"opt": "all"}
 
     def route(self, model) -> str:
@@ -125,10 +136,11 @@ class OrtAdapter(Adapter):
             return out
         self.cache_hit = False
         tmp = folder / f".tmp-{os.getpid()}-{out.name}"
+        keep = [m for m in (self.spec.option("keep") or "").split(";") if m]
         if self.variant == "fp16":
-            lower_fp16(path, tmp)
+            lower_fp16(path, tmp, keep)
         else:
-            quantize_int8(path, tmp, model.calibration(), self.spec.option("per_channel", "true") == "true")
+            quantize_int8(path, tmp, model.calibration(), self.spec.option("per_channel", "true") == "true", keep)
         os.replace(tmp, out)
         return out
 

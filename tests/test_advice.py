@@ -1,0 +1,38 @@
+"""Mixed-precision advice: modules to keep in fp32, found and verified by real re-runs."""
+import backendiff
+from backendiff.advice import ordered_by_layers, with_keep
+from backendiff.specs import parse_spec
+
+from .conftest import needs
+
+
+def test_with_keep_and_ordering():
+    spec = parse_spec("ort:int8,keep=old,per_channel=true")
+    assert with_keep(spec, ["a.0", "b"]).text == "ort:int8,per_channel=true,keep=a.0;b"
+    rows = [{"module": "a.conv", "growth": 2.0, "nonfinite_born": False},
+            {"module": "b", "growth": 50.0, "nonfinite_born": False},
+            {"module": "c", "growth": 1.0, "nonfinite_born": True}]
+    assert ordered_by_layers(rows, ["a", "b", "c", "d"]) == ["c", "b", "a", "d"]
+
+
+@needs("ort")
+def test_int8_advice_brings_a_zoo_model_back_within_tolerance():
+    tight = {"atol": 0.03, "rtol": 0.03}
+    report = backendiff.compare("zoo:digits-cnn", backends=["ort:int8"], **tight)
+    b = report.backend("ort:int8")
+    assert b.status == "diverged"
+    advice = b.advice
+    assert advice["found"] and 1 <= len(advice["keep"]) < advice["candidates"]
+    assert advice["spec"] == "ort:int8,keep=" + ";".join(advice["keep"])
+    # the advice's own spec, re-run from scratch, is within tolerance
+    again = backendiff.compare("zoo:digits-cnn", backends=[advice["spec"]], **tight)
+    fixed = again.backend(advice["spec"])
+    assert fixed.status == "ok" and fixed.precision["runtime"] == "mixed"
+    assert fixed.outputs[0].metrics["sqnr_db"] > b.outputs[0].metrics["sqnr_db"]
+    assert again.exit_code == 0
+
+
+@needs("ort")
+def test_no_advice_when_asked_not_to_or_when_fp32():
+    report = backendiff.compare("zoo:digits-cnn", backends=["ort:int8"], atol=0.03, rtol=0.03, advise=False)
+    assert report.backend("ort:int8").advice is None
