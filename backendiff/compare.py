@@ -357,7 +357,7 @@ def localize(adapter, handle: ModelHandle, result: BackendResult, tol, progress,
     """Propagated mode: every layer's error on the first sample, and where divergence starts.
     Final outputs above stay measured on the unmodified compiled model; when the
     instrumented run's own outputs differ from them, the report says so."""
-    from .layers import first_divergence, layer_rows, output_nodes
+    from .layers import first_divergence, layer_rows, mark_fused, output_nodes
 
     progress(f"{result.spec}: layer-wise comparison")
     t0 = time.perf_counter()
@@ -370,6 +370,12 @@ def localize(adapter, handle: ModelHandle, result: BackendResult, tol, progress,
         result.info["layers_error"] = f"{type(e).__name__}: {first_line(e)}"
         return
     rows = layer_rows(layers, reference, actual, tol.rtol, tol.atol)
+    try:
+        present, groups = adapter.deployed_fusion()
+    except Exception as e:  # fusion info is extra: keep the rows
+        present, groups = None, None
+        result.info["fusion_error"] = f"{type(e).__name__}: {first_line(e)}"
+    mark_fused(rows, layers, present, groups)
     result.layers = rows
     if result.status == DIVERGED or any(row["nonfinite_born"] for row in rows):
         result.first_divergence = first_divergence(rows)

@@ -135,6 +135,37 @@ def layer_rows(layers: list[Layer], reference: dict, actual: dict, rtol: float, 
     return rows
 
 
+def mark_fused(rows: list[dict], layers: list[Layer], present: set[str] | None,
+               groups: dict[str, str] | None = None) -> None:
+    """Say, per row, whether the deployed model computes that layer inside another one.
+
+    ``groups`` (member -> the layer whose output the fused primitive produces) comes from a
+    runtime that lists fusions (OpenVINO's ``originalLayersNames``); ``present`` is the set
+    of values the deployed graph still has (ORT's optimized graph): a layer whose value is
+    gone is fused into the first downstream layer that is still there. In place.
+    """
+    order = {layer.node: i for i, layer in enumerate(layers)}
+    for row in rows:
+        node = row["node"]
+        layer = layers[order[node]] if node in order else None
+        # a getitem row stands for its multi-output op (batch norm), which is what a runtime lists
+        member = layer.inputs[0] if layer and node.startswith("getitem") and layer.inputs else None
+        if groups and (node in groups or member in groups):
+            row["fused_into"] = groups.get(node) or groups[member]
+        elif present is not None and node not in present and node in order:
+            row["fused_into"] = downstream_present(node, layers[order[node] + 1:], present)
+
+
+def downstream_present(node: str, later: list[Layer], present: set[str]) -> str | None:
+    reach = {node}
+    for layer in later:
+        if reach.intersection(layer.inputs):
+            if layer.node in present:
+                return layer.node
+            reach.add(layer.node)
+    return None
+
+
 def first_nonfinite(rows: list[dict]) -> dict | None:
     return next((row for row in rows if row["nonfinite_born"]), None)
 

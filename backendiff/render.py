@@ -142,6 +142,8 @@ def layer_lines(b) -> list[str]:
                      f"SQNR {fmt(r['metrics'].get('sqnr_db'), 'db')} dB")
     sq = [r["metrics"].get("sqnr_db") for r in b.layers if r["metrics"].get("sqnr_db") is not None]
     span = f", SQNR {min(sq):.0f}..{max(sq):.0f} dB" if sq else ""
+    fused = sum(1 for r in b.layers if r.get("fused_into"))
+    span += f", {fused} fused in the deployed model" if fused else ""
     lines.append(f"  error vs depth ({len(b.layers)} layers{span}; taller = more error): {depth_line(b.layers)}")
     return lines
 

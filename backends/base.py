@@ -156,6 +156,11 @@ class Adapter:
         (propagated mode), or None when this adapter cannot give them yet."""
         return None
 
+    def deployed_fusion(self) -> tuple[set[str] | None, dict[str, str] | None]:
+        """What the deployed (unmodified) compiled model fused, by FX node name: (values it
+        still has, or None if unknown; member -> the layer it is fused into, or None)."""
+        return None, None
+
     # -- build and run ---------------------------------------------------------------
     def convert(self, model, folder: Path) -> Any:
         raise NotImplementedError

@@ -88,6 +88,23 @@ class OpenVinoAdapter(Adapter):
                 "node's value marked as an output, same device and precision settings (marking outputs can "
                 "change fusion; final outputs are measured on the unmodified model)")
 
+    def deployed_fusion(self):
+        """Fusions from the compiled model's runtime model: each executed primitive lists the
+        original ops it computes (``originalLayersNames``). From the ExportedProgram route
+        those carry FX node names (``relu/aten.relu.default/Relu``)."""
+        compiled = getattr(self, "_compiled", None)
+        if compiled is None or self.spec.option("route", "export") != "export":
+            return None, None
+        groups = {}
+        for op in compiled.get_runtime_model().get_ordered_ops():
+            info = op.get_rt_info()
+            if "originalLayersNames" not in info:
+                continue
+            members = [m.split("/")[0] for m in info["originalLayersNames"].astype(str).split(",") if "/" in m]
+            for member in members[:-1]:
+                groups[member] = members[-1]
+        return None, groups
+
     def layer_values(self, model, sample):
         import openvino as ov
 
@@ -152,6 +169,7 @@ class OpenVinoAdapter(Adapter):
         device = self.spec.option("device", "CPU")
         hint = self.spec.option("precision_hint") or self.variant
         compiled = core.compile_model(converted, device, self._config(folder))
+        self._compiled = compiled
         out = OpenVinoCompiled(compiled)
         out.info.update(device=device, precision_hint=hint)
         try:

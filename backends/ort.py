@@ -96,6 +96,27 @@ class OrtAdapter(Adapter):
                 "marked as a graph output (this can change what ORT fuses and which casts it keeps; "
                 "final outputs are measured on the unmodified model)")
 
+    def deployed_fusion(self):
+        """The values left in the graph ORT actually runs (after its own fusions)."""
+        import tempfile
+
+        import onnx
+        import onnxruntime as ort
+
+        if getattr(self, "_deployed", None) is None:
+            return None, None
+        with tempfile.TemporaryDirectory(prefix="backendiff-ort-") as tmp:
+            so = ort.SessionOptions()
+            # level "all" only adds layout changes (NCHWc), which rename values without fusing
+            # operators: read the fusions at "extended"
+            level = {"all": "extended"}.get(self.spec.option("opt", "all"), self.spec.option("opt", "all"))
+            so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _LEVELS[level])
+            so.log_severity_level = 3
+            so.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
+            ort.InferenceSession(str(self._deployed), so, providers=["CPUExecutionProvider"])
+            graph = onnx.load(so.optimized_model_filepath, load_external_data=False).graph
+        return {o for n in graph.node for o in n.output} | {o.name for o in graph.output}, None
+
     def layer_values(self, model, sample):
         import onnxruntime as ort
 
@@ -160,6 +181,7 @@ class OrtAdapter(Adapter):
         if self.variant != "fp32":  # read back what runs: the graph after ORT's own transforms
             so.optimized_model_filepath = str(optimized)
         session = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
+        self._deployed = Path(onnx_path)
         compiled = OrtCompiled(session)
         compiled.info["opt"] = self.spec.option("opt", "all")
         if optimized.exists():

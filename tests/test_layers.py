@@ -231,3 +231,16 @@ def test_terminal_layer_view():
     assert lines[0].startswith("torch:fp16: divergence starts at up (linear, node linear)")
     assert "first NaN/Inf born here" in lines[0] and lines[1].startswith("  suspect up (linear)")
     assert lines[-1].startswith("  error vs depth (3 layers")
+
+
+@needs("ort", "openvino")
+def test_fusions_of_the_deployed_model_are_reported():
+    report = backendiff.compare("zoo:digits-cnn", backends=["ort", "ort:opt=disable", "openvino"], layerwise="always")
+    fused = {b.spec: {r["node"]: r["fused_into"] for r in b.layers} for b in report.backends}
+    # the exporter folds each BatchNorm into its Conv: with ORT's own fusions off, conv -> batch norm
+    assert fused["ort:opt=disable"]["conv2d"] == "getitem" and fused["ort:opt=disable"]["getitem"] is None
+    # ORT's fusions (Conv+Relu -> FusedConv): conv and batch norm both computed inside the relu's op
+    assert fused["ort"]["conv2d"] == fused["ort"]["getitem"] == "relu" and fused["ort"]["relu"] is None
+    # OpenVINO lists it itself (originalLayersNames): batch norm and relu in one Convolution primitive
+    assert fused["openvino"]["getitem"] == "relu"
+    assert fused["ort"]["linear"] is None   # never silently dropped: unfused rows say None
