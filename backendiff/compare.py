@@ -327,7 +327,7 @@ def run_backend(cls, shown: str, spec: BackendSpec, handle: ModelHandle, referen
     result.status = OK if all(o.within_tolerance for o in result.outputs) else DIVERGED
     wanted = config.layerwise == "always" or (config.layerwise == "auto" and result.status == DIVERGED)
     if wanted and adapter.layers_from and handle.has_torch:
-        localize(adapter, handle, result, tol, progress, actual[0], reference[0])
+        localize(adapter, handle, result, tol, progress, actual[0], reference[0], config)
     if config.advise and result.status == DIVERGED and spec.variant != "fp32" and "keep" in cls.options \
             and handle.has_torch:
         result.advice = mixed_precision_advice(cls, shown, spec, handle, reference, config, result, progress)
@@ -353,11 +353,11 @@ def mixed_precision_advice(cls, shown, spec, handle, reference, config, result, 
 
 
 def localize(adapter, handle: ModelHandle, result: BackendResult, tol, progress, deployed,
-             reference_outputs) -> None:
+             reference_outputs, config: CompareConfig) -> None:
     """Propagated mode: every layer's error on the first sample, and where divergence starts.
     Final outputs above stay measured on the unmodified compiled model; when the
     instrumented run's own outputs differ from them, the report says so."""
-    from .layers import first_divergence, layer_rows, mark_fused, output_nodes
+    from .layers import first_divergence, isolate_rows, layer_rows, mark_fused, output_nodes
 
     progress(f"{result.spec}: layer-wise comparison")
     t0 = time.perf_counter()
@@ -376,9 +376,19 @@ def localize(adapter, handle: ModelHandle, result: BackendResult, tol, progress,
         present, groups = None, None
         result.info["fusion_error"] = f"{type(e).__name__}: {first_line(e)}"
     mark_fused(rows, layers, present, groups)
+    if config.isolate:
+        isolated = adapter.isolated_values(handle, handle.samples[0], reference)
+        if isolated is None:
+            result.info["isolated"] = "not supported by this backend yet"
+        else:
+            isolate_rows(rows, reference, isolated, tol.rtol, tol.atol)
+            result.info["isolated_from"] = ("every layer fed the reference values of its inputs, all layers in one "
+                                            "compiled model")
     result.layers = rows
     if result.status == DIVERGED or any(row["nonfinite_born"] for row in rows):
         result.first_divergence = first_divergence(rows)
+        if result.first_divergence and config.isolate:
+            confirm(result.first_divergence, rows)
     result.info["layers_from"] = adapter.layers_from
     changed = instrumentation_changes(output_nodes(handle.layer_program().graph), handle.output_names, deployed,
                                       actual, reference_outputs)
@@ -391,6 +401,23 @@ def localize(adapter, handle: ModelHandle, result: BackendResult, tol, progress,
         if result.first_divergence:
             result.first_divergence["caveat"] = "instrumentation changed the result; see info.instrumentation_changed"
     result.timings["layers_s"] = round(time.perf_counter() - t0, 6)
+
+
+def confirm(first: dict, rows: list[dict]) -> None:
+    """LEMON's check: the suspect is confirmed when, fed the reference's inputs, it still
+    makes an error past tolerance (or a NaN/Inf) on its own; else the error it shows is
+    inherited and the suspect is dropped in favour of the first layer that does."""
+    row = next(r for r in rows if r["node"] == first["node"])
+    own = row.get("isolated")
+    if own is None:
+        return
+    first["isolated"] = own["metrics"]
+    first["confirmed"] = own["nonfinite_born"] or not own["within_tolerance"]
+    if not first["confirmed"]:
+        culprit = next((r for r in rows if r.get("isolated") and (r["isolated"]["nonfinite_born"]
+                                                                    or not r["isolated"]["within_tolerance"])), None)
+        if culprit is not None:
+            first["own_error_first_at"] = {k: culprit[k] for k in ("module", "op_type", "node", "source")}
 
 
 #: an instrumented output whose SQNR against the reference is off from the deployed one's by

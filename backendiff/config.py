@@ -27,6 +27,7 @@ class CompareConfig:
     # per-layer divergence where the backend can give it: "auto" for backends that diverged,
     # "always", or "never"
     layerwise: str = "auto"
+    isolate: bool = False                       # also run every layer on the reference's inputs
     advise: bool = True                         # mixed-precision advice for diverged low-precision variants
     command: str | None = None
     progress: Callable[[str], None] | None = field(default=None, compare=False)

@@ -73,6 +73,52 @@ def graph_layers(graph_module) -> list[Layer]:
     return out
 
 
+def record_isolated(graph_module, args, reference: dict, dtype=None) -> dict[str, np.ndarray]:
+    """Isolated mode over an FX graph: every node computed from the *reference* values of the
+    nodes it reads (cast to ``dtype`` for a low-precision run), so its error is its own."""
+    import torch
+    from torch.fx import Interpreter
+
+    values: dict[str, np.ndarray] = {}
+
+    def ref(node, current):
+        if node.op != "call_function" or node.name not in reference or not isinstance(current, torch.Tensor):
+            return current
+        t = torch.from_numpy(np.array(reference[node.name]))
+        return t.to(current.dtype) if current.is_floating_point() else t
+
+    class Isolated(Interpreter):
+        def run_node(self, n):
+            if n.op != "call_function":
+                return super().run_node(n)
+            saved = {m: self.env[m] for m in n.all_input_nodes}
+            for m in saved:
+                self.env[m] = ref(m, saved[m])
+            try:
+                result = super().run_node(n)
+            finally:
+                self.env.update(saved)
+            t = result[0] if isinstance(result, (tuple, list)) and result and isinstance(result[0], torch.Tensor) \
+                else result
+            if isinstance(t, torch.Tensor):
+                values[n.name] = (t.float() if t.is_floating_point() else t).detach().cpu().numpy().copy()
+            return result
+
+    with torch.no_grad():
+        Isolated(graph_module).run(*args)
+    return values
+
+
+def isolate_rows(rows: list[dict], reference: dict, isolated: dict, rtol: float, atol: float) -> None:
+    """Add each row's own error (isolated mode), in place."""
+    for row in rows:
+        r, a = reference.get(row["node"]), isolated.get(row["node"])
+        if r is None or a is None or np.shape(r) != np.shape(a):
+            continue
+        row["isolated"] = {"metrics": M.tensor_metrics(a, r), "within_tolerance": M.violations(a, r, rtol, atol) == 0,
+                           "nonfinite_born": bool(M.nonfinite_mismatch(a, r).any())}
+
+
 def output_nodes(graph) -> list[str]:
     """Names of the FX nodes that produce the graph's outputs, in output order."""
     from torch.utils import _pytree as pytree

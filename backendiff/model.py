@@ -260,6 +260,25 @@ class ModelHandle:
             path.with_name("marked.txt").write_text("\n".join(marked))
         return path, path.with_name("marked.txt").read_text().split()
 
+    def isolated_onnx(self) -> tuple[Path, dict[str, str], int]:
+        """``layer_onnx`` with every layer cut loose from the others (``onnx_graph.isolate``);
+        cached. Returns (path, graph input -> FX value fed to it, uncut edges)."""
+        import json
+
+        import onnx
+
+        from .onnx_graph import isolate
+
+        plain, names = self.layer_onnx()
+        path, meta = plain.with_name("isolated.onnx"), plain.with_name("isolated.json")
+        if not (path.exists() and meta.exists()):
+            model = onnx.load(str(plain))
+            boundary, uncut = isolate(model, names)
+            write_atomic(path, lambda tmp: onnx.save(model, str(tmp)))
+            meta.write_text(json.dumps({"boundary": boundary, "uncut": uncut}))
+        info = json.loads(meta.read_text())
+        return path, info["boundary"], info["uncut"]
+
     def reference_layers(self):
         """(layers, values): every FX node of the layer program and its fp32 reference value
         on the first sample; computed once."""

@@ -53,3 +53,44 @@ def compute_modules(model) -> list[str]:
         if n.op_type in COMPUTE_OPS and m and m not in out:
             out.append(m)
     return out
+
+
+def fx_node_of(node) -> str | None:
+    """The FX node an ONNX node was translated from (``pkg.torch.onnx.fx_node``)."""
+    import re
+
+    for prop in node.metadata_props:
+        if prop.key == "pkg.torch.onnx.fx_node":
+            match = re.match(r"%(\S+)", prop.value)
+            return match.group(1) if match else None
+    return None
+
+
+def isolate(model, values) -> tuple[dict[str, str], int]:
+    """Cut every edge between two FX nodes' subgraphs, in place: an input that another FX
+    node produced becomes a fresh graph input ``reference::NAME``, to be fed the reference
+    value, so each layer runs on exactly the reference's inputs; every FX value is marked
+    as an output. All layers stay in one model (one compile). Returns (graph input ->
+    FX value it stands for, number of cross-layer edges that could not be cut)."""
+    wanted = set(values)
+    producer = {out: fx_node_of(n) for n in model.graph.node for out in n.output}
+    types = {vi.name: vi for vi in model.graph.value_info}
+    boundary, uncut = {}, 0
+    for node in model.graph.node:
+        group = fx_node_of(node)
+        for i, value in enumerate(node.input):
+            if value not in producer or producer[value] == group:
+                continue
+            if value in wanted and value in types:
+                name = f"reference::{value}"
+                node.input[i] = name
+                boundary[name] = value
+            else:
+                uncut += 1
+    for name, value in boundary.items():
+        vi = type(types[value])()
+        vi.CopyFrom(types[value])
+        vi.name = name
+        model.graph.input.append(vi)
+    mark_outputs(model, wanted)
+    return boundary, uncut

@@ -156,6 +156,26 @@ class Adapter:
         (propagated mode), or None when this adapter cannot give them yet."""
         return None
 
+    def run_onnx(self, path: Path, originals: list[np.ndarray], named: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Run an ONNX file (a layer view of the model) with this spec's settings: the graph's
+        first inputs get ``originals`` in order, the rest their value in ``named``. Returns
+        every graph output by name, floating values as float32. Adapters that can run ONNX
+        files implement it; it gives them isolated mode."""
+        raise NotImplementedError
+
+    def lower_onnx(self, path: Path) -> Path:
+        """The variant's lowering of an ONNX file, for runtimes that lower at the ONNX level."""
+        return path
+
+    def isolated_values(self, model, sample: dict[str, np.ndarray], reference: dict[str, np.ndarray]):
+        """Isolated mode: every layer run on the reference's values of its inputs, all in one
+        compiled model. Returns FX node -> value, or None when not supported."""
+        if type(self).run_onnx is Adapter.run_onnx:
+            return None
+        path, boundary, _ = model.isolated_onnx()
+        named = {name: reference[value] for name, value in boundary.items()}
+        return self.run_onnx(self.lower_onnx(path), list(sample.values()), named)
+
     def deployed_fusion(self) -> tuple[set[str] | None, dict[str, str] | None]:
         """What the deployed (unmodified) compiled model fused, by FX node name: (values it
         still has, or None if unknown; member -> the layer it is fused into, or None)."""
@@ -169,5 +189,13 @@ class Adapter:
         raise NotImplementedError
 
 
-def ordered(sample: dict[str, np.ndarray], names: list[str]) -> list[np.ndarray]:
-    return [sample[n] for n in names]
+def feeds_in_order(input_names: list[str], originals: list[np.ndarray], named: dict) -> list[np.ndarray]:
+    """Arrays for a graph's inputs: the first ones positionally, the others by name."""
+    out = list(originals[: len(input_names)])
+    for name in input_names[len(out):]:
+        out.append(np.asarray(named[name]))
+    return out
+
+
+def as_float32(values: dict) -> dict:
+    return {k: (v.astype(np.float32) if v.dtype in (np.float16,) else v) for k, v in values.items()}

@@ -25,7 +25,7 @@ import numpy as np
 
 from backendiff.errors import BackendUnavailable
 
-from .base import Adapter, Compiled
+from .base import Adapter, Compiled, as_float32, feeds_in_order
 
 _HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16", "int8": "f32"}
 _PERF = {"latency": "LATENCY", "throughput": "THROUGHPUT"}
@@ -105,18 +105,22 @@ class OpenVinoAdapter(Adapter):
                 groups[member] = members[-1]
         return None, groups
 
-    def layer_values(self, model, sample):
+    def run_onnx(self, path, originals, named):
         import openvino as ov
 
-        path, marked = model.instrumented_onnx()
-        converted = ov.convert_model(str(path))
-        compiled = ov.Core().compile_model(converted, self.spec.option("device", "CPU"), self._config(None))
-        results = compiled.create_infer_request().infer([np.asarray(a) for a in sample.values()])
+        compiled = ov.Core().compile_model(ov.convert_model(str(path)), self.spec.option("device", "CPU"),
+                                           self._config(None))
+        inputs = [port.get_any_name() for port in compiled.inputs]
+        results = compiled.create_infer_request().infer(feeds_in_order(inputs, originals, named))
         values = {}
         for port in compiled.outputs:
             for name in port.get_names():
                 values[name] = np.array(results[port])
-        return values
+        return as_float32(values)
+
+    def layer_values(self, model, sample):
+        path, _ = model.instrumented_onnx()
+        return self.run_onnx(path, list(sample.values()), {})
 
     def _config(self, folder: Path | None) -> dict:
         config = {"CACHE_DIR": str(folder / "blobs")} if folder is not None else {}

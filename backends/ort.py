@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import Adapter, Compiled
+from .base import Adapter, Compiled, as_float32, feeds_in_order
 
 _LEVELS = {
     "disable": "ORT_DISABLE_ALL",
@@ -117,9 +117,32 @@ class OrtAdapter(Adapter):
             graph = onnx.load(so.optimized_model_filepath, load_external_data=False).graph
         return {o for n in graph.node for o in n.output} | {o.name for o in graph.output}, None
 
-    def layer_values(self, model, sample):
+    def _session(self, path: Path):
         import onnxruntime as ort
 
+        so = ort.SessionOptions()
+        so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _LEVELS[self.spec.option("opt", "all")])
+        so.log_severity_level = 3
+        return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+
+    def run_onnx(self, path, originals, named):
+        session = self._session(path)
+        inputs = [i.name for i in session.get_inputs()]
+        arrays = feeds_in_order(inputs, originals, named)
+        outputs = session.run(None, dict(zip(inputs, arrays)))
+        return as_float32(dict(zip([o.name for o in session.get_outputs()], outputs)))
+
+    def lower_onnx(self, path: Path) -> Path:
+        if self.variant != "fp16":
+            return path
+        lowered = path.with_name(path.stem + "_fp16.onnx")
+        if not lowered.exists():
+            tmp = path.with_name(f".tmp-{os.getpid()}-{lowered.name}")
+            lower_fp16(path, tmp)
+            os.replace(tmp, lowered)
+        return lowered
+
+    def layer_values(self, model, sample):
         path, _ = model.instrumented_onnx()
         if self.variant == "fp16":
             # as a deployment engineer would instrument it: the fp16 model, then its values
@@ -137,14 +160,7 @@ class OrtAdapter(Adapter):
                 mark_outputs(lowered, names)
                 onnx.save(lowered, str(tmp))
                 os.replace(tmp, path)
-        so = ort.SessionOptions()
-        so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _LEVELS[self.spec.option("opt", "all")])
-        so.log_severity_level = 3
-        session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
-        names = [o.name for o in session.get_outputs()]
-        feeds = {i.name: np.asarray(a) for i, a in zip(session.get_inputs(), sample.values())}
-        values = dict(zip(names, session.run(None, feeds)))
-        return {n: v.astype(np.float32) if v.dtype == np.float16 else v for n, v in values.items()}
+        return self.run_onnx(path, list(sample.values()), {})
 
     def convert(self, model, folder: Path):
         path = model.onnx_path()

@@ -55,12 +55,12 @@ class TorchAdapter(Adapter):
     def route(self, model) -> str:
         return "eager"
 
-    def layer_values(self, model, sample):
+    def _layer_module(self, model, sample):
+        """The layer program's graph module and arguments at this variant's precision, and
+        the autocast context to run them in."""
         import contextlib
 
         import torch
-
-        from backendiff.layers import record_nodes
 
         graph_module = model.layer_program().module()
         args = [torch.from_numpy(np.array(a)) for a in sample.values()]
@@ -72,6 +72,19 @@ class TorchAdapter(Adapter):
             else:
                 graph_module = copy.deepcopy(graph_module).to(dtype)
                 args = [a.to(dtype) if a.is_floating_point() else a for a in args]
+        return graph_module, args, ctx
+
+    def isolated_values(self, model, sample, reference):
+        from backendiff.layers import record_isolated
+
+        graph_module, args, ctx = self._layer_module(model, sample)
+        with ctx:
+            return record_isolated(graph_module, args, reference)
+
+    def layer_values(self, model, sample):
+        from backendiff.layers import record_nodes
+
+        graph_module, args, ctx = self._layer_module(model, sample)
         with ctx:
             return record_nodes(graph_module, args)
 

@@ -21,7 +21,7 @@ import numpy as np
 
 from backendiff.errors import BackendUnavailable
 
-from .base import Adapter, Compiled
+from .base import Adapter, Compiled, as_float32, feeds_in_order
 
 
 def constants_as_tensors(graph) -> None:
@@ -98,21 +98,27 @@ class TvmAdapter(Adapter):
                    "node's value marked as an output, same variant and opt level (marking outputs can change "
                    "fusion; final outputs are measured on the unmodified model)")
 
-    def layer_values(self, model, sample):
+    def run_onnx(self, path, originals, named):
         import onnx
         import tvm
         from tvm.relax.frontend.onnx import from_onnx
 
-        path, marked = model.instrumented_onnx()
         graph = onnx.load(str(path))
         constants_as_tensors(graph)
-        shapes = {n: list(a.shape) for n, a in sample.items()}
-        dtypes = {n: a.dtype.name for n, a in sample.items()}
+        initializers = {i.name for i in graph.graph.initializer}
+        inputs = [i.name for i in graph.graph.input if i.name not in initializers]
+        arrays = feeds_in_order(inputs, originals, named)
+        shapes = {n: list(a.shape) for n, a in zip(inputs, arrays)}
+        dtypes = {n: a.dtype.name for n, a in zip(inputs, arrays)}
         mod = self._lower(from_onnx(graph, shape_dict=shapes, dtype_dict=dtypes, keep_params_in_input=False))
         with tvm.transform.PassContext(opt_level=int(self.spec.option("opt", "3"))):
             lib = tvm.compile(mod, target=tvm.target.Target(self.spec.option("target", "llvm")))
-        arrays = TvmCompiled(lib).run(sample)
-        return dict(zip([o.name for o in graph.graph.output], arrays))
+        outputs = TvmCompiled(lib).run(dict(zip(inputs, arrays)))
+        return as_float32(dict(zip([o.name for o in graph.graph.output], outputs)))
+
+    def layer_values(self, model, sample):
+        path, _ = model.instrumented_onnx()
+        return self.run_onnx(path, list(sample.values()), {})
 
     def _lower(self, mod):
         """The variant's transformation of an imported module (fp16: ToMixedPrecision)."""

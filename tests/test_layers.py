@@ -244,3 +244,30 @@ def test_fusions_of_the_deployed_model_are_reported():
     # OpenVINO lists it itself (originalLayersNames): batch norm and relu in one Convolution primitive
     assert fused["openvino"]["getitem"] == "relu"
     assert fused["ort"]["linear"] is None   # never silently dropped: unfused rows say None
+
+
+def test_isolated_mode_confirms_where_the_nan_is_born():
+    x = torch.randn(4, 16, generator=torch.Generator().manual_seed(0))
+    report = backendiff.compare(Overflow().eval(), inputs=(x,), backends=["torch:fp16"], isolate=True)
+    b = report.backend("torch:fp16")
+    rows = {r["node"]: r for r in b.layers}
+    assert rows["linear"]["isolated"]["nonfinite_born"]                     # 'up' overflows on its own
+    assert rows["linear_1"]["metrics"]["nonfinite"] > 0                    # propagated: carries it
+    assert rows["linear_1"]["isolated"]["metrics"]["nonfinite"] == 0       # 'down' on finite inputs: finite
+    assert b.first_divergence["node"] == "linear" and b.first_divergence["confirmed"] is True
+
+
+@needs("ort", "openvino", "tvm")
+def test_isolated_mode_runs_on_every_onnx_runtime():
+    report = backendiff.compare("zoo:digits-cnn", backends=["ort", "openvino", "tvm:fp16"], layerwise="always",
+                                isolate=True)
+    for b in report.backends:
+        isolated = [r for r in b.layers if "isolated" in r]
+        assert len(isolated) == len(b.layers) >= 10, b.spec
+        assert "every layer fed the reference values" in b.info["isolated_from"]
+    # fp32: each layer's own error is rounding only
+    assert all(r["isolated"]["within_tolerance"] for r in report.backend("ort").layers)
+    # fp16: a layer's own error is smaller than what it inherits (error accumulates)
+    tvm16 = report.backend("tvm:fp16").layers
+    last = tvm16[-1]
+    assert last["isolated"]["metrics"]["mean_abs"] < last["metrics"]["mean_abs"]
