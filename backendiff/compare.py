@@ -385,6 +385,8 @@ def localize(adapter, handle: ModelHandle, result: BackendResult, tol, progress,
             result.info["isolated_from"] = ("every layer fed the reference values of its inputs, all layers in one "
                                             "compiled model")
     result.layers = rows
+    if config.bisect:
+        bisect_layers(adapter, handle, result, layers, reference, tol)
     if result.status == DIVERGED or any(row["nonfinite_born"] for row in rows):
         result.first_divergence = first_divergence(rows)
         if result.first_divergence and config.isolate:
@@ -401,6 +403,33 @@ def localize(adapter, handle: ModelHandle, result: BackendResult, tol, progress,
         if result.first_divergence:
             result.first_divergence["caveat"] = "instrumentation changed the result; see info.instrumentation_changed"
     result.timings["layers_s"] = round(time.perf_counter() - t0, 6)
+
+
+def bisect_layers(adapter, handle: ModelHandle, result: BackendResult, layers, reference, tol) -> None:
+    """Bisection over unmodified prefixes of the deployed ONNX export (see bisect.py)."""
+    from .bisect import bisect_backend
+
+    if not adapter.runs_onnx:
+        result.info["bisection"] = {"error": "not supported by this backend yet"}
+        return
+
+    def out_of_tolerance(value, ref) -> bool:
+        return np.shape(value) != np.shape(ref) or M.violations(value, ref, tol.rtol, tol.atol) > 0
+
+    try:
+        found = bisect_backend(adapter, handle.onnx_path(), [layer.node for layer in layers], handle.samples[0],
+                               reference, out_of_tolerance)
+    except Exception as e:  # extra view: keep everything else
+        result.info["bisection"] = {"error": f"{type(e).__name__}: {first_line(e)}"}
+        return
+    cut = found["first_diverging_cut"]
+    by_node = {layer.node: layer for layer in layers}
+    if cut is not None:
+        layer = by_node[cut]
+        found["first_diverging_cut"] = {"node": cut, "module": layer.module, "op_type": layer.op_type,
+                                        "source": layer.source}
+    found["graph"] = "prefixes of the deployed ONNX export, each compiled unmodified with one output"
+    result.info["bisection"] = found
 
 
 def confirm(first: dict, rows: list[dict]) -> None:

@@ -28,6 +28,7 @@ class CompareConfig:
     # "always", or "never"
     layerwise: str = "auto"
     isolate: bool = False                       # also run every layer on the reference's inputs
+    bisect: bool = False                        # also bisect over unmodified prefix graphs
     advise: bool = True                         # mixed-precision advice for diverged low-precision variants
     command: str | None = None
     progress: Callable[[str], None] | None = field(default=None, compare=False)

@@ -163,6 +163,10 @@ class Adapter:
         files implement it; it gives them isolated mode."""
         raise NotImplementedError
 
+    @property
+    def runs_onnx(self) -> bool:
+        return type(self).run_onnx is not Adapter.run_onnx
+
     def lower_onnx(self, path: Path) -> Path:
         """The variant's lowering of an ONNX file, for runtimes that lower at the ONNX level."""
         return path
@@ -170,7 +174,7 @@ class Adapter:
     def isolated_values(self, model, sample: dict[str, np.ndarray], reference: dict[str, np.ndarray]):
         """Isolated mode: every layer run on the reference's values of its inputs, all in one
         compiled model. Returns FX node -> value, or None when not supported."""
-        if type(self).run_onnx is Adapter.run_onnx:
+        if not self.runs_onnx:
             return None
         path, boundary, _ = model.isolated_onnx()
         named = {name: reference[value] for name, value in boundary.items()}

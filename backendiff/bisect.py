@@ -1,0 +1,67 @@
+"""Bisection mode: binary search over *unmodified* prefix graphs of the deployed ONNX model
+for the first cut whose value diverges.
+
+Marking every tensor as an output changes what a compiler fuses (Polygraphy's caveat).
+Here each probe is the deployed graph cut at one layer (``onnx.utils.Extractor``: the
+minimal prefix that computes it, with only that value as output), compiled and run as the
+runtime would: O(log N) compiles. It assumes that once a value diverges, the values after
+it do too (the usual bisection assumption; isolated mode checks layers one by one).
+"""
+from __future__ import annotations
+
+import tempfile
+from pathlib import Path
+
+
+def bisect(candidates: list[str], diverges) -> tuple[int | None, int]:
+    """Index of the first candidate for which ``diverges`` holds (None if the last does not),
+    and the number of probes made."""
+    if not candidates:
+        return None, 0
+    probes = 1
+    if not diverges(candidates[-1]):
+        return None, probes
+    lo, hi = 0, len(candidates) - 1
+    while lo < hi:
+        mid = (lo + hi) // 2
+        probes += 1
+        if diverges(candidates[mid]):
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo, probes
+
+
+def prefix_model(model, cut: str, folder: Path) -> Path:
+    """The minimal prefix of ``model`` that computes ``cut``, with only it as output."""
+    import onnx
+    from onnx.utils import Extractor
+
+    inputs = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
+    prefix = Extractor(model).extract_model(inputs, [cut])
+    path = folder / f"prefix_{abs(hash(cut))}.onnx"
+    onnx.save(prefix, str(path))
+    return path
+
+
+def cut_candidates(model, layer_nodes: list[str]) -> list[str]:
+    """The layers whose values the deployed graph still has (fused ones have no cut), in order."""
+    values = {o for n in model.graph.node for o in n.output}
+    return [n for n in layer_nodes if n in values]
+
+
+def bisect_backend(adapter, deployed_onnx: Path, layer_nodes: list[str], sample: dict, reference: dict,
+                   out_of_tolerance) -> dict:
+    import onnx
+
+    model = onnx.shape_inference.infer_shapes(onnx.load(str(deployed_onnx)))
+    candidates = cut_candidates(model, layer_nodes)
+    with tempfile.TemporaryDirectory(prefix="backendiff-bisect-") as tmp:
+        def diverges(cut: str) -> bool:
+            path = adapter.lower_onnx(prefix_model(model, cut, Path(tmp)))
+            value = adapter.run_onnx(path, list(sample.values()), {})[cut]
+            return out_of_tolerance(value, reference[cut])
+
+        index, probes = bisect(candidates, diverges)
+    return {"first_diverging_cut": candidates[index] if index is not None else None, "probes": probes,
+            "candidates": len(candidates)}
