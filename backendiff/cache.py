@@ -58,7 +58,7 @@ class Cache:
 
 def write_atomic(path: Path, writer) -> Path:
     """Call ``writer(tmp_path)`` then rename to ``path``."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    tmp = path.with_name(f".{path.stem}.{os.getpid()}.tmp{path.suffix}")  # suffix kept: some writers check it
     try:
         writer(tmp)
         os.replace(tmp, path)

@@ -115,8 +115,8 @@ def isolate_rows(rows: list[dict], reference: dict, isolated: dict, rtol: float,
         r, a = reference.get(row["node"]), isolated.get(row["node"])
         if r is None or a is None or np.shape(r) != np.shape(a):
             continue
-        row["isolated"] = {"metrics": M.tensor_metrics(a, r), "within_tolerance": M.violations(a, r, rtol, atol) == 0,
-                           "nonfinite_born": bool(M.nonfinite_mismatch(a, r).any())}
+        m, outside, born = M.compare_arrays(a, r, rtol, atol)
+        row["isolated"] = {"metrics": m, "within_tolerance": outside == 0, "nonfinite_born": born}
 
 
 def output_nodes(graph) -> list[str]:
@@ -170,13 +170,12 @@ def layer_rows(layers: list[Layer], reference: dict, actual: dict, rtol: float, 
             if inputs:
                 delta[layer.node] = max(inputs)
             continue
-        m = M.tensor_metrics(a, r)
+        m, outside, born = M.compare_arrays(a, r, rtol, atol)
         delta[layer.node] = m["mean_abs"]
         rows.append({
             "index": layer.index, "module": layer.module, "op_type": layer.op_type, "node": layer.node,
             "source": layer.source, "fused_into": None, "metrics": m, "growth": growth(m["mean_abs"], inputs),
-            "within_tolerance": M.violations(a, r, rtol, atol) == 0,
-            "nonfinite_born": bool(M.nonfinite_mismatch(a, r).any()),
+            "within_tolerance": outside == 0, "nonfinite_born": born,
         })
     return rows
 

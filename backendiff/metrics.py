@@ -32,61 +32,59 @@ def nonfinite_mismatch(actual: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return (a_nan != r_nan) | ((a_inf | r_inf) & ~same_inf & ~(a_nan & r_nan))
 
 
-def sqnr_db(actual: np.ndarray, reference: np.ndarray) -> float | None:
-    """20·log10(‖r‖ / ‖a − r‖) over finite positions; None when identical (infinite)."""
+def compare_arrays(actual, reference, rtol: float = 0.0, atol: float = 0.0) -> tuple[dict, int, bool]:
+    """One pass over a tensor and its reference: (metrics, elements outside
+    ``|a − r| <= atol + rtol·|r|`` plus non-finite mismatches, whether a NaN/Inf appears
+    where the reference has none or another)."""
     a, r = _as64(actual), _as64(reference)
-    both = np.isfinite(a) & np.isfinite(r)
-    noise = float(np.linalg.norm(a[both] - r[both]))
-    signal = float(np.linalg.norm(r[both]))
-    if noise == 0.0:
-        return None
-    if signal == 0.0:
-        return -math.inf
-    return 20.0 * math.log10(signal / noise)
-
-
-def cosine(actual: np.ndarray, reference: np.ndarray) -> float:
-    a, r = _as64(actual), _as64(reference)
-    both = np.isfinite(a) & np.isfinite(r)
-    a, r = a[both], r[both]
-    na, nr = float(np.linalg.norm(a)), float(np.linalg.norm(r))
-    if na == 0.0 and nr == 0.0:
-        return 1.0
-    if na == 0.0 or nr == 0.0:
-        return 0.0
-    return float(np.dot(a.ravel(), r.ravel()) / (na * nr))
+    if a.shape != r.shape:
+        raise ValueError(f"shape mismatch: {a.shape} vs reference {r.shape}")
+    fa, fr = np.isfinite(a), np.isfinite(r)
+    both = fa & fr
+    if both.all():
+        av, rv = a.ravel(), r.ravel()
+        mismatch = 0
+    else:
+        av, rv = a[both], r[both]
+        mismatch = int(nonfinite_mismatch(a, r).sum())
+    diff = np.abs(av - rv)
+    abs_r = np.abs(rv)
+    if diff.size:
+        max_abs, mean_abs = float(diff.max()), float(diff.mean())
+        max_rel = float((diff / (abs_r + REL_EPS)).max())
+        outside = int((diff > atol + rtol * abs_r).sum())
+    else:
+        max_abs = mean_abs = max_rel = 0.0
+        outside = 0
+    noise, signal = float(np.linalg.norm(diff)), float(np.linalg.norm(rv))
+    na = float(np.linalg.norm(av))
+    if na == 0.0 and signal == 0.0:
+        cos = 1.0
+    elif na == 0.0 or signal == 0.0:
+        cos = 0.0
+    else:
+        cos = float(np.dot(av, rv) / (na * signal))
+    if mismatch:
+        sq = -math.inf  # a NaN/Inf where the reference is finite is unbounded noise
+    elif noise == 0.0:
+        sq = None
+    elif signal == 0.0:
+        sq = -math.inf
+    else:
+        sq = 20.0 * math.log10(signal / noise)
+    metrics = {"max_abs": max_abs, "mean_abs": mean_abs, "max_rel": max_rel, "cosine": cos, "sqnr_db": sq,
+               "nonfinite": int((~fa).sum())}
+    return metrics, outside + mismatch, mismatch > 0
 
 
 def tensor_metrics(actual, reference) -> dict:
     """The metrics of one tensor against its reference (shapes must match)."""
-    a, r = _as64(actual), _as64(reference)
-    if a.shape != r.shape:
-        raise ValueError(f"shape mismatch: {a.shape} vs reference {r.shape}")
-    both = np.isfinite(a) & np.isfinite(r)
-    diff = np.abs(a[both] - r[both])
-    if diff.size:
-        rel = diff / (np.abs(r[both]) + REL_EPS)
-        max_abs, mean_abs, max_rel = float(diff.max()), float(diff.mean()), float(rel.max())
-    else:
-        max_abs = mean_abs = max_rel = 0.0
-    mismatch = bool(nonfinite_mismatch(a, r).any())
-    return {
-        "max_abs": max_abs,
-        "mean_abs": mean_abs,
-        "max_rel": max_rel,
-        "cosine": cosine(a, r),
-        # a NaN/Inf where the reference is finite is unbounded noise
-        "sqnr_db": -math.inf if mismatch else sqnr_db(a, r),
-        "nonfinite": int((~np.isfinite(a)).sum()),
-    }
+    return compare_arrays(actual, reference)[0]
 
 
 def violations(actual, reference, rtol: float, atol: float) -> int:
     """Elements outside ``|a − r| <= atol + rtol·|r|`` plus non-finite mismatches."""
-    a, r = _as64(actual), _as64(reference)
-    both = np.isfinite(a) & np.isfinite(r)
-    bad = np.abs(a[both] - r[both]) > atol + rtol * np.abs(r[both])
-    return int(bad.sum() + nonfinite_mismatch(a, r).sum())
+    return compare_arrays(actual, reference, rtol, atol)[1]
 
 
 def worst_of(per_sample: list[dict]) -> dict:

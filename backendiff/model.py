@@ -210,15 +210,36 @@ class ModelHandle:
     def layer_program(self):
         """The ExportedProgram decomposed exactly as the ONNX exporter decomposes it, so that
         FX node names, ONNX value names and the layer rows are one key (made once)."""
-        if not hasattr(self, "_layer_program"):
-            ep = copy.deepcopy(self.exported_program())
-            try:  # the exporter's own preparation step (internal API of torch.onnx)
-                from torch.onnx._internal.exporter import _core
+        if hasattr(self, "_layer_program"):
+            return self._layer_program
+        import torch
 
-                self._layer_program = _core._prepare_exported_program_for_export(ep, registry=_onnx_registry())
-            except (ImportError, AttributeError, TypeError):
-                self._layer_program = ep.run_decompositions()
-        return self._layer_program
+        path = self._layers_folder() / "layer_program.pt2"
+        if path.exists():
+            self._layer_program = torch.export.load(str(path))
+            return self._layer_program
+        ep = copy.deepcopy(self.exported_program())
+        t0 = time.perf_counter()
+        try:  # the exporter's own preparation step (internal API of torch.onnx)
+            from torch.onnx._internal.exporter import _core
+
+            program = _core._prepare_exported_program_for_export(ep, registry=_onnx_registry())
+        except (ImportError, AttributeError, TypeError):
+            program = ep.run_decompositions()
+        self.timings["layer_program_s"] = time.perf_counter() - t0
+        if self.cache.enabled:  # saving costs about as much as decomposing a small model again
+            try:
+                write_atomic(path, lambda tmp: torch.export.save(program, str(tmp)))
+            except Exception:  # a program that does not serialise is still usable in memory
+                pass
+        self._layer_program = program
+        return program
+
+    def _layers_folder(self) -> Path:
+        from .environment import package_versions
+
+        exporter = package_versions(("onnx", "onnxscript", "onnx-ir"))
+        return self.cache.folder("onnx", content_key("layers", self.key, exporter))
 
     def layer_onnx(self) -> tuple[Path, list[str]]:
         """The ONNX export of ``layer_program`` without the exporter's optimizer, so every FX
@@ -227,10 +248,7 @@ class ModelHandle:
         import onnx
         import torch
 
-        from .environment import package_versions
-
-        exporter = package_versions(("onnx", "onnxscript", "onnx-ir"))
-        folder = self.cache.folder("onnx", content_key("layers", self.key, exporter))
+        folder = self._layers_folder()
         path, names_file = folder / "layers.onnx", folder / "nodes.txt"
         if path.exists() and names_file.exists():
             return path, names_file.read_text().split()

@@ -75,21 +75,45 @@ class BasicBlock(nn.Module):
         return F.relu(self.bn2(self.conv2(y)) + idt)
 
 
-class ResNet(nn.Module):
-    """ResNet-18 layout (torchvision's module names), built here so no torchvision is needed."""
+class Bottleneck(nn.Module):
+    expansion = 4
 
-    def __init__(self, layers=(2, 2, 2, 2), classes: int = 1000):
+    def __init__(self, cin, width, stride):
+        super().__init__()
+        cout = width * self.expansion
+        self.conv1 = nn.Conv2d(cin, width, 1, bias=False)
+        self.bn1 = nn.BatchNorm2d(width)
+        self.conv2 = nn.Conv2d(width, width, 3, stride, 1, bias=False)
+        self.bn2 = nn.BatchNorm2d(width)
+        self.conv3 = nn.Conv2d(width, cout, 1, bias=False)
+        self.bn3 = nn.BatchNorm2d(cout)
+        self.downsample = None
+        if stride != 1 or cin != cout:
+            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+    def forward(self, x):
+        idt = x if self.downsample is None else self.downsample(x)
+        y = F.relu(self.bn1(self.conv1(x)))
+        y = F.relu(self.bn2(self.conv2(y)))
+        return F.relu(self.bn3(self.conv3(y)) + idt)
+
+
+class ResNet(nn.Module):
+    """ResNet-18/50 layouts (torchvision's module names), built here so no torchvision is needed."""
+
+    def __init__(self, layers=(2, 2, 2, 2), classes: int = 1000, block=BasicBlock):
         super().__init__()
         self.conv1 = nn.Conv2d(3, 64, 7, 2, 3, bias=False)
         self.bn1 = nn.BatchNorm2d(64)
         self.maxpool = nn.MaxPool2d(3, 2, 1)
-        chans, cin, stages = (64, 128, 256, 512), 64, []
-        for i, (c, n) in enumerate(zip(chans, layers)):
-            blocks = [BasicBlock(cin, c, 1 if i == 0 else 2)] + [BasicBlock(c, c, 1) for _ in range(n - 1)]
+        widths, cin, stages = (64, 128, 256, 512), 64, []
+        expansion = getattr(block, "expansion", 1)
+        for i, (w, n) in enumerate(zip(widths, layers)):
+            blocks = [block(cin, w, 1 if i == 0 else 2)] + [block(w * expansion, w, 1) for _ in range(n - 1)]
             stages.append(nn.Sequential(*blocks))
-            cin = c
+            cin = w * expansion
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
-        self.fc = nn.Linear(512, classes)
+        self.fc = nn.Linear(512 * expansion, classes)
         for m in self.modules():  # running stats away from the identity, as in a trained net
             if isinstance(m, nn.BatchNorm2d):
                 nn.init.uniform_(m.weight, 0.5, 1.5)
@@ -105,3 +129,7 @@ class ResNet(nn.Module):
 
 def resnet18():
     return ResNet((2, 2, 2, 2))
+
+
+def resnet50():
+    return ResNet((3, 4, 6, 3), block=Bottleneck)
