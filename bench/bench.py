@@ -1,6 +1,14 @@
-"""Tool overhead of ``compare``: total wall time against the runtimes' own time.
+"""Benchmarks, each measured in one run and printed as ratios.
 
-    python bench/bench.py [--model zoo:resnet18] [--backends ort,openvino,tvm]
+    python bench/bench.py [--model zoo:resnet18] [--backends ort,openvino,tvm] [--skip-layerwise]
+
+1. Tool overhead of ``compare`` (below).
+2. Layer-wise at scale (``--layerwise-model zoo:resnet50``): wall time and peak RSS of a
+   layer-wise compare on each backend alone and on all three at once (the peak for three
+   should stay near the largest single one: results stream, one reference copy); and, on
+   the same deployed ONNX file, Polygraphy's layer-wise ONNX Runtime comparison
+   (``polygraphy run model.onnx --onnxrt --onnxrt --onnx-outputs mark all``) against
+   ``backendiff compare --backends ort --layerwise`` (each a fresh process, warm caches).
 
 Runs ``backendiff.compare`` twice, each in a fresh process: cold (empty cache) and warm
 (the same cache again); PyTorch is imported before the clock starts. For each run it prints the wall time of the ``compare`` call, the
@@ -12,10 +20,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
+from pathlib import Path
 
 STAGES = ("setup_s", "convert_s", "compile_s", "infer_s")
 
@@ -36,12 +46,87 @@ def one(model: str, backends: str, cache: str) -> dict:
     return {"wall_s": wall, "backends": per, "tool": {k: v for k, v in report.timings.items() if k != "total_s"}}
 
 
+def one_layerwise(model: str, backends: str, cache: str) -> dict:
+    import resource
+
+    import torch  # noqa: F401
+
+    import backendiff
+
+    t0 = time.perf_counter()
+    report = backendiff.compare(model, backends=backends.split(","), cache_dir=cache, layerwise="always", golden=False)
+    wall = time.perf_counter() - t0
+    from backendiff.cache import Cache
+    from backendiff.compare import resolve_inputs
+    from backendiff.config import CompareConfig
+    from backendiff.loading import load_model
+    from backendiff.model import ModelHandle
+
+    loaded = load_model(model)
+    samples = resolve_inputs(loaded, None, CompareConfig())[0]
+    onnx_path = str(ModelHandle(loaded, samples, Cache(cache)).onnx_path())
+    return {"wall_s": wall, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
+            "layers": {b.spec: len(b.layers) for b in report.backends},
+            "errors": {b.spec: b.info.get("layers_error") for b in report.backends if b.info.get("layers_error")},
+            "onnx": onnx_path}
+
+
+def timed(cmd: list[str]) -> float:
+    t0 = time.perf_counter()
+    subprocess.run(cmd, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    return time.perf_counter() - t0
+
+
+def layerwise_bench(model: str, backends: str) -> None:
+    rows = []
+    with tempfile.TemporaryDirectory(prefix="backendiff-bench-lw-") as cache:
+        def child(specs: str) -> dict:
+            out = f"{cache}/out.json"
+            subprocess.run([sys.executable, __file__, "--layerwise-model", model, "--one-layerwise", specs, cache, out],
+                           check=True)
+            with open(out) as f:
+                return json.load(f)
+
+        child(backends)  # cold: exports, compiles, layer programs into the cache
+        for specs in backends.split(",") + [backends]:
+            rows.append((specs, child(specs)))
+        onnx_path = rows[-1][1]["onnx"]
+        poly = shutil.which("polygraphy") or str(Path(sys.executable).with_name("polygraphy"))
+        have_poly = Path(poly).exists()
+        bd = timed([sys.executable, "-m", "backendiff", "compare", model, "--backends", "ort", "--layerwise",
+                    "--no-golden", "--no-json", "-q", "--cache-dir", cache]) if have_poly else None
+        pg = timed([poly, "run", onnx_path, "--onnxrt", "--onnxrt", "--onnx-outputs", "mark", "all"]) if have_poly \
+            else None
+    print(f"\nbackendiff bench: layer-wise {model} (warm caches, each run a fresh process)\n")
+    print(f"{'backends':<22} {'wall s':>8} {'peak MB':>9}  layers")
+    for specs, r in rows:
+        print(f"{specs:<22} {r['wall_s']:>8.2f} {r['peak_mb']:>9.0f}  {r['layers']}"
+              + (f"  errors: {r['errors']}" if r["errors"] else ""))
+    single = max(r["peak_mb"] for specs, r in rows[:-1])
+    print(f"peak RSS, three backends / largest single backend: {rows[-1][1]['peak_mb'] / single:.2f} "
+          f"(target: about 1, memory does not grow with the number of backends)")
+    if bd is None:
+        print("polygraphy not installed: `pip install polygraphy` for the comparison")
+    else:
+        print(f"layer-wise ORT on {Path(onnx_path).name}: backendiff {bd:.2f}s vs polygraphy {pg:.2f}s "
+              f"-> ratio {bd / pg:.2f} (target <= 1; backendiff also runs the PyTorch reference, matches "
+              f"modules, growth, fusion)")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="zoo:resnet18")
     parser.add_argument("--backends", default="ort,openvino,tvm")
     parser.add_argument("--one", nargs=2, metavar=("CACHE", "OUT"), help=argparse.SUPPRESS)
+    parser.add_argument("--layerwise-model", default="zoo:resnet50")
+    parser.add_argument("--skip-layerwise", action="store_true")
+    parser.add_argument("--one-layerwise", nargs=3, metavar=("SPECS", "CACHE", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.one_layerwise:
+        specs, cache, out = args.one_layerwise
+        with open(out, "w") as f:
+            json.dump(one_layerwise(args.layerwise_model, specs, cache), f)
+        return 0
     if args.one:
         cache, out = args.one
         with open(out, "w") as f:
@@ -70,6 +155,8 @@ def main() -> int:
         print(f"{label:<5} compare wall {r['wall_s']:.3f}s · runtimes' own {runtime:.3f}s · "
               f"ratio {ratio:.3f} (tool: {tool})\n")
     print(f"worst overhead ratio {worst:.3f} (target <= 1.15): {'OK' if worst <= 1.15 else 'OVER'}")
+    if not args.skip_layerwise:
+        layerwise_bench(args.layerwise_model, args.backends)
     return 0
 
 
