@@ -101,9 +101,11 @@ def _check_writable(path: Path) -> None:
               help="Also run every layer on the reference's inputs (its own error) and confirm or drop suspects.")
 @click.option("--bisect", is_flag=True,
               help="Also binary-search unmodified prefix graphs for the first diverging layer (fusion undisturbed).")
+@click.option("--advise/--no-advise", default=True, show_default=True,
+              help="For a diverged fp16/int8 variant, find and verify which modules to keep in fp32.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress display.")
 def compare(model, backends, input_specs, input_files, calib_files, calib_samples, seed, samples, weights, trust_pickle, atol, rtol,
-            json_path, no_json, no_cache, cache_dir, no_golden, layerwise, isolate, bisect, quiet):
+            json_path, no_json, no_cache, cache_dir, no_golden, layerwise, isolate, bisect, advise, quiet):
     """Compare MODEL on each backend against PyTorch eager fp32.
 
     MODEL is a .pt2 (torch.export), .pt (TorchScript), .onnx file, file.py:factory,
@@ -127,7 +129,7 @@ def compare(model, backends, input_specs, input_files, calib_files, calib_sample
         calib_files=tuple(calib_files), calib_samples=calib_samples,
         weights=weights, trust_pickle=trust_pickle, rtol=rtol, atol=atol, cache_dir=cache_dir,
         use_cache=not no_cache, golden=not no_golden,
-        layerwise={None: "auto", True: "always", False: "never"}[layerwise], isolate=isolate, bisect=bisect,
+        layerwise={None: "auto", True: "always", False: "never"}[layerwise], isolate=isolate, bisect=bisect, advise=advise,
         command="backendiff " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
     )
     if quiet or not console.is_terminal:

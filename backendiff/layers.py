@@ -159,18 +159,25 @@ def growth(delta: float, input_deltas: list[float]) -> float:
 
 def layer_rows(layers: list[Layer], reference: dict, actual: dict, rtol: float, atol: float) -> list[dict]:
     """One row per layer both sides have: metrics, growth, within tolerance, and whether a
-    NaN/Inf appears where the reference is finite. A layer without a row (a multi-output
+    NaN/Inf is born there (appears where the reference is finite, from inputs that had
+    none). A layer without a row (a multi-output
     op seen through its ``getitem``) passes its inputs' δ on, so growth is measured
     against the nearest measured ancestors."""
-    rows, delta = [], {}
+    rows, delta, tainted = [], {}, set()
     for layer in layers:
         inputs = [delta[i] for i in layer.inputs if i in delta]
+        inherited = any(i in tainted for i in layer.inputs)
         r, a = reference.get(layer.node), actual.get(layer.node)
         if r is None or a is None or np.shape(r) != np.shape(a) or r.dtype.kind not in "fc":
             if inputs:
                 delta[layer.node] = max(inputs)
+            if inherited:
+                tainted.add(layer.node)
             continue
-        m, outside, born = M.compare_arrays(a, r, rtol, atol)
+        m, outside, mismatch = M.compare_arrays(a, r, rtol, atol)
+        if mismatch or inherited:
+            tainted.add(layer.node)
+        born = mismatch and not inherited  # a NaN/Inf is born here, not carried in
         delta[layer.node] = m["mean_abs"]
         rows.append({
             "index": layer.index, "module": layer.module, "op_type": layer.op_type, "node": layer.node,

@@ -134,6 +134,8 @@ def layer_lines(b) -> list[str]:
         why = {"nonfinite": "first NaN/Inf born here", "growth": f"error grows x{fd['growth'] + 1:.3g} over its inputs",
                "tolerance": "first layer past tolerance"}[fd.get("reason", "tolerance")]
         caveat = " · seen only with intermediates marked: instrumentation changed the result" if fd.get("caveat") else ""
+        if "confirmed" in fd:
+            caveat += " · confirmed in isolation" if fd["confirmed"] else " · not reproduced in isolation"
         lines.append(f"{b.spec}: divergence starts at {where}" + (f" · {fd['source']}" if fd.get("source") else "")
                      + f" · {why}{caveat}")
     for r in top_suspects(b.layers):
@@ -141,7 +143,7 @@ def layer_lines(b) -> list[str]:
         lines.append(f"  suspect {r['module'] or '<top>'} ({r['op_type']}){src} · growth {r['growth']:.3g} · "
                      f"SQNR {fmt(r['metrics'].get('sqnr_db'), 'db')} dB")
     sq = [r["metrics"].get("sqnr_db") for r in b.layers if r["metrics"].get("sqnr_db") is not None]
-    span = f", SQNR {min(sq):.0f}..{max(sq):.0f} dB" if sq else ""
+    span = f", SQNR {fmt(min(sq), 'db')}..{fmt(max(sq), 'db')} dB" if sq else ""
     fused = sum(1 for r in b.layers if r.get("fused_into"))
     span += f", {fused} fused in the deployed model" if fused else ""
     lines.append(f"  error vs depth ({len(b.layers)} layers{span}; taller = more error): {depth_line(b.layers)}")

@@ -67,6 +67,8 @@ ZOO: dict[str, ZooEntry] = {
                  "GELU (random weights)", _seeded("TinyTransformer"), (InputSpec("tokens", (2, 16, 32)),)),
         ZooEntry("resnet18", "ResNet-18 at 224x224 (random weights; for scale and benchmarks)",
                  _seeded("resnet18"), (InputSpec("x", (1, 3, 224, 224)),)),
+        ZooEntry("fp16-overflow", "two linear layers, the first overflowing fp16 (where a NaN/Inf is born)",
+                 _seeded("Fp16Overflow"), (InputSpec("x", (4, 16)),)),
         ZooEntry("resnet50", "ResNet-50 at 224x224 (random weights; for the layer-wise memory benchmark)",
                  _seeded("resnet50"), (InputSpec("x", (1, 3, 224, 224)),)),
     ]

@@ -133,3 +133,18 @@ def resnet18():
 
 def resnet50():
     return ResNet((3, 4, 6, 3), block=Bottleneck)
+
+
+class Fp16Overflow(nn.Module):
+    """A layer whose activations reach ~4e5, past fp16's 65504, scaled back down after: fine
+    in fp32, Inf in fp16 wherever the runtime really computes that layer in fp16."""
+
+    def __init__(self):
+        super().__init__()
+        self.up = nn.Linear(16, 32)
+        self.down = nn.Linear(32, 4)
+        with torch.no_grad():
+            self.up.weight.mul_(2e5)
+
+    def forward(self, x):
+        return self.down(self.up(x) * 1e-3)
