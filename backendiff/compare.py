@@ -326,7 +326,7 @@ def run_backend(cls, shown: str, spec: BackendSpec, handle: ModelHandle, referen
     result.outputs = compare_outputs(handle.output_names, reference, actual, tol)
     result.status = OK if all(o.within_tolerance for o in result.outputs) else DIVERGED
     wanted = config.layerwise == "always" or (config.layerwise == "auto" and result.status == DIVERGED)
-    if wanted and adapter.layers_from and handle.has_torch:
+    if wanted and adapter.layers_from and (handle.has_torch or adapter.runs_onnx):
         localize(adapter, handle, result, tol, progress, actual[0], reference[0], config)
     if config.advise and result.status == DIVERGED and spec.variant != "fp32" and "keep" in cls.options \
             and handle.has_torch:
@@ -357,7 +357,7 @@ def localize(adapter, handle: ModelHandle, result: BackendResult, tol, progress,
     """Propagated mode: every layer's error on the first sample, and where divergence starts.
     Final outputs above stay measured on the unmodified compiled model; when the
     instrumented run's own outputs differ from them, the report says so."""
-    from .layers import first_divergence, isolate_rows, layer_rows, mark_fused, output_nodes
+    from .layers import first_divergence, fp64_rows, isolate_rows, layer_rows, mark_fused
 
     progress(f"{result.spec}: layer-wise comparison")
     t0 = time.perf_counter()
@@ -376,6 +376,8 @@ def localize(adapter, handle: ModelHandle, result: BackendResult, tol, progress,
         present, groups = None, None
         result.info["fusion_error"] = f"{type(e).__name__}: {first_line(e)}"
     mark_fused(rows, layers, present, groups)
+    if config.golden:
+        fp64_rows(rows, reference, handle.reference_layers_fp64())
     if config.isolate:
         isolated = adapter.isolated_values(handle, handle.samples[0], reference)
         if isolated is None:
@@ -392,8 +394,8 @@ def localize(adapter, handle: ModelHandle, result: BackendResult, tol, progress,
         if result.first_divergence and config.isolate:
             confirm(result.first_divergence, rows)
     result.info["layers_from"] = adapter.layers_from
-    changed = instrumentation_changes(output_nodes(handle.layer_program().graph), handle.output_names, deployed,
-                                      actual, reference_outputs)
+    changed = instrumentation_changes(handle.output_layer_names(), handle.output_names, deployed, actual,
+                                      reference_outputs)
     born = [row["module"] or row["node"] for row in rows if row["nonfinite_born"]]
     if born and not any((~np.isfinite(d)).any() for d in deployed if np.asarray(d).dtype.kind == "f"):
         # NaN/Inf appear only because intermediates were marked (e.g. forced out in fp16)

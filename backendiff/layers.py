@@ -109,6 +109,18 @@ def record_isolated(graph_module, args, reference: dict, dtype=None) -> dict[str
     return values
 
 
+def fp64_rows(rows: list[dict], reference: dict, golden: dict | None) -> None:
+    """Add each row's fp32-reference-vs-fp64 error: what ordinary fp32 rounding gives at that
+    layer (a backend near it is as good as PyTorch itself there). In place."""
+    if not golden:
+        return
+    for row in rows:
+        r, g = reference.get(row["node"]), golden.get(row["node"])
+        if r is not None and g is not None and np.shape(r) == np.shape(g):
+            m = M.compare_arrays(r, g)[0]
+            row["fp64_baseline"] = {"max_abs": m["max_abs"], "sqnr_db": m["sqnr_db"]}
+
+
 def isolate_rows(rows: list[dict], reference: dict, isolated: dict, rtol: float, atol: float) -> None:
     """Add each row's own error (isolated mode), in place."""
     for row in rows:
@@ -125,6 +137,24 @@ def output_nodes(graph) -> list[str]:
 
     out = next(n for n in graph.nodes if n.op == "output")
     return [a.name for a in pytree.tree_leaves(out.args[0]) if hasattr(a, "name")]
+
+
+def onnx_layers(model) -> list[Layer]:
+    """The layers of a plain ONNX graph: one per node (keyed by its first output), named by
+    the dynamo exporter's metadata where present (module path, stack trace), else by node."""
+    from .onnx_graph import node_module
+
+    producer, out = {}, []
+    for node in model.graph.node:
+        if not node.output or node.op_type in ("Constant",):
+            continue
+        trace = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.stack_trace"), None)
+        inputs = tuple(producer[i] for i in node.input if i in producer)
+        out.append(Layer(len(out), node.output[0], node.op_type, node_module(node) or node.name,
+                         user_source(trace), inputs))
+        for o in node.output:
+            producer[o] = node.output[0]
+    return out
 
 
 def record_nodes(graph_module, args) -> dict[str, np.ndarray]:

@@ -252,6 +252,14 @@ class ModelHandle:
         path, names_file = folder / "layers.onnx", folder / "nodes.txt"
         if path.exists() and names_file.exists():
             return path, names_file.read_text().split()
+        if not self.has_torch:  # an ONNX source: its own graph, with every value's type inferred
+            from .layers import onnx_layers
+
+            model = onnx.shape_inference.infer_shapes(onnx.load(str(self._onnx)))
+            names = [layer.node for layer in onnx_layers(model)]
+            write_atomic(path, lambda tmp: onnx.save(model, str(tmp)))
+            names_file.write_text("\n".join(names))
+            return path, names
         program = self.layer_program()
         logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
         t0 = time.perf_counter()
@@ -301,14 +309,53 @@ class ModelHandle:
         """(layers, values): every FX node of the layer program and its fp32 reference value
         on the first sample; computed once."""
         if not hasattr(self, "_reference_layers"):
-            from .layers import graph_layers, record_nodes
+            from .layers import graph_layers, onnx_layers, record_nodes
 
-            graph_module = self.layer_program().module()
             t0 = time.perf_counter()
-            values = record_nodes(graph_module, self.example_args())
+            if self.has_torch:
+                graph_module = self.layer_program().module()
+                values = record_nodes(graph_module, self.example_args())
+                layers = graph_layers(graph_module)
+            else:  # ONNX source: the ONNX reference evaluator, every intermediate kept
+                import onnx
+                from onnx.reference import ReferenceEvaluator
+
+                model = onnx.load(str(self._onnx))
+                layers = onnx_layers(model)
+                feeds = {n: np.array(a) for n, a in self.samples[0].items()}
+                values = ReferenceEvaluator(model).run(None, feeds, intermediate=True)
+                values = {k: np.asarray(v) for k, v in values.items() if isinstance(v, np.ndarray)}
             self.timings["reference_layers_s"] = time.perf_counter() - t0
-            self._reference_layers = (graph_layers(graph_module), values)
+            self._reference_layers = (layers, values)
         return self._reference_layers
+
+    def reference_layers_fp64(self) -> dict | None:
+        """Every layer's value in float64 (the layer program run in double), or None where the
+        model does not run in float64: what fp32 rounding alone does to each layer."""
+        if not hasattr(self, "_reference_layers_fp64"):
+            self._reference_layers_fp64 = None
+            if self.has_torch:
+                import torch
+
+                from .layers import record_nodes
+
+                try:
+                    graph_module = copy.deepcopy(self.layer_program().module()).double()
+                    args = [a.double() if a.is_floating_point() else a for a in self.example_args()]
+                    self._reference_layers_fp64 = record_nodes(graph_module, args)
+                except (RuntimeError, TypeError, ValueError, torch.fx.proxy.TraceError):
+                    pass
+        return self._reference_layers_fp64
+
+    def output_layer_names(self) -> list[str]:
+        """The layers (FX nodes, or ONNX values) that are the model's outputs, in order."""
+        if self.has_torch:
+            from .layers import output_nodes
+
+            return output_nodes(self.layer_program().graph)
+        import onnx
+
+        return [o.name for o in onnx.load(str(self._onnx), load_external_data=False).graph.output]
 
     def golden(self) -> tuple[list[list[np.ndarray]] | None, str | None]:
         """The same model in float64: the baseline that says how much error fp32 rounding

@@ -73,11 +73,14 @@ def isolate(model, values) -> tuple[dict[str, str], int]:
     as an output. All layers stay in one model (one compile). Returns (graph input ->
     FX value it stands for, number of cross-layer edges that could not be cut)."""
     wanted = set(values)
-    producer = {out: fx_node_of(n) for n in model.graph.node for out in n.output}
+    def group_of(n):  # a plain ONNX graph (no exporter metadata): every node is a layer
+        return fx_node_of(n) or n.name
+
+    producer = {out: group_of(n) for n in model.graph.node for out in n.output}
     types = {vi.name: vi for vi in model.graph.value_info}
     boundary, uncut = {}, 0
     for node in model.graph.node:
-        group = fx_node_of(node)
+        group = group_of(node)
         for i, value in enumerate(node.input):
             if value not in producer or producer[value] == group:
                 continue

@@ -103,8 +103,8 @@ class OrtAdapter(Adapter):
         import onnx
         import onnxruntime as ort
 
-        if getattr(self, "_deployed", None) is None:
-            return None, None
+        if getattr(self, "_deployed", None) is None or self.variant != "fp32":
+            return None, None  # fp16/int8 lowering renames values: no reliable match yet
         with tempfile.TemporaryDirectory(prefix="backendiff-ort-") as tmp:
             so = ort.SessionOptions()
             # level "all" only adds layout changes (NCHWc), which rename values without fusing

@@ -271,3 +271,26 @@ def test_isolated_mode_runs_on_every_onnx_runtime():
     tvm16 = report.backend("tvm:fp16").layers
     last = tvm16[-1]
     assert last["isolated"]["metrics"]["mean_abs"] < last["metrics"]["mean_abs"]
+
+
+@needs("ort", "openvino")
+def test_onnx_sources_get_a_layer_view_from_the_onnx_reference(tmp_path):
+    from backendiff.models import ZOO
+
+    model = ZOO["digits-cnn"].build()
+    ep = torch.export.export(model, (torch.rand(8, 1, 8, 8),))
+    torch.onnx.export(ep, dynamo=True).save(str(tmp_path / "digits.onnx"))
+    report = backendiff.compare(str(tmp_path / "digits.onnx"), backends=["ort", "openvino"], layerwise="always",
+                                isolate=True)
+    for b in report.backends:
+        modules = [r["module"] for r in b.layers]
+        assert "classifier" in modules and "features.4" in modules, b.spec   # names from the exporter's metadata
+        assert all(r["within_tolerance"] and "isolated" in r for r in b.layers)
+    assert report.reference["backend"] == "onnx.reference"
+
+
+def test_layers_carry_the_fp64_baseline():
+    x = torch.randn(4, 16, generator=torch.Generator().manual_seed(0))
+    report = backendiff.compare(Overflow().eval(), inputs=(x,), backends=["torch"], layerwise="always")
+    rows = report.backend("torch").layers
+    assert all(r["fp64_baseline"]["sqnr_db"] > 100 for r in rows)
