@@ -9,6 +9,7 @@ it do too (the usual bisection assumption; isolated mode checks layers one by on
 """
 from __future__ import annotations
 
+import hashlib
 import tempfile
 from pathlib import Path
 
@@ -39,7 +40,7 @@ def prefix_model(model, cut: str, folder: Path) -> Path:
 
     inputs = [i.name for i in model.graph.input if i.name not in {t.name for t in model.graph.initializer}]
     prefix = Extractor(model).extract_model(inputs, [cut])
-    path = folder / f"prefix_{abs(hash(cut))}.onnx"
+    path = folder / f"prefix_{hashlib.sha256(cut.encode()).hexdigest()[:12]}.onnx"
     onnx.save(prefix, str(path))
     return path
 

@@ -328,8 +328,7 @@ def run_backend(cls, shown: str, spec: BackendSpec, handle: ModelHandle, referen
     wanted = config.layerwise == "always" or (config.layerwise == "auto" and result.status == DIVERGED)
     if wanted and adapter.layers_from and (handle.has_torch or adapter.runs_onnx):
         localize(adapter, handle, result, tol, progress, actual[0], reference[0], config)
-    if config.advise and result.status == DIVERGED and spec.variant != "fp32" and "keep" in cls.options \
-            and handle.has_torch:
+    if config.advise and result.status == DIVERGED and spec.variant in cls.keep_variants and handle.has_torch:
         result.advice = mixed_precision_advice(cls, shown, spec, handle, reference, config, result, progress)
     return result
 
@@ -349,6 +348,9 @@ def mixed_precision_advice(cls, shown, spec, handle, reference, config, result, 
         return run_backend(cls, candidate.text, cls.canonical(candidate), handle, reference, quiet, progress)
 
     user = parse_specs(shown)[0]  # the spec as the user wrote it, so the advice reads the same way
+    needs = getattr(cls, "keep_requires", {})  # e.g. OpenVINO names modules through the ONNX route
+    user = BackendSpec(user.name, user.variant, tuple((k, v) for k, v in user.options if k not in needs)
+                       + tuple(needs.items()))
     return advise(user, result, modules, trial)
 
 

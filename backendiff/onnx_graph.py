@@ -8,7 +8,8 @@ def mark_outputs(model, names) -> list[str]:
     """Append the named values (floating point, with a known type in ``value_info``) to the
     graph outputs, in place, with the type the graph gives them (fp16 in an fp16 graph: the
     runtime must then produce real fp16 values for them). Returns the names marked."""
-    wanted = set(names)
+    produced = {o for n in model.graph.node for o in n.output}
+    wanted = set(names) & produced  # value_info can outlive a value a graph rewrite renamed
     existing = {o.name for o in model.graph.output}
     marked = []
     for vi in model.graph.value_info:

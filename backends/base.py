@@ -67,6 +67,8 @@ class Adapter:
     defaults: dict[str, str] = {}
     #: part of the default set run when the user names no backends
     default: bool = True
+    #: variants whose ``keep=MODULE;...`` option keeps modules in fp32 (mixed-precision advice)
+    keep_variants: tuple[str, ...] = ()
 
     def __init__(self, spec: BackendSpec):
         self.spec = spec

@@ -59,9 +59,24 @@ class OpenVinoAdapter(Adapter):
     packages = {"openvino": "openvino"}
     extra = "openvino"
     variants = ("fp32", "fp16", "bf16", "int8")
+    #: ``keep=MODULE;MODULE`` (int8, route=onnx): those PyTorch modules stay out of NNCF's
+    #: quantization (an ignored scope over the ONNX nodes the exporter attributes to them)
     options = {"route": ("export", "onnx"), "device": None, "precision_hint": ("fp32", "bf16", "fp16", "default"),
-               "perf_hint": tuple(_PERF), "threads": None}
+               "perf_hint": tuple(_PERF), "threads": None, "keep": None}
+    #: what the ``keep`` option needs: module names come from the ONNX export's metadata
+    keep_requires = {"route": "onnx"}
+    keep_variants = ("int8",)
     defaults = {"route": "export", "device": "CPU"}
+
+    @classmethod
+    def canonical(cls, spec):
+        from backendiff.errors import BadInput
+
+        canonical = super().canonical(spec)
+        if canonical.option("keep") and (canonical.variant != "int8" or canonical.option("route") != "onnx"):
+            raise BadInput("openvino's keep= applies to openvino:int8 with route=onnx (modules are named through "
+                           "the ONNX export), e.g. openvino:int8,route=onnx,keep=features.0")
+        return canonical
 
     def check_variant(self) -> None:
         if self.variant == "bf16":
@@ -154,8 +169,10 @@ class OpenVinoAdapter(Adapter):
 
             logging.getLogger("nncf").setLevel(logging.ERROR)
             calib = [list(s.values())[0] if len(s) == 1 else tuple(s.values()) for s in model.calibration()]
+            scope = self._ignored_scope(model)
             with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-                converted = nncf.quantize(converted, nncf.Dataset(calib), subset_size=len(calib))  # progress bars
+                converted = nncf.quantize(converted, nncf.Dataset(calib), subset_size=len(calib),  # progress bars
+                                          **({"ignored_scope": scope} if scope is not None else {}))
         tmp = folder / f".tmp-{os.getpid()}"
         tmp.mkdir(exist_ok=True)
         ov.save_model(converted, str(tmp / "model.xml"), compress_to_fp16=self.variant == "fp16")
@@ -163,6 +180,22 @@ class OpenVinoAdapter(Adapter):
         os.replace(tmp / "model.xml", xml)  # the .xml last: its presence marks a complete entry
         tmp.rmdir()
         return converted if self.variant != "fp16" else ov.Core().read_model(str(xml))
+
+    def _ignored_scope(self, model):
+        """NNCF ignored scope for the ``keep`` modules: every OpenVINO op made from their ONNX
+        nodes (OpenVINO names them ``NODE`` and ``NODE/...``)."""
+        keep = [m for m in (self.spec.option("keep") or "").split(";") if m]
+        if not keep:
+            return None
+        import re
+
+        import nncf
+        import onnx
+
+        from backendiff.onnx_graph import nodes_in_modules
+
+        nodes = nodes_in_modules(onnx.load(str(model.onnx_path()), load_external_data=False), keep)
+        return nncf.IgnoredScope(patterns=[f"^{re.escape(n)}(/.*)?$" for n in nodes], validate=False)
 
     def compile(self, converted, folder: Path) -> Compiled:
         import openvino as ov

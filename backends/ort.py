@@ -83,6 +83,7 @@ class OrtAdapter(Adapter):
     variants = ("fp32", "fp16", "int8")
     #: ``keep=MODULE;MODULE``: those PyTorch modules stay in fp32 (fp16 block list / int8 exclusions)
     options = {"opt": tuple(_LEVELS), "threads": None, "per_channel": ("true", "false"), "keep": None}
+    keep_variants = ("fp16", "int8")
     defaults = {"opt": "all"}
 
     def route(self, model) -> str:

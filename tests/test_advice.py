@@ -36,3 +36,27 @@ def test_int8_advice_brings_a_zoo_model_back_within_tolerance():
 def test_no_advice_when_asked_not_to_or_when_fp32():
     report = backendiff.compare("zoo:digits-cnn", backends=["ort:int8"], atol=0.03, rtol=0.03, advise=False)
     assert report.backend("ort:int8").advice is None
+
+
+@needs("openvino")
+def test_openvino_int8_advice_through_an_nncf_ignored_scope():
+    tight = {"atol": 0.03, "rtol": 0.03}
+    report = backendiff.compare("zoo:digits-cnn", backends=["openvino:int8"], **tight)
+    b = report.backend("openvino:int8")
+    assert b.status == "diverged" and b.advice["found"]
+    assert b.advice["spec"].startswith("openvino:int8,route=onnx,keep=")
+    again = backendiff.compare("zoo:digits-cnn", backends=[b.advice["spec"]], **tight)
+    assert again.backends[0].status == "ok"
+
+
+def test_openvino_keep_needs_int8_and_the_onnx_route():
+    import pytest
+
+    from backendiff import BadInput
+    from backendiff.registry import adapter_class
+
+    cls = adapter_class("openvino")
+    with pytest.raises(BadInput, match="route=onnx"):
+        cls.canonical(parse_spec("openvino:int8,keep=features.0"))
+    with pytest.raises(BadInput, match="route=onnx"):
+        cls.canonical(parse_spec("openvino:fp16,route=onnx,keep=features.0"))
