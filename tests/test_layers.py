@@ -54,7 +54,9 @@ def test_fp16_overflow_names_the_module_where_the_first_inf_is_born():
                                 layerwise="always")
     fd = report.backend("torch:fp16").first_divergence
     assert fd["module"] == "up" and fd["reason"] == "nonfinite" and fd["op_type"] == "linear"
-    assert fd["source"].endswith("test_variants.py:" + str(Overflow.forward.__code__.co_firstlineno + 1))
+    from backendiff.models.nets import Fp16Overflow
+
+    assert fd["source"].endswith("nets.py:" + str(Fp16Overflow.forward.__code__.co_firstlineno + 1))
     assert report.backend("torch").first_divergence is None
     assert [r["module"] for r in report.backend("torch").layers] == ["up", "", "down"]
     auto = backendiff.compare(Overflow().eval(), inputs=(x,), backends=["torch:fp16", "torch"])

@@ -3,7 +3,6 @@ variant is judged with its own tolerance; the report says what precision really 
 import numpy as np
 import pytest
 import torch
-from torch import nn
 
 import backendiff
 from backendiff.tolerance import DEFAULTS
@@ -71,19 +70,11 @@ def test_precision_read_back(report):
     assert report.calibration["source"] == "random" and report.calibration["samples"] == 16
 
 
-class Overflow(nn.Module):
-    """A layer whose activations reach ~4e5, past fp16's 65504, scaled back down after."""
+def Overflow():
+    """A layer whose activations reach ~4e5, past fp16's 65504 (the zoo's fp16-overflow)."""
+    from backendiff.models import ZOO
 
-    def __init__(self):
-        super().__init__()
-        torch.manual_seed(0)
-        self.up = nn.Linear(16, 32)
-        self.down = nn.Linear(32, 4)
-        with torch.no_grad():
-            self.up.weight.mul_(2e5)
-
-    def forward(self, x):
-        return self.down(self.up(x) * 1e-3)
+    return ZOO["fp16-overflow"].build()
 
 
 def test_fp16_overflow():
