@@ -103,9 +103,16 @@ def _check_writable(path: Path) -> None:
               help="Also binary-search unmodified prefix graphs for the first diverging layer (fusion undisturbed).")
 @click.option("--advise/--no-advise", default=True, show_default=True,
               help="For a diverged fp16/int8 variant, find and verify which modules to keep in fp32.")
+@click.option("--task/--no-task", "task", default=None,
+              help="End-task metric on labelled data (default: when the model or --data declares a task).")
+@click.option("--data", "data_file", type=click.Path(path_type=Path), metavar="FILE.npz",
+              help="Labelled data for the task: arrays 'inputs' (N, ...) and 'labels' (N,).")
+@click.option("--max-task-drop", type=float, metavar="POINTS",
+              help="Fail (exit 1) a backend whose task metric drops by more than this many points.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress display.")
 def compare(model, backends, input_specs, input_files, calib_files, calib_samples, seed, samples, weights, trust_pickle, atol, rtol,
-            json_path, no_json, no_cache, cache_dir, no_golden, layerwise, isolate, bisect, advise, quiet):
+            json_path, no_json, no_cache, cache_dir, no_golden, layerwise, isolate, bisect, advise, task, data_file, max_task_drop,
+            quiet):
     """Compare MODEL on each backend against PyTorch eager fp32.
 
     MODEL is a .pt2 (torch.export), .pt (TorchScript), .onnx file, file.py:factory,
@@ -130,6 +137,7 @@ def compare(model, backends, input_specs, input_files, calib_files, calib_sample
         weights=weights, trust_pickle=trust_pickle, rtol=rtol, atol=atol, cache_dir=cache_dir,
         use_cache=not no_cache, golden=not no_golden,
         layerwise={None: "auto", True: "always", False: "never"}[layerwise], isolate=isolate, bisect=bisect, advise=advise,
+        task={None: "auto", True: "on", False: "off"}[task], data_file=data_file, max_task_drop=max_task_drop,
         command="backendiff " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
     )
     if quiet or not console.is_terminal:

@@ -58,6 +58,11 @@ def compare(model, inputs=None, backends=None, *, config: CompareConfig | None =
 
     progress("running the reference")
     reference = handle.reference()
+    task = resolve_task(loaded, samples, config)
+    if task is not None:
+        progress(f"running the reference on {len(task.inputs)} {task.name} samples")
+        handle.task = task
+        handle.task_reference = task_outputs(lambda s: handle.reference_on(s), task, samples[0])
     baseline = None
     if config.golden:
         golden, why_not = handle.golden()
@@ -94,7 +99,49 @@ def compare(model, inputs=None, backends=None, *, config: CompareConfig | None =
         command=config.command,
         requested=requested,
         calibration=handle.calibration_info,
+        task=None if task is None else {"name": task.name, "source": task.source, "samples": int(len(task.labels))},
     )
+
+
+def resolve_task(loaded: LoadedModel, samples, config: CompareConfig):
+    """The labelled data of the end task: ``--data FILE.npz``, else the zoo model's own
+    held-out data. None when there is none (or the task is switched off)."""
+    from .tasks import TaskData, load_task_npz
+
+    if config.task == "off":
+        return None
+    if len(samples[0]) != 1:
+        if config.task == "on" or config.data_file:
+            raise BadInput("the task evaluation takes models with one input")
+        return None
+    if config.data_file:
+        return load_task_npz(config.data_file)
+    if loaded.zoo_name:
+        from backendiff.models import ZOO
+
+        entry = ZOO[loaded.zoo_name]
+        if entry.task and entry.data:
+            try:
+                inputs, labels = entry.data()
+            except ImportError as e:
+                raise BadInput(f"the data of zoo:{loaded.zoo_name} needs {e.name}: pip install 'backendiff[zoo]'") from None
+            return TaskData(entry.task, inputs, labels, f"zoo:{loaded.zoo_name} held-out split")
+    if config.task == "on":
+        raise BadInput("--task needs labelled data: --data FILE.npz (arrays inputs and labels) or a zoo model with a task")
+    return None
+
+
+def task_outputs(run, task, sample0: dict) -> np.ndarray:
+    """The model's first output on every task sample, batched like the model's input."""
+    from .tasks import batches
+
+    name, example = next(iter(sample0.items()))
+    if tuple(task.inputs.shape[1:]) != tuple(example.shape[1:]):
+        raise BadInput(f"task inputs have shape {task.inputs.shape[1:]} per sample, the model takes {example.shape[1:]}")
+    outs = []
+    for batch, real in batches(task.inputs.astype(example.dtype, copy=False), example.shape[0]):
+        outs.append(np.asarray(run({name: batch})[0])[:real])
+    return np.concatenate(outs)
 
 
 def resolve_specs(texts) -> tuple[list[tuple[type, str, BackendSpec]], list[str]]:
@@ -300,7 +347,11 @@ def run_backend(cls, shown: str, spec: BackendSpec, handle: ModelHandle, referen
         progress(f"{shown}: running {len(handle.samples)} sample(s)")
         with compiled:
             actual = [compiled.run(sample) for sample in handle.samples]
-        result.timings["infer_s"] = round(time.perf_counter() - t0, 6)
+            result.timings["infer_s"] = round(time.perf_counter() - t0, 6)
+            if getattr(handle, "task", None) is not None:
+                t1 = time.perf_counter()
+                task_actual = task_outputs(compiled.run, handle.task, handle.samples[0])
+                result.timings["task_s"] = round(time.perf_counter() - t1, 6)
         result.info = dict(compiled.info)
     except ExportFailed as e:
         result.status = FAILED
@@ -325,6 +376,13 @@ def run_backend(cls, shown: str, spec: BackendSpec, handle: ModelHandle, referen
         return result
     result.outputs = compare_outputs(handle.output_names, reference, actual, tol)
     result.status = OK if all(o.within_tolerance for o in result.outputs) else DIVERGED
+    if getattr(handle, "task", None) is not None:
+        from .tasks import TASKS
+
+        result.task = TASKS[handle.task.name](handle.task_reference, task_actual, handle.task.labels)
+        if config.max_task_drop is not None and -result.task["delta"] > config.max_task_drop:
+            result.task["exceeds_max_drop"] = True
+            result.status = DIVERGED
     wanted = config.layerwise == "always" or (config.layerwise == "auto" and result.status == DIVERGED)
     if wanted and adapter.layers_from and (handle.has_torch or adapter.runs_onnx):
         localize(adapter, handle, result, tol, progress, actual[0], reference[0], config)

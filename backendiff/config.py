@@ -30,6 +30,9 @@ class CompareConfig:
     isolate: bool = False                       # also run every layer on the reference's inputs
     bisect: bool = False                        # also bisect over unmodified prefix graphs
     advise: bool = True                         # mixed-precision advice for diverged low-precision variants
+    task: str = "auto"                          # "auto": when the model or data declares one; "on"; "off"
+    data_file: Path | None = None               # --data FILE.npz: inputs and labels for the task
+    max_task_drop: float | None = None          # fail a backend whose task metric drops by more (points)
     command: str | None = None
     progress: Callable[[str], None] | None = field(default=None, compare=False)
 

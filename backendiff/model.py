@@ -77,6 +77,8 @@ class ModelHandle:
         self._onnx: Path | None = loaded.onnx_path
         self._onnx_error: ExportFailed | None = None
         self.onnx_from_cache = False
+        self.task = None             # TaskData, when the run evaluates an end task
+        self.task_reference = None   # the reference's first output on every task sample
         self._calibration_source = None
         self._calibration: list[dict[str, np.ndarray]] | None = None
         self.calibration_info: dict | None = None
@@ -175,6 +177,10 @@ class ModelHandle:
             return [self._run_onnx_reference(s) for s in self.samples]
         finally:
             self.timings["reference_s"] = time.perf_counter() - t0
+
+    def reference_on(self, sample) -> list[np.ndarray]:
+        """The reference's outputs on one more sample (task data)."""
+        return self._run_torch(self.loaded.module, sample) if self.has_torch else self._run_onnx_reference(sample)
 
     def _run_torch(self, module, sample, dtype=None) -> list[np.ndarray]:
         import torch

@@ -60,6 +60,10 @@ def _rows(report: Report) -> list[tuple[dict, str | None]]:
                              + "; ".join(f"output {c['output']}" if "output" in c else
                                          f"NaN/Inf only when instrumented ({', '.join(c['nonfinite_only_when_instrumented'])})"
                                          for c in changed))
+            if b.task:
+                tk = b.task
+                notes.append(f"{tk['metric']} {tk['value']:.2f}% (Δ {tk['delta']:+.2f}, {100 * tk['flip_rate']:.1f}% "
+                             "flipped" + (", past --max-task-drop" if tk.get("exceeds_max_drop") else "") + ")")
             if b.cache == "hit":
                 notes.append("cached")
             row.update({"max abs": fmt(w.get("max_abs")), "max rel": fmt(w.get("max_rel")),
@@ -166,6 +170,11 @@ def print_report(report: Report, console: Console | None = None, json_path=None)
     console.print(backend_table(report, console.width))
     m = report.model
     inputs = ", ".join(f"{i['name']}{tuple(i['shape'])}:{i['dtype']}" for i in m.get("inputs", []))
+    if report.task:
+        t = report.task
+        ref = next((b.task["reference"] for b in report.backends if b.task), None)
+        console.print(f"task: {t['name']} on {t['samples']} samples ({t['source']})"
+                      + (f" · reference top1 {ref:.2f}%" if ref is not None else ""), highlight=False)
     console.print(f"inputs: {inputs} · {m.get('samples')} sample(s) from {m.get('inputs_from')} "
                   f"(seed {m.get('seed')}) · total {report.timings.get('total_s', 0):.2f}s", highlight=False)
     if report.baseline and not report.baseline.get("available"):

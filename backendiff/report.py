@@ -75,6 +75,7 @@ class Report:
     command: str | None = None
     requested: list[str] = field(default_factory=list)
     calibration: dict | None = None
+    task: dict | None = None
     schema: str = SCHEMA
 
     @property
@@ -115,6 +116,7 @@ class Report:
             "command": self.command,
             "requested": self.requested,
             "calibration": self.calibration,
+            "task": self.task,
             "timings": self.timings,
             "backends": [asdict(b) for b in self.backends],
             "verdict": self.verdict,
@@ -141,7 +143,7 @@ class Report:
             backends.append(BackendResult(**b))
         return cls(model=d["model"], reference=d["reference"], environment=d.get("environment", {}),
                    backends=backends, baseline=d.get("baseline"), timings=d.get("timings", {}),
-                   command=d.get("command"), requested=d.get("requested", []), calibration=d.get("calibration"),
+                   command=d.get("command"), requested=d.get("requested", []), calibration=d.get("calibration"), task=d.get("task"),
                    schema=d["schema"])
 
     @classmethod

@@ -22,6 +22,8 @@ class ZooEntry:
     factory: Callable
     inputs: tuple[InputSpec, ...]
     weights: str | None = None  # file in weights/, loaded with weights_only=True
+    task: str | None = None     # the end task its data is labelled for
+    data: Callable | None = None  # () -> (inputs, labels): its held-out evaluation data
 
     def build(self):
         import torch
@@ -31,6 +33,13 @@ class ZooEntry:
             state = torch.load(WEIGHTS / self.weights, map_location="cpu", weights_only=True)
             model.load_state_dict(state)
         return model.eval()
+
+
+def _digits_heldout():
+    from .train_digits import load_digits_split
+
+    _, _, x_test, y_test = load_digits_split()
+    return x_test, y_test
 
 
 def _digits(width: int):
@@ -58,9 +67,11 @@ ZOO: dict[str, ZooEntry] = {
     e.name: e
     for e in [
         ZooEntry("digits-cnn", "CNN trained on scikit-learn digits (conv/BN/ReLU, ceil-mode max-pool), width 16",
-                 _digits(16), (InputSpec("x", (8, 1, 8, 8), "float32", 0.0, 1.0),), "digits_cnn_w16.pt"),
+                 _digits(16), (InputSpec("x", (8, 1, 8, 8), "float32", 0.0, 1.0),), "digits_cnn_w16.pt",
+                 "classification", _digits_heldout),
         ZooEntry("digits-cnn-narrow", "the same CNN at width 4",
-                 _digits(4), (InputSpec("x", (8, 1, 8, 8), "float32", 0.0, 1.0),), "digits_cnn_w4.pt"),
+                 _digits(4), (InputSpec("x", (8, 1, 8, 8), "float32", 0.0, 1.0),), "digits_cnn_w4.pt",
+                 "classification", _digits_heldout),
         ZooEntry("mini-pose", "MSPN-style down/up path: bilinear upsampling (align_corners True and False), "
                  "heatmap head (random weights)", _seeded("MiniPose"), (InputSpec("image", (1, 3, 64, 48)),)),
         ZooEntry("tiny-transformer", "2-layer pre-norm transformer encoder: LayerNorm, multi-head attention, "

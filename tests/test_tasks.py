@@ -1,0 +1,79 @@
+"""End-task evaluation on real labelled data and real runtime outputs."""
+import numpy as np
+import pytest
+import torch
+
+import backendiff
+from backendiff.backends.pytorch import TorchAdapter
+from backendiff.registry import register_backend, unregister_backend
+from backendiff.tasks import batches, classification
+
+from .conftest import needs
+
+
+def test_classification_metric():
+    ref = np.array([[3.0, 1, 0, 0, 0], [0, 2, 1, 0, 0], [0, 0, 1, 2, 0]])
+    act = np.array([[3.0, 1, 0, 0, 0], [0, 1, 2, 0, 0], [0, 0, 1, 2, 0]])
+    labels = np.array([0, 1, 2])
+    out = classification(ref, act, labels)
+    assert out["reference"] == pytest.approx(200 / 3) and out["value"] == pytest.approx(100 / 3)
+    assert out["delta"] == pytest.approx(-100 / 3) and out["flips"] == 1 and out["worst"][0] == 1
+    assert out["top5"] == 100.0
+
+
+def test_batches_pad_the_last_one():
+    parts = batches(np.arange(10).reshape(10, 1), 4)
+    assert [real for _, real in parts] == [4, 4, 2] and parts[-1][0].ravel().tolist() == [8, 9, 9, 9]
+
+
+def test_the_zoo_weights_are_really_trained():
+    for name, floor in (("digits-cnn", 98.5), ("digits-cnn-narrow", 97.0)):
+        report = backendiff.compare(f"zoo:{name}", backends=["torch"])
+        t = report.backend("torch").task
+        assert t["samples"] == 540 and t["reference"] >= floor and t["delta"] == 0 and t["flip_rate"] == 0
+
+
+class Degraded(TorchAdapter):
+    """Test-only backend: PyTorch with the classifier's weights rounded to 1 decimal."""
+
+    name = "degraded"
+
+    def convert(self, model, folder):
+        import copy
+
+        module = copy.deepcopy(model.loaded.module)
+        with torch.no_grad():
+            module.classifier.weight.copy_(torch.round(module.classifier.weight * 3) / 3)
+        return module
+
+
+def test_a_degraded_backend_shows_a_drop_and_flips():
+    register_backend(Degraded)
+    try:
+        report = backendiff.compare("zoo:digits-cnn-narrow", backends=["degraded"], max_task_drop=0.5)
+    finally:
+        unregister_backend("degraded")
+    t = report.backend("degraded").task
+    assert t["delta"] < -0.5 and t["flip_rate"] > 0 and t["flips"] == round(t["flip_rate"] * 540)
+    assert t["exceeds_max_drop"] and report.backend("degraded").status == "diverged" and report.exit_code == 1
+
+
+@needs("ort", "openvino")
+def test_task_on_real_runtimes_and_user_data(tmp_path):
+    from backendiff.models.train_digits import load_digits_split
+
+    _, _, x, y = load_digits_split()
+    np.savez(tmp_path / "data.npz", inputs=x[:100], labels=y[:100])
+    report = backendiff.compare("zoo:digits-cnn", backends=["ort", "openvino:int8"], data_file=tmp_path / "data.npz")
+    assert report.task["source"].endswith("data.npz") and report.task["samples"] == 100
+    for b in report.backends:
+        assert b.task["samples"] == 100 and abs(b.task["delta"]) <= 2.0
+    assert report.backend("ort").task["flip_rate"] == 0.0
+
+
+def test_malformed_data_is_bad_input(tmp_path):
+    from backendiff import BadInput
+
+    np.savez(tmp_path / "bad.npz", inputs=np.zeros((3, 1, 8, 8), np.float32))
+    with pytest.raises(BadInput, match="lacks labels"):
+        backendiff.compare("zoo:digits-cnn", backends=["torch"], data_file=tmp_path / "bad.npz")
