@@ -175,6 +175,57 @@ def backends_cmd(as_json):
     return 0
 
 
+@cli.command("zoo")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def zoo_cmd(as_json):
+    """List the built-in models: inputs, size, task, and the reference score on its data."""
+    from rich.table import Table
+
+    from backendiff.models import ZOO
+
+    from .tasks import TASKS, TaskData
+
+    rows = []
+    for name, entry in ZOO.items():
+        module = entry.build()
+        row = {"name": name, "description": entry.description,
+               "inputs": [s.to_dict() for s in entry.inputs],
+               "parameters": sum(p.numel() for p in module.parameters()), "task": entry.task, "score": None}
+        if entry.task and entry.data:
+            import numpy as np
+            import torch
+
+            from .compare import task_outputs
+
+            inputs, labels = entry.data()
+            spec = entry.inputs[0]
+            sample = {spec.name: np.zeros(spec.shape, spec.dtype)}
+
+            def run(batch):
+                with torch.no_grad():
+                    return [module(torch.from_numpy(batch[spec.name])).numpy()]
+
+            logits = task_outputs(run, TaskData(entry.task, inputs, labels, name), sample)
+            result = TASKS[entry.task](logits, logits, labels)
+            row["score"] = {"metric": result["metric"], "value": result["reference"], "samples": result["samples"]}
+        rows.append(row)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return 0
+    table = Table(title="backendiff zoo", title_justify="left")
+    for col in ("model", "inputs", "parameters", "task", "reference score", "description"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        inputs = ", ".join(f"{i['name']}{tuple(i['shape'])}" for i in r["inputs"])
+        score = f"{r['score']['metric']} {r['score']['value']:.2f}% ({r['score']['samples']})" if r["score"] else "-"
+        params = r["parameters"]
+        size = f"{params / 1e6:.2f}M" if params >= 1e5 else f"{params / 1e3:.1f}k"
+        table.add_row(f"zoo:{r['name']}", inputs, size, r["task"] or "-", score,
+                      r["description"])
+    _stdout_console().print(table)
+    return 0
+
+
 @cli.command("report")
 @click.argument("run", type=click.Path(path_type=Path))
 def report_cmd(run):

@@ -118,3 +118,12 @@ def test_default_report_goes_under_reports(tmp_path, monkeypatch):
     assert result.exit_code == 0
     files = list((tmp_path / "reports").glob("digits-cnn-*.json"))
     assert len(files) == 1 and json.loads(files[0].read_text())["verdict"] == "pass"
+
+
+def test_zoo_lists_models_with_their_reference_score():
+    result = run("zoo", "--json")
+    assert result.exit_code == 0
+    rows = {r["name"]: r for r in json.loads(result.stdout)}
+    assert {"digits-cnn", "mini-pose", "resnet50", "fp16-overflow"} <= set(rows)
+    assert rows["digits-cnn"]["task"] == "classification" and rows["digits-cnn"]["score"]["value"] > 98.5
+    assert 25e6 < rows["resnet50"]["parameters"] < 26e6 and rows["resnet50"]["score"] is None
