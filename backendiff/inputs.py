@@ -95,16 +95,21 @@ def freeze(a: np.ndarray) -> np.ndarray:
     return a
 
 
-def load_npz(path: str | Path, names: list[str]) -> dict[str, np.ndarray]:
-    """The user's arrays, one per model input, read without pickle."""
+def read_npz(path: str | Path, what: str = "inputs") -> dict[str, np.ndarray]:
+    """Every array of an .npz, read without pickle; a missing or unreadable file is BadInput."""
     path = Path(path)
     if not path.is_file():
-        raise BadInput(f"inputs file not found: {path}")
+        raise BadInput(f"{what} file not found: {path}")
     try:
         with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
+            return {k: data[k] for k in data.files}
     except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
-        raise BadInput(f"cannot read inputs file {path}: {first_line_of(e)} (expected an .npz written by numpy.savez)") from None
+        raise BadInput(f"cannot read {what} file {path}: {first_line_of(e)} (expected an .npz written by numpy.savez)") from None
+
+
+def load_npz(path: str | Path, names: list[str]) -> dict[str, np.ndarray]:
+    """The user's arrays, one per model input, read without pickle."""
+    arrays = read_npz(path)
     missing = [n for n in names if n not in arrays]
     extra = [k for k in arrays if k not in names]
     if missing or extra:

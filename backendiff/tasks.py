@@ -7,7 +7,6 @@ Small pure functions; running the batches is the caller's job.
 """
 from __future__ import annotations
 
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -69,14 +68,9 @@ TASKS = {"classification": classification}
 
 def load_task_npz(path: str | Path, task: str = "classification") -> TaskData:
     """``--data FILE.npz`` with arrays ``inputs`` (N, ...) and ``labels`` (N,), no pickle."""
-    path = Path(path)
-    if not path.is_file():
-        raise BadInput(f"data file not found: {path}")
-    try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {k: data[k] for k in data.files}
-    except (zipfile.BadZipFile, ValueError, OSError, EOFError) as e:
-        raise BadInput(f"cannot read data file {path}: {e} (expected an .npz with arrays inputs and labels)") from None
+    from .inputs import read_npz
+
+    arrays = read_npz(path, "data")
     missing = [k for k in ("inputs", "labels") if k not in arrays]
     if missing:
         raise BadInput(f"data file {path} lacks {', '.join(missing)} (it has {', '.join(arrays) or 'nothing'})")
