@@ -41,6 +41,8 @@ def localize(adapter, handle: ModelHandle, result: BackendResult, tol, progress,
         present, groups = None, None
         result.info["fusion_error"] = f"{type(e).__name__}: {first_line(e)}"
     mark_fused(rows, layers, present, groups)
+    if present is None and groups is None:  # fused_into None then means "not known", not "not fused"
+        result.info["fusion"] = "unknown: this backend (or variant) does not say what its deployed model fused"
     if config.golden:
         fp64_rows(rows, reference, handle.reference_layers_fp64())
     if config.isolate:

@@ -220,6 +220,7 @@ def test_tvm_layers_from_the_instrumented_export():
     assert len(fp32.layers) == len(fp16.layers) >= 10 and "layers_error" not in fp32.info
     assert all(r["within_tolerance"] for r in fp32.layers)
     assert max(r["metrics"]["sqnr_db"] for r in fp16.layers) < 80
+    assert fp32.info["fusion"].startswith("unknown")   # TVM does not say what it fused
 
 
 def test_terminal_layer_view():
@@ -246,6 +247,7 @@ def test_fusions_of_the_deployed_model_are_reported():
     # OpenVINO lists it itself (originalLayersNames): batch norm and relu in one Convolution primitive
     assert fused["openvino"]["getitem"] == "relu"
     assert fused["ort"]["linear"] is None   # never silently dropped: unfused rows say None
+    assert "fusion" not in report.backend("ort").info
 
 
 def test_isolated_mode_confirms_where_the_nan_is_born():
