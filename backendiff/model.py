@@ -182,12 +182,10 @@ class ModelHandle:
         """The reference's outputs on one more sample (task data)."""
         return self._run_torch(self.loaded.module, sample) if self.has_torch else self._run_onnx_reference(sample)
 
-    def _run_torch(self, module, sample, dtype=None) -> list[np.ndarray]:
+    def _run_torch(self, module, sample) -> list[np.ndarray]:
         import torch
 
         args = _to_torch(sample, self.input_names)
-        if dtype is not None:
-            args = tuple(a.to(dtype) if a.is_floating_point() else a for a in args)
         try:
             with torch.no_grad():
                 out = module(*args)

@@ -102,29 +102,35 @@ class OrtAdapter(Adapter):
         import tempfile
 
         import onnx
-        import onnxruntime as ort
 
         if getattr(self, "_deployed", None) is None or self.variant != "fp32":
             return None, None  # fp16/int8 lowering renames values: no reliable match yet
         with tempfile.TemporaryDirectory(prefix="backendiff-ort-") as tmp:
-            so = ort.SessionOptions()
             # level "all" only adds layout changes (NCHWc), which rename values without fusing
             # operators: read the fusions at "extended"
-            level = {"all": "extended"}.get(self.spec.option("opt", "all"), self.spec.option("opt", "all"))
-            so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _LEVELS[level])
-            so.log_severity_level = 3
+            so = self._options(level={"all": "extended"}.get(self.spec.option("opt", "all")))
             so.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
-            ort.InferenceSession(str(self._deployed), so, providers=["CPUExecutionProvider"])
+            self._session(self._deployed, so)
             graph = onnx.load(so.optimized_model_filepath, load_external_data=False).graph
         return {o for n in graph.node for o in n.output} | {o.name for o in graph.output}, None
 
-    def _session(self, path: Path):
+    def _options(self, level: str | None = None):
+        """Session options of this spec: optimization level (``opt``, or ``level``), threads."""
         import onnxruntime as ort
 
         so = ort.SessionOptions()
-        so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _LEVELS[self.spec.option("opt", "all")])
+        so.graph_optimization_level = getattr(ort.GraphOptimizationLevel,
+                                              _LEVELS[level or self.spec.option("opt", "all")])
         so.log_severity_level = 3
-        return ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        threads = self.spec.option("threads")
+        if threads:
+            so.intra_op_num_threads = int(threads)
+        return so
+
+    def _session(self, path: Path, so=None):
+        import onnxruntime as ort
+
+        return ort.InferenceSession(str(path), so or self._options(), providers=["CPUExecutionProvider"])
 
     def run_onnx(self, path, originals, named):
         session = self._session(path)
@@ -184,20 +190,14 @@ class OrtAdapter(Adapter):
 
     def compile(self, onnx_path, folder: Path) -> Compiled:
         import onnx
-        import onnxruntime as ort
 
         from backendiff.precision import onnx_compute_precisions, summarize
 
-        so = ort.SessionOptions()
-        so.graph_optimization_level = getattr(ort.GraphOptimizationLevel, _LEVELS[self.spec.option("opt", "all")])
-        so.log_severity_level = 3
-        threads = self.spec.option("threads")
-        if threads:
-            so.intra_op_num_threads = int(threads)
+        so = self._options()
         optimized = folder / f".optimized-{os.getpid()}.onnx"
         if self.variant != "fp32":  # read back what runs: the graph after ORT's own transforms
             so.optimized_model_filepath = str(optimized)
-        session = ort.InferenceSession(str(onnx_path), so, providers=["CPUExecutionProvider"])
+        session = self._session(onnx_path, so)
         self._deployed = Path(onnx_path)
         compiled = OrtCompiled(session)
         compiled.info["opt"] = self.spec.option("opt", "all")

@@ -58,6 +58,13 @@ class TinyTransformer(nn.Module):
         return self.head(self.norm(self.blocks(tokens)).mean(dim=1))
 
 
+def shortcut(cin: int, cout: int, stride: int):
+    """ResNet's projection shortcut where the shape changes, else None (identity)."""
+    if stride == 1 and cin == cout:
+        return None
+    return nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+
+
 class BasicBlock(nn.Module):
     def __init__(self, cin, cout, stride):
         super().__init__()
@@ -65,9 +72,7 @@ class BasicBlock(nn.Module):
         self.bn1 = nn.BatchNorm2d(cout)
         self.conv2 = nn.Conv2d(cout, cout, 3, 1, 1, bias=False)
         self.bn2 = nn.BatchNorm2d(cout)
-        self.downsample = None
-        if stride != 1 or cin != cout:
-            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        self.downsample = shortcut(cin, cout, stride)
 
     def forward(self, x):
         idt = x if self.downsample is None else self.downsample(x)
@@ -87,9 +92,7 @@ class Bottleneck(nn.Module):
         self.bn2 = nn.BatchNorm2d(width)
         self.conv3 = nn.Conv2d(width, cout, 1, bias=False)
         self.bn3 = nn.BatchNorm2d(cout)
-        self.downsample = None
-        if stride != 1 or cin != cout:
-            self.downsample = nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), nn.BatchNorm2d(cout))
+        self.downsample = shortcut(cin, cout, stride)
 
     def forward(self, x):
         idt = x if self.downsample is None else self.downsample(x)
