@@ -103,16 +103,22 @@ def _check_writable(path: Path) -> None:
               help="Also binary-search unmodified prefix graphs for the first diverging layer (fusion undisturbed).")
 @click.option("--advise/--no-advise", default=True, show_default=True,
               help="For a diverged fp16/int8 variant, find and verify which modules to keep in fp32.")
-@click.option("--task/--no-task", "task", default=None,
-              help="End-task metric on labelled data (default: when the model or --data declares a task).")
-@click.option("--data", "data_file", type=click.Path(path_type=Path), metavar="FILE.npz",
-              help="Labelled data for the task: arrays 'inputs' (N, ...) and 'labels' (N,).")
+@click.option("--task", "task", is_flag=False, flag_value="on", default=None, metavar="[NAME]",
+              help="End-task metric on labelled data (default: when the model or --data declares a task). NAME: "
+                   "classification, pose, embeddings, an entry point of group backendiff.tasks, or module:function.")
+@click.option("--no-task", is_flag=True, help="No end-task evaluation.")
+@click.option("--data", "data_file", type=click.Path(path_type=Path), metavar="FILE.npz|DIR",
+              help="Labelled data for the task: an .npz with arrays 'inputs' (N, ...) and 'labels', or a folder "
+                   "with one sub-folder of images per class.")
+@click.option("--preprocess", metavar="SPEC",
+              help="How --data DIR images become inputs, e.g. 'imagenet' or 'resize=256,crop=224x224,mean=0.5/0.5/0.5' "
+                   "(default: DIR/preprocess.txt, else resize to the model's input, /255).")
 @click.option("--max-task-drop", type=float, metavar="POINTS",
               help="Fail (exit 1) a backend whose task metric drops by more than this many points.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress display.")
 def compare(model, backends, input_specs, input_files, calib_files, calib_samples, seed, samples, weights, trust_pickle, atol, rtol,
-            json_path, no_json, no_cache, cache_dir, no_golden, layerwise, isolate, bisect, advise, task, data_file, max_task_drop,
-            quiet):
+            json_path, no_json, no_cache, cache_dir, no_golden, layerwise, isolate, bisect, advise, task, no_task, data_file,
+            preprocess, max_task_drop, quiet):
     """Compare MODEL on each backend against PyTorch eager fp32.
 
     MODEL is a .pt2 (torch.export), .pt (TorchScript), .onnx file, file.py:factory,
@@ -137,7 +143,9 @@ def compare(model, backends, input_specs, input_files, calib_files, calib_sample
         weights=weights, trust_pickle=trust_pickle, rtol=rtol, atol=atol, cache_dir=cache_dir,
         use_cache=not no_cache, golden=not no_golden,
         layerwise={None: "auto", True: "always", False: "never"}[layerwise], isolate=isolate, bisect=bisect, advise=advise,
-        task={None: "auto", True: "on", False: "off"}[task], data_file=data_file, max_task_drop=max_task_drop,
+        task="off" if no_task else ("auto" if task is None else "on"),
+        task_name=None if task in (None, "on") else task, data_file=data_file, preprocess=preprocess,
+        max_task_drop=max_task_drop,
         command="backendiff " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
     )
     if quiet or not console.is_terminal:
@@ -183,7 +191,7 @@ def zoo_cmd(as_json):
 
     from backendiff.models import ZOO
 
-    from .tasks import TASKS, TaskData
+    from .tasks import evaluate
 
     rows = []
     for name, entry in ZOO.items():
@@ -191,13 +199,13 @@ def zoo_cmd(as_json):
         row = {"name": name, "description": entry.description,
                "inputs": [s.to_dict() for s in entry.inputs],
                "parameters": sum(p.numel() for p in module.parameters()), "task": entry.task, "score": None}
-        if entry.task and entry.data:
+        task = entry.task_data()
+        if task is not None:
             import numpy as np
             import torch
 
             from .compare import task_outputs
 
-            inputs, labels = entry.data()
             spec = entry.inputs[0]
             sample = {spec.name: np.zeros(spec.shape, spec.dtype)}
 
@@ -205,9 +213,9 @@ def zoo_cmd(as_json):
                 with torch.no_grad():
                     return [module(torch.from_numpy(batch[spec.name])).numpy()]
 
-            logits = task_outputs(run, TaskData(entry.task, inputs, labels, name), sample)
-            result = TASKS[entry.task](logits, logits, labels)
-            row["score"] = {"metric": result["metric"], "value": result["reference"], "samples": result["samples"]}
+            outputs = task_outputs(run, task, sample)
+            result = evaluate(task, outputs, outputs)
+            row["score"] = {"metric": result["metric"], "value": result["reference"], "samples": int(len(task.inputs))}
         rows.append(row)
     if as_json:
         click.echo(json.dumps(rows, indent=2))

@@ -64,6 +64,7 @@ def compare(model, inputs=None, backends=None, *, config: CompareConfig | None =
         progress(f"running the reference on {len(task.inputs)} {task.name} samples")
         handle.task = task
         handle.task_reference = task_outputs(lambda s: handle.reference_on(s), task, samples[0])
+        task_info = reference_task(task, handle.task_reference)
     baseline = None
     if config.golden:
         golden, why_not = handle.golden()
@@ -100,36 +101,58 @@ def compare(model, inputs=None, backends=None, *, config: CompareConfig | None =
         command=config.command,
         requested=requested,
         calibration=handle.calibration_info,
-        task=None if task is None else {"name": task.name, "source": task.source, "samples": int(len(task.labels))},
+        task=None if task is None else task_info,
     )
 
 
 def resolve_task(loaded: LoadedModel, samples, config: CompareConfig):
-    """The labelled data of the end task: ``--data FILE.npz``, else the zoo model's own
-    held-out data. None when there is none (or the task is switched off)."""
-    from .tasks import TaskData, load_task_npz
+    """The labelled data of the end task: ``--data FILE.npz`` or ``--data DIR`` (ImageFolder),
+    else the zoo model's own held-out data; ``--task NAME`` picks the metric. None when there
+    is none (or the task is switched off)."""
+    from dataclasses import replace
+
+    from .tasks import check_labels, load_task_npz, resolve_metric
 
     if config.task == "off":
         return None
+    asked = config.task == "on" or config.task_name or config.data_file
     if len(samples[0]) != 1:
-        if config.task == "on" or config.data_file:
+        if asked:
             raise BadInput("the task evaluation takes models with one input")
         return None
+    if config.task_name:
+        resolve_metric(config.task_name)  # an unknown task fails before anything runs
+    task = None
     if config.data_file:
-        return load_task_npz(config.data_file)
-    if loaded.zoo_name:
+        name = config.task_name or "classification"
+        if config.data_file.is_dir():
+            from .imagefolder import load_image_folder
+
+            example = next(iter(samples[0].values()))
+            task = load_image_folder(config.data_file, tuple(example.shape[1:]), str(example.dtype),
+                                     config.preprocess, task=name)
+        else:
+            if config.preprocess:
+                raise BadInput("--preprocess applies to --data DIR (image folders), not to an .npz file")
+            task = load_task_npz(config.data_file, name)
+        if name == "pose":
+            task = replace(task, params={"image_size": tuple(task.inputs.shape[-2:])})
+    elif loaded.zoo_name:
         from backendiff.models import ZOO
 
-        entry = ZOO[loaded.zoo_name]
-        if entry.task and entry.data:
-            try:
-                inputs, labels = entry.data()
-            except ImportError as e:
-                raise BadInput(f"the data of zoo:{loaded.zoo_name} needs {e.name}: pip install 'backendiff[zoo]'") from None
-            return TaskData(entry.task, inputs, labels, f"zoo:{loaded.zoo_name} held-out split")
-    if config.task == "on":
-        raise BadInput("--task needs labelled data: --data FILE.npz (arrays inputs and labels) or a zoo model with a task")
-    return None
+        try:
+            task = ZOO[loaded.zoo_name].task_data()
+        except ImportError as e:
+            raise BadInput(f"the data of zoo:{loaded.zoo_name} needs {e.name}: pip install 'backendiff[zoo]'") from None
+        if task is not None and config.task_name and config.task_name != task.name:
+            # another metric on the zoo model's data: the built-in's own parameters do not apply
+            task = replace(task, name=config.task_name, params={})
+            if config.task_name in ("classification", "pose", "embeddings"):
+                check_labels(task.name, task.inputs, task.labels, f"zoo:{loaded.zoo_name} held-out split")
+    if task is None and asked:
+        raise BadInput("--task needs labelled data: --data FILE.npz (arrays inputs and labels), --data DIR "
+                       "(one sub-folder per class) or a zoo model with a task")
+    return task
 
 
 def task_outputs(run, task, sample0: dict) -> np.ndarray:
@@ -143,6 +166,34 @@ def task_outputs(run, task, sample0: dict) -> np.ndarray:
     for batch, real in batches(task.inputs.astype(example.dtype, copy=False), example.shape[0]):
         outs.append(np.asarray(run({name: batch})[0])[:real])
     return np.concatenate(outs)
+
+
+def reference_task(task, reference: np.ndarray) -> dict:
+    """The report's top-level task block; the metric run once on the reference's own outputs,
+    so that a task that cannot use this data fails with one line before any backend runs."""
+    from .tasks import evaluate
+
+    try:
+        scored = evaluate(task, reference, reference)
+    except BadInput:
+        raise
+    except Exception as e:
+        raise BadInput(f"task {task.name} failed on the reference's outputs: {type(e).__name__}: {e}") from None
+    return {"name": task.name, "source": task.source, "samples": int(len(task.inputs)),
+            "metric": scored["metric"], "reference": scored["reference"], "unit": scored.get("unit", "")}
+
+
+def task_result(task, reference: np.ndarray, actual: np.ndarray) -> dict:
+    """The task block of a backend. A metric that raises (a user's plugin, labels it cannot
+    use) is recorded as the block's error; the backend's numeric comparison is kept."""
+    from .tasks import evaluate
+
+    try:
+        return evaluate(task, reference, actual)
+    except BadInput:
+        raise
+    except Exception as e:
+        return {"name": task.name, "error": f"{type(e).__name__}: {e}"}
 
 
 def resolve_specs(texts) -> tuple[list[tuple[type, str, BackendSpec]], list[str]]:
@@ -378,10 +429,8 @@ def run_backend(cls, shown: str, spec: BackendSpec, handle: ModelHandle, referen
     result.outputs = compare_outputs(handle.output_names, reference, actual, tol)
     result.status = OK if all(o.within_tolerance for o in result.outputs) else DIVERGED
     if getattr(handle, "task", None) is not None:
-        from .tasks import TASKS
-
-        result.task = TASKS[handle.task.name](handle.task_reference, task_actual, handle.task.labels)
-        if config.max_task_drop is not None and -result.task["delta"] > config.max_task_drop:
+        result.task = task_result(handle.task, handle.task_reference, task_actual)
+        if "error" not in result.task and config.max_task_drop is not None and -result.task["delta"] > config.max_task_drop:
             result.task["exceeds_max_drop"] = True
             result.status = DIVERGED
     wanted = config.layerwise == "always" or (config.layerwise == "auto" and result.status == DIVERGED)

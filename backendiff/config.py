@@ -31,7 +31,9 @@ class CompareConfig:
     bisect: bool = False                        # also bisect over unmodified prefix graphs
     advise: bool = True                         # mixed-precision advice for diverged low-precision variants
     task: str = "auto"                          # "auto": when the model or data declares one; "on"; "off"
-    data_file: Path | None = None               # --data FILE.npz: inputs and labels for the task
+    task_name: str | None = None                # --task NAME: built-in, entry point or module:function
+    data_file: Path | None = None               # --data FILE.npz or DIR (ImageFolder): labelled task data
+    preprocess: str | None = None               # --preprocess: how --data DIR images become inputs
     max_task_drop: float | None = None          # fail a backend whose task metric drops by more (points)
     command: str | None = None
     progress: Callable[[str], None] | None = field(default=None, compare=False)

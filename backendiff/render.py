@@ -61,9 +61,7 @@ def _rows(report: Report) -> list[tuple[dict, str | None]]:
                                          f"NaN/Inf only when instrumented ({', '.join(c['nonfinite_only_when_instrumented'])})"
                                          for c in changed))
             if b.task:
-                tk = b.task
-                notes.append(f"{tk['metric']} {tk['value']:.2f}% (Δ {tk['delta']:+.2f}, {100 * tk['flip_rate']:.1f}% "
-                             "flipped" + (", past --max-task-drop" if tk.get("exceeds_max_drop") else "") + ")")
+                notes.append(task_note(b.task))
             if b.cache == "hit":
                 notes.append("cached")
             row.update({"max abs": fmt(w.get("max_abs")), "max rel": fmt(w.get("max_rel")),
@@ -165,6 +163,25 @@ def advice_lines(b) -> list[str]:
             f"max abs {fmt(v['max_abs'])}; {a['trials']} verified runs) · reproduce: --backends '{a['spec']}'"]
 
 
+def task_note(tk: dict) -> str:
+    """One backend's task result in one phrase: the metric, its delta, how many samples flipped,
+    and the secondary metrics of the built-in tasks."""
+    if "error" in tk:
+        return f"task {tk.get('name')}: {tk['error']}"
+    unit = tk.get("unit", "")
+    parts = [f"Δ {tk['delta']:+.2f}"]
+    if "flip_rate" in tk:
+        parts.append(f"{100 * tk['flip_rate']:.1f}% {tk.get('flip_label', 'flipped')}")
+    for key, label in (("pck@0.05", "PCK@0.05"), ("ap", "AP")):
+        if key in tk and f"{key}_reference" in tk:
+            parts.append(f"{label} {tk[key]:.2f} Δ{tk[key] - tk[key + '_reference']:+.2f}")
+    if "cosine_min" in tk:
+        parts.append(f"cos min {tk['cosine_min']:.6f}")
+    if tk.get("exceeds_max_drop"):
+        parts.append("past --max-task-drop")
+    return f"{tk['metric']} {tk['value']:.2f}{unit} ({', '.join(parts)})"
+
+
 def print_report(report: Report, console: Console | None = None, json_path=None) -> None:
     console = console or Console()
     console.print(backend_table(report, console.width))
@@ -172,9 +189,10 @@ def print_report(report: Report, console: Console | None = None, json_path=None)
     inputs = ", ".join(f"{i['name']}{tuple(i['shape'])}:{i['dtype']}" for i in m.get("inputs", []))
     if report.task:
         t = report.task
-        ref = next((b.task["reference"] for b in report.backends if b.task), None)
+        ref = t.get("reference", next((b.task.get("reference") for b in report.backends if b.task), None))
         console.print(f"task: {t['name']} on {t['samples']} samples ({t['source']})"
-                      + (f" · reference top1 {ref:.2f}%" if ref is not None else ""), highlight=False)
+                      + (f" · reference {t.get('metric', 'top1')} {ref:.2f}{t.get('unit', '%')}" if ref is not None else ""),
+                      highlight=False)
     console.print(f"inputs: {inputs} · {m.get('samples')} sample(s) from {m.get('inputs_from')} "
                   f"(seed {m.get('seed')}) · total {report.timings.get('total_s', 0):.2f}s", highlight=False)
     if report.baseline and not report.baseline.get("available"):

@@ -1,12 +1,14 @@
 """The built-in model zoo (installed as ``backendiff.models``): ``zoo:NAME`` on the CLI.
 
 Each entry: a definition, the inputs it takes, and where trained, small committed
-weights with the script that trained them (``train_digits.py``). Random-weight entries
-are seeded, so every run builds the same model.
+weights with the script that trained them and its data loader (``train_digits.py`` on
+scikit-learn's digits, ``train_mspn.py`` on the synthetic figures of
+``keypoints_data.py``), the end task and its held-out data. Random-weight entries are
+seeded, so every run builds the same model.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
 
@@ -24,6 +26,16 @@ class ZooEntry:
     weights: str | None = None  # file in weights/, loaded with weights_only=True
     task: str | None = None     # the end task its data is labelled for
     data: Callable | None = None  # () -> (inputs, labels): its held-out evaluation data
+    task_params: dict = field(default_factory=dict)  # keyword arguments of the task's metric
+
+    def task_data(self):
+        """The held-out data as backendiff.tasks.TaskData (None without a task)."""
+        from backendiff.tasks import TaskData
+
+        if not (self.task and self.data):
+            return None
+        inputs, labels = self.data()
+        return TaskData(self.task, inputs, labels, f"zoo:{self.name} held-out split", dict(self.task_params))
 
     def build(self):
         import torch
@@ -42,13 +54,31 @@ def _digits_heldout():
     return x_test, y_test
 
 
-def _digits(width: int):
+def _digits(width: int, cls: str = "DigitsCNN"):
     def make():
-        from .digits_cnn import DigitsCNN
+        from . import digits_cnn
 
-        return DigitsCNN(width=width)
+        return getattr(digits_cnn, cls)(width=width)
 
     return make
+
+
+def _mspn():
+    from .mspn_tiny import MSPNTiny
+
+    return MSPNTiny()
+
+
+def _keypoints_heldout():
+    from .train_mspn import heldout
+
+    return heldout()
+
+
+def _keypoint_params():
+    from .keypoints_data import HEIGHT, SIGMAS, WIDTH
+
+    return {"image_size": (HEIGHT, WIDTH), "sigmas": tuple(float(s) for s in SIGMAS)}
 
 
 def _seeded(builder: str):
@@ -72,6 +102,14 @@ ZOO: dict[str, ZooEntry] = {
         ZooEntry("digits-cnn-narrow", "the same CNN at width 4",
                  _digits(4), (InputSpec("x", (8, 1, 8, 8), "float32", 0.0, 1.0),), "digits_cnn_w4.pt",
                  "classification", _digits_heldout),
+        ZooEntry("digits-cnn-embed", "digits-cnn's trained features as L2-normalised embeddings (retrieval of "
+                 "same-digit neighbours)", _digits(16, "DigitsEmbedding"),
+                 (InputSpec("x", (8, 1, 8, 8), "float32", 0.0, 1.0),), "digits_cnn_w16.pt",
+                 "embeddings", _digits_heldout),
+        ZooEntry("mspn-tiny", "2-stage MSPN-style pose net (bilinear align_corners=True top-down paths, cross-stage "
+                 "aggregation) trained on rendered stick figures, 11 keypoints", _mspn,
+                 (InputSpec("image", (8, 3, 64, 48), "float32", 0.0, 1.0),), "mspn_tiny.pt",
+                 "pose", _keypoints_heldout, _keypoint_params()),
         ZooEntry("mini-pose", "MSPN-style down/up path: bilinear upsampling (align_corners True and False), "
                  "heatmap head (random weights)", _seeded("MiniPose"), (InputSpec("image", (1, 3, 64, 48)),)),
         ZooEntry("tiny-transformer", "2-layer pre-norm transformer encoder: LayerNorm, multi-head attention, "
@@ -82,5 +120,11 @@ ZOO: dict[str, ZooEntry] = {
                  _seeded("Fp16Overflow"), (InputSpec("x", (4, 16)),)),
         ZooEntry("resnet50", "ResNet-50 at 224x224 (random weights; for the layer-wise memory benchmark)",
                  _seeded("resnet50"), (InputSpec("x", (1, 3, 224, 224)),)),
+        ZooEntry("mobilenetv2", "MobileNetV2 1.0 at 224x224: inverted residuals, depthwise conv, ReLU6 "
+                 "(random weights; for numeric divergence and scale)",
+                 _seeded("mobilenet_v2"), (InputSpec("x", (1, 3, 224, 224)),)),
+        ZooEntry("vit-tiny", "ViT at DeiT-Tiny size (patch 16, dim 192, depth 12, 3 heads) at 224x224, "
+                 "attention written out (random weights; for numeric divergence and scale)",
+                 _seeded("vit_tiny"), (InputSpec("x", (1, 3, 224, 224)),)),
     ]
 }

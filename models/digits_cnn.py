@@ -20,3 +20,11 @@ class DigitsCNN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(torch.flatten(self.features(x), 1))
+
+
+class DigitsEmbedding(DigitsCNN):
+    """The trained digits CNN without its classifier: L2-normalised 512-d features (width 16),
+    for the embeddings task (retrieval of same-digit neighbours)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return nn.functional.normalize(torch.flatten(self.features(x), 1), dim=1)

@@ -151,3 +151,123 @@ class Fp16Overflow(nn.Module):
 
     def forward(self, x):
         return self.down(self.up(x) * 1e-3)
+
+
+def _make_divisible(v: float, divisor: int = 8) -> int:
+    """Round channels to a multiple of ``divisor`` without going more than 10% below ``v``."""
+    new = max(divisor, int(v + divisor / 2) // divisor * divisor)
+    return new + divisor if new < 0.9 * v else new
+
+
+def conv_bn_relu6(cin, cout, kernel=3, stride=1, groups=1):
+    return nn.Sequential(nn.Conv2d(cin, cout, kernel, stride, (kernel - 1) // 2, groups=groups, bias=False),
+                         nn.BatchNorm2d(cout), nn.ReLU6(inplace=True))
+
+
+class InvertedResidual(nn.Module):
+    """MobileNetV2 block: 1x1 expand, 3x3 depthwise, 1x1 linear projection; residual when shapes match."""
+
+    def __init__(self, cin, cout, stride, expand):
+        super().__init__()
+        hidden = cin * expand
+        self.use_res = stride == 1 and cin == cout
+        layers = [conv_bn_relu6(cin, hidden, 1)] if expand != 1 else []
+        layers += [conv_bn_relu6(hidden, hidden, 3, stride, groups=hidden),
+                   nn.Conv2d(hidden, cout, 1, bias=False), nn.BatchNorm2d(cout)]
+        self.conv = nn.Sequential(*layers)
+
+    def forward(self, x):
+        return x + self.conv(x) if self.use_res else self.conv(x)
+
+
+class MobileNetV2(nn.Module):
+    """MobileNetV2 (Sandler et al. 2018), the paper's (t, c, n, s) table and width multiplier."""
+
+    config = ((1, 16, 1, 1), (6, 24, 2, 2), (6, 32, 3, 2), (6, 64, 4, 2),
+              (6, 96, 3, 1), (6, 160, 3, 2), (6, 320, 1, 1))
+
+    def __init__(self, width: float = 1.0, classes: int = 1000, dropout: float = 0.2):
+        super().__init__()
+        cin = _make_divisible(32 * width)
+        last = _make_divisible(1280 * max(1.0, width))
+        layers = [conv_bn_relu6(3, cin, 3, 2)]
+        for t, c, n, s in self.config:
+            cout = _make_divisible(c * width)
+            for i in range(n):
+                layers.append(InvertedResidual(cin, cout, s if i == 0 else 1, t))
+                cin = cout
+        layers.append(conv_bn_relu6(cin, last, 1))
+        self.features = nn.Sequential(*layers)
+        self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(last, classes))
+        for m in self.modules():  # running stats away from the identity, as in a trained net
+            if isinstance(m, nn.BatchNorm2d):
+                nn.init.uniform_(m.weight, 0.5, 1.5)
+                nn.init.uniform_(m.bias, -0.2, 0.2)
+                m.running_mean.uniform_(-0.2, 0.2)
+                m.running_var.uniform_(0.5, 2.0)
+
+    def forward(self, x):
+        return self.classifier(torch.flatten(F.adaptive_avg_pool2d(self.features(x), 1), 1))
+
+
+def mobilenet_v2(width: float = 1.0, classes: int = 1000):
+    return MobileNetV2(width, classes)
+
+
+class ViTAttention(nn.Module):
+    """Multi-head self-attention written out (qkv Linear, softmax(q k^T * scale) v, proj), so the
+    exported graph keeps its MatMul/Softmax ops under this module's name."""
+
+    def __init__(self, dim: int, heads: int):
+        super().__init__()
+        self.heads, self.scale = heads, (dim // heads) ** -0.5
+        self.qkv = nn.Linear(dim, 3 * dim)
+        self.proj = nn.Linear(dim, dim)
+
+    def forward(self, x):
+        b, n, d = x.shape
+        q, k, v = self.qkv(x).reshape(b, n, 3, self.heads, d // self.heads).permute(2, 0, 3, 1, 4)
+        attn = torch.softmax(q @ k.transpose(-2, -1) * self.scale, dim=-1)
+        return self.proj((attn @ v).transpose(1, 2).reshape(b, n, d))
+
+
+class ViTBlock(nn.Module):
+    """Pre-norm encoder block: x + attn(norm(x)), then x + mlp(norm(x)) with GELU."""
+
+    def __init__(self, dim: int, heads: int, mlp_ratio: float = 4.0):
+        super().__init__()
+        hidden = int(dim * mlp_ratio)
+        self.norm1 = nn.LayerNorm(dim, eps=1e-6)
+        self.attn = ViTAttention(dim, heads)
+        self.norm2 = nn.LayerNorm(dim, eps=1e-6)
+        self.mlp = nn.Sequential(nn.Linear(dim, hidden), nn.GELU(), nn.Linear(hidden, dim))
+
+    def forward(self, x):
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class ViT(nn.Module):
+    """Vision Transformer (Dosovitskiy et al. 2021): conv patch embedding, class token, learned
+    position embeddings, pre-norm blocks, final LayerNorm and a linear head on the class token."""
+
+    def __init__(self, image: int = 224, patch: int = 16, dim: int = 192, depth: int = 12, heads: int = 3,
+                 mlp_ratio: float = 4.0, classes: int = 1000):
+        super().__init__()
+        self.patch_embed = nn.Conv2d(3, dim, patch, patch)
+        self.cls_token = nn.Parameter(torch.zeros(1, 1, dim))
+        self.pos_embed = nn.Parameter(torch.randn(1, (image // patch) ** 2 + 1, dim) * 0.02)
+        nn.init.normal_(self.cls_token, std=0.02)
+        self.blocks = nn.Sequential(*[ViTBlock(dim, heads, mlp_ratio) for _ in range(depth)])
+        self.norm = nn.LayerNorm(dim, eps=1e-6)
+        self.head = nn.Linear(dim, classes)
+
+    def forward(self, x):
+        x = self.patch_embed(x).flatten(2).transpose(1, 2)   # (B, N, dim)
+        x = torch.cat([self.cls_token.expand(x.shape[0], -1, -1), x], dim=1) + self.pos_embed
+        return self.head(self.norm(self.blocks(x))[:, 0])
+
+
+def vit_tiny(classes: int = 1000):
+    """DeiT-Tiny dimensions: 224x224, patch 16, dim 192, depth 12, 3 heads, MLP ratio 4."""
+    return ViT(224, 16, 192, 12, 3, 4.0, classes)

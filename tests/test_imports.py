@@ -18,6 +18,7 @@ MODULES = [
     "backendiff", "backendiff.cli", "backendiff.compare", "backendiff.model", "backendiff.loading",
     "backendiff.render", "backendiff.report", "backendiff.registry", "backendiff.cache", "backendiff.localize",
     "backendiff.layers", "backendiff.advice", "backendiff.bisect", "backendiff.tasks", "backendiff.precision",
+    "backendiff.imagefolder",
     "backendiff.backends.base", "backendiff.backends.ort", "backendiff.backends.openvino",
     "backendiff.backends.tvm", "backendiff.backends.trt", "backendiff.backends.pytorch", "backendiff.models",
 ]
