@@ -6,6 +6,17 @@ import torch.nn.functional as F
 from torch import nn
 
 
+def trained_like_batchnorm(module: nn.Module) -> None:
+    """Move every BatchNorm's affine and running statistics away from the identity, as in a
+    trained net (random-weight models would otherwise hide BN folding differences)."""
+    for m in module.modules():
+        if isinstance(m, nn.BatchNorm2d):
+            nn.init.uniform_(m.weight, 0.5, 1.5)
+            nn.init.uniform_(m.bias, -0.2, 0.2)
+            m.running_mean.uniform_(-0.2, 0.2)
+            m.running_var.uniform_(0.5, 2.0)
+
+
 def conv_bn_relu(cin, cout, stride=1):
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
@@ -117,12 +128,7 @@ class ResNet(nn.Module):
             cin = w * expansion
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.fc = nn.Linear(512 * expansion, classes)
-        for m in self.modules():  # running stats away from the identity, as in a trained net
-            if isinstance(m, nn.BatchNorm2d):
-                nn.init.uniform_(m.weight, 0.5, 1.5)
-                nn.init.uniform_(m.bias, -0.2, 0.2)
-                m.running_mean.uniform_(-0.2, 0.2)
-                m.running_var.uniform_(0.5, 2.0)
+        trained_like_batchnorm(self)
 
     def forward(self, x):
         x = self.maxpool(F.relu(self.bn1(self.conv1(x))))
@@ -199,12 +205,7 @@ class MobileNetV2(nn.Module):
         layers.append(conv_bn_relu6(cin, last, 1))
         self.features = nn.Sequential(*layers)
         self.classifier = nn.Sequential(nn.Dropout(dropout), nn.Linear(last, classes))
-        for m in self.modules():  # running stats away from the identity, as in a trained net
-            if isinstance(m, nn.BatchNorm2d):
-                nn.init.uniform_(m.weight, 0.5, 1.5)
-                nn.init.uniform_(m.bias, -0.2, 0.2)
-                m.running_mean.uniform_(-0.2, 0.2)
-                m.running_var.uniform_(0.5, 2.0)
+        trained_like_batchnorm(self)
 
     def forward(self, x):
         return self.classifier(torch.flatten(F.adaptive_avg_pool2d(self.features(x), 1), 1))

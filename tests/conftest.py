@@ -1,4 +1,7 @@
 
+import copy
+from contextlib import contextmanager
+
 import pytest
 import torch
 import torch.nn.functional as F
@@ -16,6 +19,26 @@ def available(name: str) -> bool:
 def needs(*names):
     missing = [n for n in names if not available(n)]
     return pytest.mark.skipif(bool(missing), reason=f"runtime not installed: {', '.join(missing)}")
+
+
+@contextmanager
+def degraded_backend(name: str, mutate):
+    """A test-only backend registered for the block: PyTorch running a copy of the model
+    changed in place by `mutate(module)` (a deliberately degraded deployment)."""
+    from backendiff.backends.pytorch import TorchAdapter
+    from backendiff.registry import register_backend, unregister_backend
+
+    def convert(self, model, folder):
+        module = copy.deepcopy(model.loaded.module)
+        with torch.no_grad():
+            mutate(module)
+        return module
+
+    register_backend(type("Degraded", (TorchAdapter,), {"name": name, "convert": convert}))
+    try:
+        yield
+    finally:
+        unregister_backend(name)
 
 
 @pytest.fixture(scope="session")

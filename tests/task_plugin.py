@@ -1,6 +1,4 @@
 """A user task metric, used by tests through the plugin API (module:function and entry point)."""
-import numpy as np
-
 
 def argmax_agreement(reference, actual, labels, **params):
     """Share of samples whose argmax agrees with the reference's, as a user might write it."""

@@ -7,12 +7,10 @@ import torch
 
 import backendiff
 from backendiff import BadInput
-from backendiff.backends.pytorch import TorchAdapter
-from backendiff.registry import register_backend, unregister_backend
 from backendiff.tasks import (decode_heatmaps, embeddings, object_keypoint_similarity, oks_ap, pck, pose,
                               resolve_metric)
 
-from .conftest import needs
+from .conftest import degraded_backend, needs
 
 
 def test_decode_takes_the_argmax_and_a_quarter_pixel_toward_the_higher_neighbour():
@@ -81,27 +79,14 @@ def test_mspn_tiny_is_really_trained():
     assert t["delta"] == 0 and t["flip_rate"] == 0
 
 
-class CoarseHeads(TorchAdapter):
-    """Test-only backend: mspn-tiny with its final heatmap head's weights rounded to 1/4."""
-
-    name = "coarse-heads"
-
-    def convert(self, model, folder):
-        import copy
-
-        module = copy.deepcopy(model.loaded.module)
-        with torch.no_grad():
-            w = module.stage2.heads[0].weight
-            w.copy_(torch.round(w * 4) / 4)
-        return module
+def _coarse_heads(module):
+    w = module.stage2.heads[0].weight
+    w.copy_(torch.round(w * 4) / 4)
 
 
 def test_a_degraded_pose_backend_shows_a_drop_and_flips():
-    register_backend(CoarseHeads)
-    try:
+    with degraded_backend("coarse-heads", _coarse_heads):      # final heatmap head rounded to 1/4
         report = backendiff.compare("zoo:mspn-tiny", backends=["coarse-heads"], max_task_drop=0.5)
-    finally:
-        unregister_backend("coarse-heads")
     t = report.backend("coarse-heads").task
     assert t["flip_rate"] > 0.1 and t["pck@0.05"] < t["pck@0.05_reference"] and t["ap"] < t["ap_reference"]
     assert t["delta"] < -0.5 and t["exceeds_max_drop"] and report.exit_code == 1

@@ -4,11 +4,9 @@ import pytest
 import torch
 
 import backendiff
-from backendiff.backends.pytorch import TorchAdapter
-from backendiff.registry import register_backend, unregister_backend
 from backendiff.tasks import batches, classification
 
-from .conftest import needs
+from .conftest import degraded_backend, needs
 
 
 def test_classification_metric():
@@ -33,26 +31,13 @@ def test_the_zoo_weights_are_really_trained():
         assert t["samples"] == 540 and t["reference"] >= floor and t["delta"] == 0 and t["flip_rate"] == 0
 
 
-class Degraded(TorchAdapter):
-    """Test-only backend: PyTorch with the classifier's weights rounded to 1 decimal."""
-
-    name = "degraded"
-
-    def convert(self, model, folder):
-        import copy
-
-        module = copy.deepcopy(model.loaded.module)
-        with torch.no_grad():
-            module.classifier.weight.copy_(torch.round(module.classifier.weight * 3) / 3)
-        return module
+def _round_classifier(module):
+    module.classifier.weight.copy_(torch.round(module.classifier.weight * 3) / 3)
 
 
 def test_a_degraded_backend_shows_a_drop_and_flips():
-    register_backend(Degraded)
-    try:
+    with degraded_backend("degraded", _round_classifier):      # classifier weights rounded to 1/3
         report = backendiff.compare("zoo:digits-cnn-narrow", backends=["degraded"], max_task_drop=0.5)
-    finally:
-        unregister_backend("degraded")
     t = report.backend("degraded").task
     assert t["delta"] < -0.5 and t["flip_rate"] > 0 and t["flips"] == round(t["flip_rate"] * 540)
     assert t["exceeds_max_drop"] and report.backend("degraded").status == "diverged" and report.exit_code == 1
