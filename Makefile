@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip
 STAMP  := $(VENV)/.backendiff-installed
 
-.PHONY: install demo test test-heavy bench clean
+.PHONY: install demo test test-heavy bench browser clean
 
 # torch is installed first from its own pin: the CPU build (a bare `torch` requirement
 # would pull a multi-GB CUDA build); pyproject then only needs torch>=2.6.
@@ -19,11 +19,21 @@ install: $(STAMP)
 
 demo: $(STAMP)
 	$(BIN)/backendiff backends
-	$(BIN)/backendiff compare zoo:mini-pose --backends ort,openvino,tvm,trt,openvino:fp32,precision_hint=default --samples 2 ; \
+	$(BIN)/backendiff compare zoo:mini-pose --backends ort,openvino,tvm,trt,openvino:fp32,precision_hint=default --samples 2 \
+	  --html reports/demo.html ; \
 	  code=$$?; echo "backendiff exit code $$code (0 agree, 1 diverged, 3 a backend could not run)"
 
-test: $(STAMP)
+test: $(STAMP) browser
 	$(BIN)/python -m pytest -q -m "not slow and not gpu"
+
+# Debian's Chromium, for the test that opens the HTML report in a headless browser. Where it
+# cannot be installed (not root, no apt) that one test is skipped and says why.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1 && \
+	  { DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1 || \
+	    { apt-get update -q >/dev/null 2>&1 && \
+	      DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1; }; }; } || \
+	  echo "note: Debian's chromium could not be installed; the HTML report's browser test will be skipped"
 
 test-heavy: $(STAMP)
 	$(BIN)/python -m pytest -q -m "slow"

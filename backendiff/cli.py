@@ -91,6 +91,9 @@ def _check_writable(path: Path) -> None:
 @click.option("--rtol", type=float, help="Relative tolerance (default depends on precision).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Where to write the JSON report (default: reports/).")
 @click.option("--no-json", is_flag=True, help="Write no JSON report.")
+@click.option("--html", "html_path", type=click.Path(path_type=Path),
+              help="Also write a self-contained HTML report (charts inline, works offline).")
+@click.option("--md", "md_path", type=click.Path(path_type=Path), help="Also write a Markdown summary (CI job summary, PR comment).")
 @click.option("--no-cache", is_flag=True, help="Export and compile afresh; cache nothing.")
 @click.option("--cache-dir", type=click.Path(path_type=Path), help="Cache folder (default ~/.cache/backendiff).")
 @click.option("--no-golden", is_flag=True, help="Skip the float64 golden run.")
@@ -117,7 +120,7 @@ def _check_writable(path: Path) -> None:
               help="Fail (exit 1) a backend whose task metric drops by more than this many points.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress display.")
 def compare(model, backends, input_specs, input_files, calib_files, calib_samples, seed, samples, weights, trust_pickle, atol, rtol,
-            json_path, no_json, no_cache, cache_dir, no_golden, layerwise, isolate, bisect, advise, task, no_task, data_file,
+            json_path, no_json, html_path, md_path, no_cache, cache_dir, no_golden, layerwise, isolate, bisect, advise, task, no_task, data_file,
             preprocess, max_task_drop, quiet):
     """Compare MODEL on each backend against PyTorch eager fp32.
 
@@ -130,8 +133,9 @@ def compare(model, backends, input_specs, input_files, calib_files, calib_sample
     from .render import print_report
 
     out_path = None if no_json else (json_path or _default_report_path(model))
-    if out_path is not None:
-        _check_writable(out_path)
+    for path in (out_path, html_path, md_path):
+        if path is not None:
+            _check_writable(path)
     for spec in (atol, rtol):
         if spec is not None and spec < 0:
             raise BadInput("--atol and --rtol must not be negative")
@@ -156,7 +160,23 @@ def compare(model, backends, input_specs, input_files, calib_files, calib_sample
     if out_path is not None:
         report.write(out_path)
     print_report(report, _stdout_console(), json_path=out_path)
+    write_documents(json.loads(report.to_json()), html_path, md_path)
     return report.exit_code
+
+
+def write_documents(data: dict, html_path: Path | None, md_path: Path | None) -> None:
+    """The HTML report and the Markdown summary, both from the report's JSON data (so a saved
+    run renders to the same bytes)."""
+    if html_path is not None:
+        from .html import render_html
+
+        html_path.write_text(render_html(data), encoding="utf-8")
+        _stdout_console().print(f"html report: {html_path}", highlight=False)
+    if md_path is not None:
+        from .markdown import render_markdown
+
+        md_path.write_text(render_markdown(data), encoding="utf-8")
+        _stdout_console().print(f"markdown summary: {md_path}", highlight=False)
 
 
 @cli.command("backends")
@@ -236,18 +256,26 @@ def zoo_cmd(as_json):
 
 @cli.command("report")
 @click.argument("run", type=click.Path(path_type=Path))
-def report_cmd(run):
-    """Show a saved run (a JSON report) again."""
+@click.option("--html", "html_path", type=click.Path(path_type=Path), help="Write the run as a self-contained HTML report.")
+@click.option("--md", "md_path", type=click.Path(path_type=Path), help="Write the run as a Markdown summary.")
+def report_cmd(run, html_path, md_path):
+    """Show a saved run (a JSON report) again, or render it as HTML / Markdown."""
     from .render import print_report
     from .report import Report
 
     if not run.is_file():
         raise BadInput(f"report file not found: {run}")
+    for path in (html_path, md_path):
+        if path is not None:
+            _check_writable(path)
     try:
-        report = Report.read(run)
+        data = json.loads(run.read_text())
+        report = Report.from_dict(data)
     except (ValueError, KeyError, TypeError) as e:
         raise BadInput(f"cannot read {run} as a backendiff report: {e}") from None
-    print_report(report, _stdout_console())
+    if html_path is None and md_path is None:
+        print_report(report, _stdout_console())
+    write_documents(data, html_path, md_path)
     return report.exit_code
 
 

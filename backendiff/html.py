@@ -1,0 +1,155 @@
+"""The HTML report: one self-contained file (inline CSS and SVG charts, no scripts, no network)
+rendered from the report's JSON dict, so that ``compare --html`` and ``backendiff report
+RUN.json --html`` write the same bytes for the same run.
+
+Computing the view (``view``) is apart from the template (``templates/report.html.j2``,
+Jinja2 with autoescaping) and from the charts (``charts.py``).
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+from . import charts
+from .render import fmt, top_suspects
+
+TEMPLATES = Path(__file__).parent / "templates"
+STATUS_CLASS = {"ok": "ok", "diverged": "bad", "failed": "bad", "crashed": "bad", "timeout": "bad",
+                "unavailable": "na", "baseline": "na"}
+
+
+def worst(outputs: list[dict]) -> dict:
+    """The worst metrics over a backend's outputs (as ``BackendResult.worst`` on the dict)."""
+    if not outputs:
+        return {}
+    ms = [o["metrics"] for o in outputs]
+    sq = [m["sqnr_db"] for m in ms if m.get("sqnr_db") is not None]
+    return {"max_abs": max(m["max_abs"] for m in ms), "max_rel": max(m["max_rel"] for m in ms),
+            "cosine": min(m["cosine"] for m in ms), "sqnr_db": min(sq) if sq else None,
+            "nonfinite": sum(m["nonfinite"] for m in ms)}
+
+
+def _metrics_cells(m: dict) -> dict:
+    return {"max_abs": fmt(m.get("max_abs")), "max_rel": fmt(m.get("max_rel")),
+            "cosine": fmt(m.get("cosine"), "cos"), "sqnr_db": fmt(m.get("sqnr_db"), "db"),
+            "nonfinite": str(m.get("nonfinite", 0)) if m else ""}
+
+
+def _source(path: str | None) -> str:
+    if not path:
+        return ""
+    parts = path.replace("\\", "/").split("/")
+    return "/".join(parts[-2:])
+
+
+def _task_view(task: dict | None) -> dict | None:
+    if not task:
+        return None
+    if "error" in task:
+        return {"error": task["error"], "name": task.get("name")}
+    extra = []
+    for key, label in (("top5", "top-5"), ("pck@0.05", "PCK@0.05"), ("ap", "OKS AP")):
+        if key in task and f"{key}_reference" in task:
+            extra.append((label, f"{task[key]:.2f}", f"{task[key + '_reference']:.2f}",
+                          f"{task[key] - task[key + '_reference']:+.2f}"))
+    notes = []
+    for key, label in (("cosine_mean", "cosine mean"), ("cosine_min", "cosine min")):
+        if key in task:
+            notes.append(f"{label} {task[key]:.6f}")
+    for key, label in (("mean_shift_px", "mean keypoint shift"), ("max_shift_px", "max keypoint shift")):
+        if key in task:
+            notes.append(f"{label} {task[key]:.2f} px")
+    if "pck_changed" in task:
+        notes.append(f"{task['pck_changed']} samples changed which keypoints are correct")
+    return {"error": None, "metric": task.get("metric"), "unit": task.get("unit", ""), "value": f"{task['value']:.2f}",
+            "reference": f"{task['reference']:.2f}", "delta": f"{task['delta']:+.2f}",
+            "drop": task["delta"] < 0, "flip_rate": f"{100 * task['flip_rate']:.1f}%" if "flip_rate" in task else "",
+            "flips": task.get("flips"), "samples": task.get("samples"), "flip_label": task.get("flip_label", "flipped"),
+            "worst": task.get("worst", []), "extra": extra, "notes": notes,
+            "exceeds": bool(task.get("exceeds_max_drop"))}
+
+
+def _backend_view(b: dict) -> dict:
+    w = worst(b.get("outputs", []))
+    t = b.get("timings", {})
+    err = b.get("error") or {}
+    precision = b.get("precision") or {}
+    layers = b.get("layers") or []
+    suspects = []
+    for r in top_suspects(layers, n=5):
+        iso = r.get("isolated") or {}
+        iso_metrics = iso.get("metrics", iso) if isinstance(iso, dict) else {}
+        suspects.append({"module": r.get("module") or "<top>", "op": r.get("op_type"), "node": r.get("node"),
+                         "source": _source(r.get("source")), "growth": fmt(r.get("growth")),
+                         "sqnr": fmt(r["metrics"].get("sqnr_db"), "db"), "max_abs": fmt(r["metrics"].get("max_abs")),
+                         "isolated": fmt(iso_metrics.get("sqnr_db"), "db") if iso_metrics else "",
+                         "born": bool(r.get("nonfinite_born")), "fused": r.get("fused_into") or ""})
+    fd = b.get("first_divergence")
+    first = None
+    if fd:
+        why = {"nonfinite": "the first NaN/Inf is born here", "growth": f"its error grows ×{fd.get('growth', 0) + 1:.3g} "
+               "over its inputs'", "tolerance": "the first layer past tolerance"}.get(fd.get("reason", "tolerance"), "")
+        confirmed = ""
+        if "confirmed" in fd:
+            confirmed = "confirmed in isolation" if fd["confirmed"] else "not reproduced in isolation"
+        first = {"module": fd.get("module") or "<top>", "op": fd.get("op_type"), "node": fd.get("node"),
+                 "source": _source(fd.get("source")), "why": why, "confirmed": confirmed,
+                 "caveat": bool(fd.get("caveat"))}
+    born = next((r for r in layers if r.get("nonfinite_born")), None)
+    advice = b.get("advice")
+    info = b.get("info") or {}
+    fused = sum(1 for r in layers if r.get("fused_into"))
+    return {
+        "spec": b["spec"], "status": b["status"], "cls": STATUS_CLASS.get(b["status"], "na"),
+        "route": b.get("route") or "", "cache": b.get("cache") or "",
+        "precision": (f"{precision.get('requested')} → ran {precision.get('runtime')}"
+                      + ("" if precision.get("honoured", True) else " (not honoured)")) if precision else "",
+        "tolerance": (f"rtol {b['tolerance']['rtol']:g} · atol {b['tolerance']['atol']:g}" if b.get("tolerance") else ""),
+        "metrics": _metrics_cells(w),
+        "timings": " / ".join(fmt(t.get(k), "s") for k in ("convert_s", "compile_s", "infer_s")) if t else "",
+        "task_s": fmt(t.get("task_s"), "s") if t.get("task_s") is not None else "",
+        "task": _task_view(b.get("task")),
+        "error": {"stage": err.get("stage", "?"), "type": err.get("type", ""), "message": err.get("message", ""),
+                  "hint": err.get("hint", "")} if err else None,
+        "outputs": [{"name": o["name"], "shape": "×".join(map(str, o.get("shape", []))), **_metrics_cells(o["metrics"]),
+                     "ok": o.get("within_tolerance", True), "violations": o.get("violations", 0)}
+                    for o in b.get("outputs", [])],
+        "layers": len(layers), "fused": fused, "fusion_unknown": info.get("fusion") == "unknown",
+        "layers_error": info.get("layers_error", ""),
+        "first": first, "born": (born.get("module") or "<top>") if born else None, "suspects": suspects,
+        "chart": charts.depth_chart(b) if layers else "",
+        "advice": advice,
+        "runtime_precisions": info.get("runtime_precisions") or {},
+    }
+
+
+def view(report: dict) -> dict:
+    """Everything the template shows, computed from the report dict."""
+    model = report.get("model", {})
+    backends = report.get("backends", [])
+    base = report.get("baseline") or {}
+    base_worst = worst(base.get("outputs", [])) if base.get("available") else {}
+    env = report.get("environment", {})
+    return {
+        "title": f"backendiff · {model.get('source', '?')}",
+        "model": model, "reference": report.get("reference", {}),
+        "inputs": [f"{i['name']} {tuple(i['shape'])} {i['dtype']}" for i in model.get("inputs", [])],
+        "verdict": report.get("verdict"), "command": report.get("command") or "",
+        "environment": env, "versions": sorted((env.get("versions") or {}).items()),
+        "baseline": _metrics_cells(base_worst) if base_worst else None,
+        "baseline_reason": base.get("reason") if base and not base.get("available") else "",
+        "calibration": report.get("calibration"), "task": report.get("task"),
+        "timings": report.get("timings", {}),
+        "backends": [_backend_view(b) for b in backends],
+        "not_run": [b for b in backends if b["status"] in ("failed", "unavailable", "crashed", "timeout")],
+        "heatmap": charts.heatmap(backends) if sum(1 for b in backends if b.get("layers")) else "",
+        "schema": report.get("schema"),
+    }
+
+
+def render_html(report: dict) -> str:
+    """The self-contained HTML page of a report dict (``Report.to_dict()`` or its JSON)."""
+    from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+
+    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html", "j2"]),
+                      undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    return env.get_template("report.html.j2").render(**view(report))

@@ -1,0 +1,111 @@
+"""The HTML report and the Markdown summary of a real multi-backend run."""
+import json
+import re
+import shutil
+
+import pytest
+from click.testing import CliRunner
+
+from backendiff.cli import cli
+
+from .conftest import needs
+
+SPECS = ["ort", "openvino", "openvino:int8", "tvm", "openvino:fp32,precision_hint=default", "trt"]
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """digits-cnn on the CPU runtimes with the layer view for all, an int8 variant, OpenVINO's
+    default (bf16 on AMX CPUs, else fp32) and TensorRT (unavailable without a GPU)."""
+    folder = tmp_path_factory.mktemp("html")
+    paths = {k: folder / f"run.{k}" for k in ("json", "html", "md")}
+    result = CliRunner().invoke(cli, ["compare", "zoo:digits-cnn", "--backends", ",".join(SPECS), "--layerwise",
+                                      "--json", str(paths["json"]), "--html", str(paths["html"]),
+                                      "--md", str(paths["md"]), "-q"], catch_exceptions=False)
+    assert result.exit_code in (0, 1, 3), result.output
+    return paths
+
+
+@needs("ort", "openvino", "tvm")
+def test_html_shows_every_backend_with_charts_and_no_network(run):
+    page = run["html"].read_text()
+    data = json.loads(run["json"].read_text())
+    for b in data["backends"]:
+        assert f'data-backend="{b["spec"]}"' in page          # a summary row and a section each
+        assert page.count(f'data-backend="{b["spec"]}"') == 2
+    layered = [b for b in data["backends"] if b["layers"]]
+    assert len(layered) >= 4
+    assert page.count('class="chart depth-chart"') == len(layered) and 'id="heatmap-chart"' in page
+    assert page.count("<svg") == len(layered) + 1
+    # self-contained: no scripts, no stylesheets or images fetched, no http(s) resource anywhere
+    assert not re.search(r"""(src|href)\s*=\s*["']?(https?:)?//""", page)
+    assert "<script" not in page and "<link" not in page and "@import" not in page
+    assert not re.search(r"url\((?!#)", page)            # only references inside the page's own SVG
+    assert data["command"] in page.replace("&#39;", "'").replace("&amp;", "&")
+    trt = next(b for b in data["backends"] if b["spec"] == "trt")
+    if trt["status"] == "unavailable":
+        assert 'id="not-run"' in page and trt["error"]["message"].split(":")[0] in page
+    assert "Task: classification" in page and "top1" in page
+
+
+@needs("ort", "openvino", "tvm")
+def test_saved_run_renders_the_same_html_and_markdown(run, tmp_path):
+    result = CliRunner().invoke(cli, ["report", str(run["json"]), "--html", str(tmp_path / "again.html"),
+                                      "--md", str(tmp_path / "again.md")])
+    assert result.exit_code in (0, 1, 3), result.output
+    assert (tmp_path / "again.html").read_bytes() == run["html"].read_bytes()
+    assert (tmp_path / "again.md").read_bytes() == run["md"].read_bytes()
+
+
+@needs("ort", "openvino", "tvm")
+def test_markdown_summary_is_compact(run):
+    md = run["md"].read_text()
+    data = json.loads(run["json"].read_text())
+    assert md.startswith("### backendiff · `zoo:digits-cnn`")
+    rows = [line for line in md.splitlines() if line.startswith("| `")]
+    assert [r.split("`")[1] for r in rows] == [b["spec"] for b in data["backends"]]
+    assert data["command"] in md and len(md.splitlines()) < 40
+
+
+def test_bad_report_file_is_a_one_line_error(tmp_path):
+    bad = tmp_path / "bad.json"
+    bad.write_text('{"not": "a report"}')
+    result = CliRunner().invoke(cli, ["report", str(bad), "--html", str(tmp_path / "x.html")])
+    assert result.exit_code == 2 and "cannot read" in result.output and not (tmp_path / "x.html").exists()
+
+
+CHROMIUM = shutil.which("chromium")
+
+
+@needs("ort", "openvino", "tvm")
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make browser installs it as root)")
+def test_html_opens_in_headless_chromium(run, tmp_path):
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (the test extra) is not installed")
+    import numpy as np
+    from PIL import Image
+
+    errors, requests = [], []
+    with sync_api.sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+            "--disable-sync", "--no-first-run"])
+        try:
+            page = browser.new_page(viewport={"width": 1300, "height": 900})
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.on("request", lambda r: requests.append(r.url))
+            page.goto(run["html"].as_uri())
+            boxes = [svg.bounding_box() for svg in page.query_selector_all(".chart svg")]
+            page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
+            verdict = page.inner_text("#verdict")
+        finally:
+            browser.close()
+    assert errors == []
+    assert requests == [run["html"].as_uri()]             # the page fetched nothing else
+    assert len(boxes) >= 5 and all(b and b["width"] > 300 and b["height"] > 150 for b in boxes)
+    assert verdict in ("pass", "fail")
+    shot = np.asarray(Image.open(tmp_path / "report.png").convert("RGB"), dtype=np.float32)
+    assert shot.shape[0] > 2000 and shot.std() > 20        # a long page with content, not a blank one
+    # the heat map's colours are on the page: some strongly red/orange and some green pixels
+    r, g, b = shot[..., 0], shot[..., 1], shot[..., 2]
+    assert ((g > r + 40) & (g > b + 40)).sum() > 1000 and ((r > g + 60) & (r > b + 60)).sum() > 200
