@@ -44,6 +44,16 @@ def constants_as_tensors(graph) -> None:
         node.attribute.append(helper.make_attribute("value", tensor))
 
 
+def fold_initializer_shapes(graph) -> None:
+    """Fold what is computed from constants alone (the unoptimized export builds e.g. a
+    conv's zero bias with Shape and Expand of its weight), which Relax's ONNX importer cannot
+    read ('ShapeType' has no shape). Exact; graph outputs, the marked layers among them,
+    stay. In place, with onnxscript's constant folder."""
+    from onnxscript.optimizer import fold_constants
+
+    fold_constants(graph)
+
+
 def relax_ops(mod) -> list[tuple[str, str]]:
     """(operator name, output dtype) of every operator call in a Relax module's ``main``."""
     from tvm import relax
@@ -104,6 +114,7 @@ class TvmAdapter(Adapter):
         from tvm.relax.frontend.onnx import from_onnx
 
         graph = onnx.load(str(path))
+        fold_initializer_shapes(graph)
         constants_as_tensors(graph)
         initializers = {i.name for i in graph.graph.initializer}
         inputs = [i.name for i in graph.graph.input if i.name not in initializers]

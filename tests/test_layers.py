@@ -298,3 +298,25 @@ def test_layers_carry_the_fp64_baseline():
     report = backendiff.compare(Overflow().eval(), inputs=(x,), backends=["torch"], layerwise="always")
     rows = report.backend("torch").layers
     assert all(r["fp64_baseline"]["sqnr_db"] > 100 for r in rows)
+
+
+@needs("tvm")
+def test_tvm_layers_of_bias_free_convolutions():
+    """The unoptimized export builds a bias-free conv's zero bias from Shape/Expand of its
+    weight, which Relax's importer cannot read: those are folded before the import."""
+    from torch import nn
+
+    class BiasFree(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = nn.Conv2d(3, 8, 3, padding=1, bias=False)
+            self.bn = nn.BatchNorm2d(8)
+
+        def forward(self, x):
+            return torch.relu(self.bn(self.conv(x)))
+
+    torch.manual_seed(0)
+    report = backendiff.compare(BiasFree().eval(), inputs=(torch.rand(1, 3, 16, 16),), backends=["tvm"],
+                                layerwise="always")
+    b = report.backend("tvm")
+    assert "layers_error" not in b.info and {r["module"] for r in b.layers} >= {"conv", "bn"}
