@@ -109,3 +109,19 @@ def test_html_opens_in_headless_chromium(run, tmp_path):
     # the heat map's colours are on the page: some strongly red/orange and some green pixels
     r, g, b = shot[..., 0], shot[..., 1], shot[..., 2]
     assert ((g > r + 40) & (g > b + 40)).sum() > 1000 and ((r > g + 60) & (r > b + 60)).sum() > 200
+
+
+@needs("ort", "openvino", "tvm")
+def test_html_marks_where_a_nan_is_born_and_shows_the_advice(tmp_path):
+    nan = tmp_path / "nan.html"
+    result = CliRunner().invoke(cli, ["compare", "zoo:fp16-overflow", "--backends", "openvino:fp16,tvm:fp16",
+                                      "--layerwise", "--no-json", "--html", str(nan), "-q"])
+    assert result.exit_code == 1, result.output
+    page = nan.read_text()
+    assert page.count("First NaN/Inf born at <code>up</code>") == 2 and "SQNR dB" in page
+    advised = tmp_path / "advice.html"
+    result = CliRunner().invoke(cli, ["compare", "zoo:digits-cnn", "--backends", "ort:int8", "--atol", "0.03",
+                                      "--rtol", "0.03", "--no-json", "--html", str(advised), "-q"])
+    page = advised.read_text()
+    assert "Mixed-precision advice:</strong> keep <code>features." in page
+    assert "--backends 'ort:int8,keep=features." in page
