@@ -50,6 +50,12 @@ class Cache:
         path.mkdir(parents=True, exist_ok=True)
         return path
 
+    def prepare(self) -> None:
+        """Make the temp folder of a disabled cache now (before forking workers, which do not
+        clean up after themselves)."""
+        if self.root is None and self._tmp is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="backendiff-")
+
     def close(self) -> None:
         if self._tmp is not None:
             self._tmp.cleanup()

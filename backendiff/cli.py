@@ -100,7 +100,13 @@ def _check_writable(path: Path) -> None:
 @click.option("--layerwise/--no-layerwise", default=None,
               help="Per-layer divergence and where it starts, for every backend that can give intermediates "
                    "(default: only for backends that diverged).")
-@click.option("--isolate", is_flag=True,
+@click.option("--isolate/--no-isolate", "isolate", default=True, show_default=True,
+              help="Run each backend in its own worker process (a crash or hang costs only its own result); "
+                   "--no-isolate runs all in this process, for debugging.")
+@click.option("--timeout", metavar="SECONDS|STAGE=SECONDS,...",
+              help="Time limit of each stage of a backend in its worker (stages setup, convert, compile, run, analyse; "
+                   "defaults 300/900/900/600/1800 s). A backend that overstays is killed and reported as timeout.")
+@click.option("--isolate-layers", is_flag=True,
               help="Also run every layer on the reference's inputs (its own error) and confirm or drop suspects.")
 @click.option("--bisect", is_flag=True,
               help="Also binary-search unmodified prefix graphs for the first diverging layer (fusion undisturbed).")
@@ -120,7 +126,7 @@ def _check_writable(path: Path) -> None:
               help="Fail (exit 1) a backend whose task metric drops by more than this many points.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress display.")
 def compare(model, backends, input_specs, input_files, calib_files, calib_samples, seed, samples, weights, trust_pickle, atol, rtol,
-            json_path, no_json, html_path, md_path, no_cache, cache_dir, no_golden, layerwise, isolate, bisect, advise, task, no_task, data_file,
+            json_path, no_json, html_path, md_path, isolate, timeout, no_cache, cache_dir, no_golden, layerwise, isolate_layers, bisect, advise, task, no_task, data_file,
             preprocess, max_task_drop, quiet):
     """Compare MODEL on each backend against PyTorch eager fp32.
 
@@ -132,6 +138,10 @@ def compare(model, backends, input_specs, input_files, calib_files, calib_sample
     from .inputs import parse_input_spec
     from .render import print_report
 
+    from .isolation import parse_limits
+    from .partial import PartialLog, partial_path_for
+
+    parse_limits(timeout)               # a malformed --timeout fails before any work
     out_path = None if no_json else (json_path or _default_report_path(model))
     for path in (out_path, html_path, md_path):
         if path is not None:
@@ -146,19 +156,27 @@ def compare(model, backends, input_specs, input_files, calib_files, calib_sample
         calib_files=tuple(calib_files), calib_samples=calib_samples,
         weights=weights, trust_pickle=trust_pickle, rtol=rtol, atol=atol, cache_dir=cache_dir,
         use_cache=not no_cache, golden=not no_golden,
-        layerwise={None: "auto", True: "always", False: "never"}[layerwise], isolate=isolate, bisect=bisect, advise=advise,
+        layerwise={None: "auto", True: "always", False: "never"}[layerwise], isolate_layers=isolate_layers, bisect=bisect, advise=advise,
         task="off" if no_task else ("auto" if task is None else "on"),
         task_name=None if task in (None, "on") else task, data_file=data_file, preprocess=preprocess,
         max_task_drop=max_task_drop,
+        isolate=isolate, timeout=timeout, partial_path=partial_path_for(out_path) if out_path else None,
         command="backendiff " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
     )
-    if quiet or not console.is_terminal:
-        report = run_compare(model, config=config)
-    else:
-        with console.status("backendiff: starting") as status:
-            report = run_compare(model, config=config.but(progress=lambda m: status.update(f"backendiff: {m}")))
+    try:
+        if quiet or not console.is_terminal:
+            report = run_compare(model, config=config)
+        else:
+            with console.status("backendiff: starting") as status:
+                report = run_compare(model, config=config.but(progress=lambda m: status.update(f"backendiff: {m}")))
+    except KeyboardInterrupt:
+        log = config.partial_path
+        kept = f"; the finished backends are in {log} (backendiff report {log})" if log and log.exists() else ""
+        click.echo(f"backendiff: interrupted{kept}", err=True)
+        sys.exit(130)
     if out_path is not None:
         report.write(out_path)
+        PartialLog(config.partial_path).remove()
     print_report(report, _stdout_console(), json_path=out_path)
     write_documents(json.loads(report.to_json()), html_path, md_path)
     return report.exit_code
@@ -259,7 +277,8 @@ def zoo_cmd(as_json):
 @click.option("--html", "html_path", type=click.Path(path_type=Path), help="Write the run as a self-contained HTML report.")
 @click.option("--md", "md_path", type=click.Path(path_type=Path), help="Write the run as a Markdown summary.")
 def report_cmd(run, html_path, md_path):
-    """Show a saved run (a JSON report) again, or render it as HTML / Markdown."""
+    """Show a saved run (a JSON report, or the .partial.jsonl log of an interrupted run) again,
+    or render it as HTML / Markdown."""
     from .render import print_report
     from .report import Report
 
@@ -269,9 +288,15 @@ def report_cmd(run, html_path, md_path):
         if path is not None:
             _check_writable(path)
     try:
-        data = json.loads(run.read_text())
-        report = Report.from_dict(data)
-    except (ValueError, KeyError, TypeError) as e:
+        if run.name.endswith(".jsonl"):
+            from .partial import read_partial
+
+            report = read_partial(run)
+            data = json.loads(report.to_json())
+        else:
+            data = json.loads(run.read_text())
+            report = Report.from_dict(data)
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
         raise BadInput(f"cannot read {run} as a backendiff report: {e}") from None
     if html_path is None and md_path is None:
         print_report(report, _stdout_console())

@@ -21,7 +21,9 @@ from .loading import LoadedModel, load_model
 from .localize import localize, mixed_precision_advice
 from .model import ExportFailed, ModelHandle
 from .registry import adapter_class, default_backends
-from .report import DIVERGED, FAILED, OK, UNAVAILABLE, BackendResult, OutputResult, Report
+from .isolation import parse_limits, run_isolated
+from .partial import PartialLog
+from .report import CRASHED, DIVERGED, FAILED, OK, UNAVAILABLE, BackendResult, OutputResult, Report
 from .specs import BackendSpec, parse_specs
 from .tolerance import tolerance_for
 
@@ -70,17 +72,54 @@ def compare(model, inputs=None, backends=None, *, config: CompareConfig | None =
         golden, why_not = handle.golden()
         baseline = golden_baseline(handle.output_names, reference, golden, why_not)
 
-    results, versions = [], {}
+    versions = {}
+    for cls, _, _ in specs:
+        versions.update(cls.versions())
+    fields = report_fields(loaded, handle, samples, inputs_from, config, requested, baseline,
+                           task_info if task is not None else None, versions)
+    limits = parse_limits(config.timeout)
+    if config.isolate:
+        cache.prepare()                 # a --no-cache temp folder made here outlives the workers
+        prewarm(handle, specs, progress, exports=not cache.enabled)
+        fields["calibration"] = handle.calibration_info
+    partial = PartialLog(config.partial_path)
+    partial.start(fields, [shown for _, shown, _ in specs])
+    results = []
     try:
         for cls, shown, spec in specs:
-            versions.update(cls.versions())
-            results.append(run_backend(cls, shown, spec, handle, reference, config, progress))
+            if config.isolate:
+                shell = BackendResult(spec=shown, backend=cls.name, variant=spec.variant, status=CRASHED,
+                                      options=dict(spec.options))
+                before = dict(handle.timings)
+                result = run_isolated(
+                    lambda prog, enter: run_backend(cls, shown, spec, handle, reference, config, prog, enter),
+                    shell, limits, progress, counters=lambda: dict(handle.timings),
+                    on_counters=lambda after: add_timings(handle.timings, before, after))
+            else:
+                result = run_backend(cls, shown, spec, handle, reference, config, progress)
+            results.append(result)
+            partial.add(result)
     finally:
         cache.close()
 
+    fields["calibration"] = handle.calibration_info     # made by the first int8 backend (or by prewarm)
     timings = {k: round(v, 6) for k, v in handle.timings.items()}
     timings["total_s"] = round(time.perf_counter() - t_start, 6)
-    return Report(
+    return Report(**fields, backends=results, timings=timings)
+
+
+def add_timings(timings: dict, before: dict, after: dict) -> None:
+    """What a worker added to the shared timings (an export it made, say), added here."""
+    for key, value in after.items():
+        spent = value - before.get(key, 0.0)
+        if spent > 0:
+            timings[key] = timings.get(key, 0.0) + spent
+
+
+def report_fields(loaded, handle, samples, inputs_from, config, requested, baseline, task_info, versions) -> dict:
+    """Everything of the report but the backends' results and the timings (also the header
+    of the partial log)."""
+    return dict(
         model={
             "source": loaded.source,
             "format": loaded.format,
@@ -90,19 +129,45 @@ def compare(model, inputs=None, backends=None, *, config: CompareConfig | None =
             "samples": len(samples),
             "seed": config.seed,
             "inputs_sha256": samples_sha256(samples),
+            "nonfinite_inputs": nonfinite_inputs(samples),
             "outputs": handle.output_names,
         },
         reference={"backend": "torch" if handle.has_torch else "onnx.reference", "precision": "fp32",
                    "device": "cpu"},
         baseline=baseline,
         environment=environment(versions),
-        backends=results,
-        timings=timings,
         command=config.command,
         requested=requested,
         calibration=handle.calibration_info,
-        task=None if task is None else task_info,
+        task=task_info,
     )
+
+
+def prewarm(handle: ModelHandle, specs, progress, exports: bool) -> None:
+    """Before forking workers: what several backends share is made once here, so that no
+    worker makes it again: the int8 calibration data, and with ``exports`` (no cache on
+    disk to share them through) the export and the ONNX file. A failure is left for the
+    workers to meet and report as theirs."""
+    routes, calibrate = set(), False
+    for cls, _, spec in specs:
+        try:
+            adapter = cls(spec)
+            routes.add(adapter.route(handle))
+            calibrate = calibrate or adapter.needs_calibration
+        except Exception:  # noqa: BLE001 - the worker reports it
+            pass
+    steps = [(exports and "export" in routes and handle.has_torch, handle.exported_program, "exporting"),
+             (exports and "onnx" in routes, handle.onnx_path, "exporting to ONNX"),
+             (calibrate, handle.calibration, "preparing calibration data")]
+    for wanted, make, what in steps:
+        if wanted:
+            progress(what)
+            try:
+                make()
+            except BadInput:
+                raise
+            except Exception:  # noqa: BLE001 - ExportFailed and the like: the worker reports it
+                pass
 
 
 def resolve_task(loaded: LoadedModel, samples, config: CompareConfig):
@@ -364,8 +429,9 @@ def unavailable(result: BackendResult, stage: str, e: BackendUnavailable) -> Bac
 
 
 def run_backend(cls, shown: str, spec: BackendSpec, handle: ModelHandle, reference, config: CompareConfig,
-                progress) -> BackendResult:
-    """Convert, compile and run one backend; every failure becomes data in its result."""
+                progress, enter_stage=lambda stage: None) -> BackendResult:
+    """Convert, compile and run one backend; every failure becomes data in its result.
+    ``enter_stage(name)`` is told of each stage as it starts (the worker's time limits)."""
     result = BackendResult(spec=shown, backend=cls.name, variant=spec.variant, status=OK,
                            options=dict(spec.options))
     t0 = time.perf_counter()
@@ -388,14 +454,17 @@ def run_backend(cls, shown: str, spec: BackendSpec, handle: ModelHandle, referen
                                                          cls.versions(), calib))
     stage, t0 = "convert", time.perf_counter()
     try:
+        enter_stage(stage)
         progress(f"{shown}: converting")
         converted = adapter.convert(handle, folder)
         result.timings["convert_s"] = round(time.perf_counter() - t0, 6)
         stage, t0 = "compile", time.perf_counter()
+        enter_stage(stage)
         progress(f"{shown}: compiling")
         compiled = adapter.compile(converted, folder)
         result.timings["compile_s"] = round(time.perf_counter() - t0, 6)
         stage, t0 = "run", time.perf_counter()
+        enter_stage(stage)
         progress(f"{shown}: running {len(handle.samples)} sample(s)")
         with compiled:
             actual = [compiled.run(sample) for sample in handle.samples]
@@ -434,6 +503,7 @@ def run_backend(cls, shown: str, spec: BackendSpec, handle: ModelHandle, referen
             result.task["exceeds_max_drop"] = True
             result.status = DIVERGED
     wanted = config.layerwise == "always" or (config.layerwise == "auto" and result.status == DIVERGED)
+    enter_stage("analyse")
     if wanted and adapter.layers_from and (handle.has_torch or adapter.runs_onnx):
         localize(adapter, handle, result, tol, progress, actual[0], reference[0], config)
     if config.advise and result.status == DIVERGED and spec.variant in cls.keep_variants and handle.has_torch:

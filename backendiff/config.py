@@ -27,7 +27,7 @@ class CompareConfig:
     # per-layer divergence where the backend can give it: "auto" for backends that diverged,
     # "always", or "never"
     layerwise: str = "auto"
-    isolate: bool = False                       # also run every layer on the reference's inputs
+    isolate_layers: bool = False                # also run every layer on the reference's inputs
     bisect: bool = False                        # also bisect over unmodified prefix graphs
     advise: bool = True                         # mixed-precision advice for diverged low-precision variants
     task: str = "auto"                          # "auto": when the model or data declares one; "on"; "off"
@@ -35,6 +35,9 @@ class CompareConfig:
     data_file: Path | None = None               # --data FILE.npz or DIR (ImageFolder): labelled task data
     preprocess: str | None = None               # --preprocess: how --data DIR images become inputs
     max_task_drop: float | None = None          # fail a backend whose task metric drops by more (points)
+    isolate: bool = True                        # each backend in its own worker process
+    timeout: str | None = None                  # --timeout: SECONDS or STAGE=SECONDS,... per stage
+    partial_path: Path | None = None            # append-only log of finished backends (nothing lost)
     command: str | None = None
     progress: Callable[[str], None] | None = field(default=None, compare=False)
 

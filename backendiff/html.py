@@ -143,6 +143,7 @@ def view(report: dict) -> dict:
         "not_run": [b for b in backends if b["status"] in ("failed", "unavailable", "crashed", "timeout")],
         "heatmap": charts.heatmap(backends) if sum(1 for b in backends if b.get("layers")) else "",
         "schema": report.get("schema"),
+        "partial": report.get("partial"),
     }
 
 

@@ -13,6 +13,7 @@ import hashlib
 import importlib
 import importlib.util
 import inspect
+import logging
 import re
 import sys
 import zipfile
@@ -193,10 +194,15 @@ def exported_key(ep) -> str:
 def _load_pt2(path: Path) -> LoadedModel:
     import torch
 
+    quiet = logging.getLogger("torch.export")     # it logs the archive reader's traceback as a warning
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)
     try:
         ep = torch.export.load(str(path))
     except Exception as e:  # torch raises many types for a bad archive
         raise BadInput(f"cannot read {path} as a torch.export archive (.pt2): {first_line(e) or type(e).__name__}") from None
+    finally:
+        quiet.setLevel(level)
     return _from_exported(ep, str(path), "pt2", sha256_file(path))
 
 

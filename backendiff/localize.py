@@ -45,7 +45,7 @@ def localize(adapter, handle: ModelHandle, result: BackendResult, tol, progress,
         result.info["fusion"] = "unknown: this backend (or variant) does not say what its deployed model fused"
     if config.golden:
         fp64_rows(rows, reference, handle.reference_layers_fp64())
-    if config.isolate:
+    if config.isolate_layers:
         isolated = adapter.isolated_values(handle, handle.samples[0], reference)
         if isolated is None:
             result.info["isolated"] = "not supported by this backend yet"
@@ -58,7 +58,7 @@ def localize(adapter, handle: ModelHandle, result: BackendResult, tol, progress,
         bisect_layers(adapter, handle, result, layers, reference, tol)
     if result.status == DIVERGED or any(row["nonfinite_born"] for row in rows):
         result.first_divergence = first_divergence(rows)
-        if result.first_divergence and config.isolate:
+        if result.first_divergence and config.isolate_layers:
             confirm(result.first_divergence, rows)
     result.info["layers_from"] = adapter.layers_from
     changed = instrumentation_changes(handle.output_layer_names(), handle.output_names, deployed, actual,

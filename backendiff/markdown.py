@@ -25,6 +25,10 @@ def render_markdown(report: dict) -> str:
         ref_score = task.get("reference")
         lines.append(f"Task: {task.get('name')} on {task.get('samples')} samples ({_cell(task.get('source', ''))})"
                      + (f", reference {task.get('metric')} {ref_score:.2f}{task.get('unit', '')}" if ref_score is not None else ""))
+    partial = report.get("partial")
+    if partial:
+        lines.append(f"**Partial run**: {len(partial['finished'])} of {len(partial['planned'])} backends finished; "
+                     f"never finished: {', '.join(f'`{m}`' for m in partial['missing']) or '-'}")
     lines.append("")
     head = ["backend", "status", "precision", "max abs", "SQNR dB", "NaN/Inf"]
     if task:

@@ -195,11 +195,18 @@ def print_report(report: Report, console: Console | None = None, json_path=None)
                       highlight=False)
     console.print(f"inputs: {inputs} · {m.get('samples')} sample(s) from {m.get('inputs_from')} "
                   f"(seed {m.get('seed')}) · total {report.timings.get('total_s', 0):.2f}s", highlight=False)
+    if m.get("nonfinite_inputs"):
+        console.print(f"[yellow]warning: inputs {', '.join(m['nonfinite_inputs'])} hold NaN/Inf; run as given[/yellow]",
+                      highlight=False)
     if report.baseline and not report.baseline.get("available"):
         console.print(f"[dim]no fp64 baseline: {report.baseline.get('reason')}[/dim]")
     for b in report.backends:
         for line in layer_lines(b) + advice_lines(b):
             console.print(Text(line))
+    if report.partial:
+        p = report.partial
+        console.print(f"[bold yellow]partial run[/bold yellow]: {len(p['finished'])} of {len(p['planned'])} backends "
+                      f"finished; never finished: {', '.join(p['missing']) or '-'} (log {p['log']})", highlight=False)
     style = "bold green" if report.verdict == "pass" else "bold red"
     line = f"verdict: [{style}]{report.verdict}[/{style}]"
     if json_path:

@@ -76,16 +76,22 @@ class Report:
     requested: list[str] = field(default_factory=list)
     calibration: dict | None = None
     task: dict | None = None
+    partial: dict | None = None   # an interrupted run: {"planned", "finished", "missing", "log"}
     schema: str = SCHEMA
 
     @property
     def verdict(self) -> str:
+        if self.partial and self.partial.get("missing"):
+            return "incomplete"
         bad = [b for b in self.backends if b.status == DIVERGED or (b.status in NOT_RUN and b.spec in self.requested)]
         return "fail" if bad or not any(b.ran for b in self.backends) else "pass"
 
     @property
     def exit_code(self) -> int:
-        """0 all agree; 1 a backend diverged; 3 a requested backend could not run."""
+        """0 all agree; 1 a backend diverged; 3 a requested backend could not run (or the run
+        was interrupted before every backend finished)."""
+        if self.verdict == "incomplete":
+            return 3
         if any(b.status in NOT_RUN and b.spec in self.requested for b in self.backends):
             return 3
         if any(b.status == DIVERGED for b in self.backends):
@@ -117,6 +123,7 @@ class Report:
             "requested": self.requested,
             "calibration": self.calibration,
             "task": self.task,
+            "partial": self.partial,
             "timings": self.timings,
             "backends": [asdict(b) for b in self.backends],
             "verdict": self.verdict,
@@ -144,7 +151,7 @@ class Report:
         return cls(model=d["model"], reference=d["reference"], environment=d.get("environment", {}),
                    backends=backends, baseline=d.get("baseline"), timings=d.get("timings", {}),
                    command=d.get("command"), requested=d.get("requested", []), calibration=d.get("calibration"), task=d.get("task"),
-                   schema=d["schema"])
+                   partial=d.get("partial"), schema=d["schema"])
 
     @classmethod
     def read(cls, path: str | Path) -> "Report":

@@ -53,6 +53,11 @@ class Compiled:
         return False
 
 
+def positive_int(value: str) -> str | None:
+    """Option validator: None when ``value`` is a whole number of at least 1, else why not."""
+    return None if value.isdigit() and int(value) >= 1 else "expected a whole number of at least 1"
+
+
 class Adapter:
     name: str = ""
     description: str = ""
@@ -123,7 +128,11 @@ class Adapter:
                 known = ", ".join(sorted(cls.options)) or "none"
                 raise BadInput(f"unknown option {key!r} for backend {cls.name!r}; known options: {known}")
             allowed = cls.options[key]
-            if allowed is not None and value not in allowed:
+            if callable(allowed):
+                problem = allowed(value)
+                if problem:
+                    raise BadInput(f"bad value {value!r} for option {key!r} of {cls.name!r}: {problem}")
+            elif allowed is not None and value not in allowed:
                 raise BadInput(f"bad value {value!r} for option {key!r} of {cls.name!r}; allowed: {', '.join(allowed)}")
             opts[key] = value
         return BackendSpec(cls.name, variant, tuple(sorted(opts.items())))

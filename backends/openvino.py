@@ -25,7 +25,7 @@ import numpy as np
 
 from backendiff.errors import BackendUnavailable
 
-from .base import Adapter, Compiled, as_float32, feeds_in_order
+from .base import Adapter, Compiled, as_float32, feeds_in_order, positive_int
 
 _HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16", "int8": "f32"}
 _PERF = {"latency": "LATENCY", "throughput": "THROUGHPUT"}
@@ -62,7 +62,7 @@ class OpenVinoAdapter(Adapter):
     #: ``keep=MODULE;MODULE`` (int8, route=onnx): those PyTorch modules stay out of NNCF's
     #: quantization (an ignored scope over the ONNX nodes the exporter attributes to them)
     options = {"route": ("export", "onnx"), "device": None, "precision_hint": ("fp32", "bf16", "fp16", "default"),
-               "perf_hint": tuple(_PERF), "threads": None, "keep": None}
+               "perf_hint": tuple(_PERF), "threads": positive_int, "keep": None}
     #: what the ``keep`` option needs: module names come from the ONNX export's metadata
     keep_requires = {"route": "onnx"}
     keep_variants = ("int8",)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .base import Adapter, Compiled, as_float32, feeds_in_order
+from .base import Adapter, Compiled, as_float32, feeds_in_order, positive_int
 
 _LEVELS = {
     "disable": "ORT_DISABLE_ALL",
@@ -82,7 +82,7 @@ class OrtAdapter(Adapter):
     extra = "ort"
     variants = ("fp32", "fp16", "int8")
     #: ``keep=MODULE;MODULE``: those PyTorch modules stay in fp32 (fp16 block list / int8 exclusions)
-    options = {"opt": tuple(_LEVELS), "threads": None, "per_channel": ("true", "false"), "keep": None}
+    options = {"opt": tuple(_LEVELS), "threads": positive_int, "per_channel": ("true", "false"), "keep": None}
     keep_variants = ("fp16", "int8")
     defaults = {"opt": "all"}
 

@@ -24,7 +24,7 @@ from backendiff.cache import write_atomic
 from backendiff.errors import BackendUnavailable, BadInput
 from backendiff.specs import BackendSpec
 
-from .base import Adapter, Compiled
+from .base import Adapter, Compiled, positive_int
 
 MIN_MAJOR = 10
 ENGINE_FILE = "model.engine"
@@ -296,7 +296,7 @@ class TrtAdapter(Adapter):
     packages = {"tensorrt": "tensorrt"}
     extra = "trt"
     variants = VARIANTS
-    options = {"opt_level": OPT_LEVELS, "workspace_mb": None}
+    options = {"opt_level": OPT_LEVELS, "workspace_mb": positive_int}
     defaults = {"opt_level": "3"}
 
     def __init__(self, spec: BackendSpec):

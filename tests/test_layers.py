@@ -252,7 +252,7 @@ def test_fusions_of_the_deployed_model_are_reported():
 
 def test_isolated_mode_confirms_where_the_nan_is_born():
     x = torch.randn(4, 16, generator=torch.Generator().manual_seed(0))
-    report = backendiff.compare(Overflow().eval(), inputs=(x,), backends=["torch:fp16"], isolate=True)
+    report = backendiff.compare(Overflow().eval(), inputs=(x,), backends=["torch:fp16"], isolate_layers=True)
     b = report.backend("torch:fp16")
     rows = {r["node"]: r for r in b.layers}
     assert rows["linear"]["isolated"]["nonfinite_born"]                     # 'up' overflows on its own
@@ -264,7 +264,7 @@ def test_isolated_mode_confirms_where_the_nan_is_born():
 @needs("ort", "openvino", "tvm")
 def test_isolated_mode_runs_on_every_onnx_runtime():
     report = backendiff.compare("zoo:digits-cnn", backends=["ort", "openvino", "tvm:fp16"], layerwise="always",
-                                isolate=True)
+                                isolate_layers=True)
     for b in report.backends:
         isolated = [r for r in b.layers if "isolated" in r]
         assert len(isolated) == len(b.layers) >= 10, b.spec
@@ -285,7 +285,7 @@ def test_onnx_sources_get_a_layer_view_from_the_onnx_reference(tmp_path):
     ep = torch.export.export(model, (torch.rand(8, 1, 8, 8),))
     torch.onnx.export(ep, dynamo=True).save(str(tmp_path / "digits.onnx"))
     report = backendiff.compare(str(tmp_path / "digits.onnx"), backends=["ort", "openvino"], layerwise="always",
-                                isolate=True)
+                                isolate_layers=True)
     for b in report.backends:
         modules = [r["module"] for r in b.layers]
         assert "classifier" in modules and "features.4" in modules, b.spec   # names from the exporter's metadata
