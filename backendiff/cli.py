@@ -100,6 +100,8 @@ def _check_writable(path: Path) -> None:
 @click.option("--layerwise/--no-layerwise", default=None,
               help="Per-layer divergence and where it starts, for every backend that can give intermediates "
                    "(default: only for backends that diverged).")
+@click.option("--nan-strict", is_flag=True,
+              help="Count every NaN/Inf in a backend's outputs as divergence, even where the reference has the same.")
 @click.option("--isolate/--no-isolate", "isolate", default=True, show_default=True,
               help="Run each backend in its own worker process (a crash or hang costs only its own result); "
                    "--no-isolate runs all in this process, for debugging.")
@@ -126,7 +128,7 @@ def _check_writable(path: Path) -> None:
               help="Fail (exit 1) a backend whose task metric drops by more than this many points.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress display.")
 def compare(model, backends, input_specs, input_files, calib_files, calib_samples, seed, samples, weights, trust_pickle, atol, rtol,
-            json_path, no_json, html_path, md_path, isolate, timeout, no_cache, cache_dir, no_golden, layerwise, isolate_layers, bisect, advise, task, no_task, data_file,
+            json_path, no_json, html_path, md_path, nan_strict, isolate, timeout, no_cache, cache_dir, no_golden, layerwise, isolate_layers, bisect, advise, task, no_task, data_file,
             preprocess, max_task_drop, quiet):
     """Compare MODEL on each backend against PyTorch eager fp32.
 
@@ -160,7 +162,7 @@ def compare(model, backends, input_specs, input_files, calib_files, calib_sample
         task="off" if no_task else ("auto" if task is None else "on"),
         task_name=None if task in (None, "on") else task, data_file=data_file, preprocess=preprocess,
         max_task_drop=max_task_drop,
-        isolate=isolate, timeout=timeout, partial_path=partial_path_for(out_path) if out_path else None,
+        nan_strict=nan_strict, isolate=isolate, timeout=timeout, partial_path=partial_path_for(out_path) if out_path else None,
         command="backendiff " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
     )
     try:

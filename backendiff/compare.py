@@ -386,7 +386,7 @@ def golden_baseline(names, reference, golden, why_not) -> dict:
     return {"name": "torch fp32 vs fp64", "available": True, "outputs": outputs}
 
 
-def compare_outputs(names, reference, actual, tol) -> list[OutputResult]:
+def compare_outputs(names, reference, actual, tol, strict_nonfinite: bool = False) -> list[OutputResult]:
     """Per output, the metrics (worst over samples) and whether it is within tolerance."""
     results = []
     for i, name in enumerate(names):
@@ -401,7 +401,7 @@ def compare_outputs(names, reference, actual, tol) -> list[OutputResult]:
                     per = []
                     break
                 a = a.reshape(r.shape)  # a runtime that drops or adds unit dims
-            m, v, _ = M.compare_arrays(a, r, tol.rtol, tol.atol)
+            m, v, _ = M.compare_arrays(a, r, tol.rtol, tol.atol, strict_nonfinite)
             per.append(m)
             viol += v
             within = within and v == 0
@@ -495,7 +495,7 @@ def run_backend(cls, shown: str, spec: BackendSpec, handle: ModelHandle, referen
         result.error = {"stage": "compare", "type": "OutputMismatch",
                         "message": f"the backend returned {len(actual[0])} outputs, the reference {len(handle.output_names)}"}
         return result
-    result.outputs = compare_outputs(handle.output_names, reference, actual, tol)
+    result.outputs = compare_outputs(handle.output_names, reference, actual, tol, config.nan_strict)
     result.status = OK if all(o.within_tolerance for o in result.outputs) else DIVERGED
     if getattr(handle, "task", None) is not None:
         result.task = task_result(handle.task, handle.task_reference, task_actual)

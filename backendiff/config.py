@@ -35,6 +35,7 @@ class CompareConfig:
     data_file: Path | None = None               # --data FILE.npz or DIR (ImageFolder): labelled task data
     preprocess: str | None = None               # --preprocess: how --data DIR images become inputs
     max_task_drop: float | None = None          # fail a backend whose task metric drops by more (points)
+    nan_strict: bool = False                    # a NaN/Inf in an output diverges even where the reference has it
     isolate: bool = True                        # each backend in its own worker process
     timeout: str | None = None                  # --timeout: SECONDS or STAGE=SECONDS,... per stage
     partial_path: Path | None = None            # append-only log of finished backends (nothing lost)

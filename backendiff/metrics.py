@@ -32,10 +32,12 @@ def nonfinite_mismatch(actual: np.ndarray, reference: np.ndarray) -> np.ndarray:
     return (a_nan != r_nan) | ((a_inf | r_inf) & ~same_inf & ~(a_nan & r_nan))
 
 
-def compare_arrays(actual, reference, rtol: float = 0.0, atol: float = 0.0) -> tuple[dict, int, bool]:
+def compare_arrays(actual, reference, rtol: float = 0.0, atol: float = 0.0,
+                   strict_nonfinite: bool = False) -> tuple[dict, int, bool]:
     """One pass over a tensor and its reference: (metrics, elements outside
     ``|a − r| <= atol + rtol·|r|`` plus non-finite mismatches, whether a NaN/Inf appears
-    where the reference has none or another)."""
+    where the reference has none or another). With ``strict_nonfinite`` every NaN/Inf of
+    ``actual`` counts as a mismatch, even where the reference has the same."""
     a, r = _as64(actual), _as64(reference)
     if a.shape != r.shape:
         raise ValueError(f"shape mismatch: {a.shape} vs reference {r.shape}")
@@ -46,7 +48,7 @@ def compare_arrays(actual, reference, rtol: float = 0.0, atol: float = 0.0) -> t
         mismatch = 0
     else:
         av, rv = a[both], r[both]
-        mismatch = int(nonfinite_mismatch(a, r).sum())
+        mismatch = int((~fa).sum()) if strict_nonfinite else int(nonfinite_mismatch(a, r).sum())
     diff = np.abs(av - rv)
     abs_r = np.abs(rv)
     if diff.size:

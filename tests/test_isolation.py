@@ -140,3 +140,18 @@ def test_a_killed_run_leaves_a_partial_report(tmp_path):
                            env=env, timeout=120)
     assert "partial run: 1 of 3 backends finished; never finished: slowpoke, openvino" in shown.stdout
     assert json.loads(log.read_text().splitlines()[1])["status"] == "ok"
+
+
+@needs("ort")
+def test_nan_where_the_reference_has_nan_passes_unless_strict():
+    import torch
+
+    class LogOfInput(torch.nn.Module):
+        def forward(self, x):
+            return torch.log(x)            # NaN for the negative inputs, in every runtime
+
+    x = torch.tensor([[-1.0, 0.5, 2.0, -3.0]])
+    lenient = backendiff.compare(LogOfInput(), inputs=(x,), backends=["ort"])
+    assert lenient.backend("ort").status == "ok" and lenient.backend("ort").outputs[0].metrics["nonfinite"] == 2
+    strict = backendiff.compare(LogOfInput(), inputs=(x,), backends=["ort"], nan_strict=True)
+    assert strict.backend("ort").status == "diverged" and strict.exit_code == 1

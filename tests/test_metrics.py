@@ -36,6 +36,9 @@ def test_nonfinite_compared_by_position():
     flipped = np.array([np.nan, 1.0, -np.inf, 2.0])
     assert M.violations(flipped, r, 1, 1) == 1
     assert m["sqnr_db"] is None and M.tensor_metrics(moved, r)["sqnr_db"] == -math.inf
+    # asked to be strict, the NaN/Inf that match the reference's count too
+    metrics, viol, mismatch = M.compare_arrays(same, r, 0, 0, strict_nonfinite=True)
+    assert viol == 2 and mismatch and metrics["sqnr_db"] == -math.inf
 
 
 def test_violations_use_the_allclose_rule():
