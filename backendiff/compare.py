@@ -21,6 +21,7 @@ from .loading import LoadedModel, load_model
 from .localize import localize, mixed_precision_advice
 from .model import ExportFailed, ModelHandle
 from .registry import adapter_class, default_backends
+from .diagnose import explain
 from .isolation import parse_limits, run_isolated
 from .partial import PartialLog
 from .report import CRASHED, DIVERGED, FAILED, OK, UNAVAILABLE, BackendResult, OutputResult, Report
@@ -487,6 +488,7 @@ def run_backend(cls, shown: str, spec: BackendSpec, handle: ModelHandle, referen
         result.timings[f"{stage}_s"] = round(time.perf_counter() - t0, 6)
         result.status = FAILED
         result.error = Failure.from_exception(stage, e).to_dict()
+        result.error.update(explain(e, handle, result.route))     # the operator and where the model uses it
         return result
     result.cache = ("hit" if adapter.cache_hit else "miss") if handle.cache.enabled else "off"
     result.precision = precision_record(adapter.precision, result.info)

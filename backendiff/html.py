@@ -109,7 +109,9 @@ def _backend_view(b: dict) -> dict:
         "task_s": fmt(t.get("task_s"), "s") if t.get("task_s") is not None else "",
         "task": _task_view(b.get("task")),
         "error": {"stage": err.get("stage", "?"), "type": err.get("type", ""), "message": err.get("message", ""),
-                  "hint": err.get("hint", "")} if err else None,
+                  "hint": err.get("hint", ""), "operator": err.get("operator", ""),
+                  "where": [{"module": w.get("module"), "op": w.get("op"), "source": _source(w.get("source"))}
+                            for w in err.get("where", [])]} if err else None,
         "outputs": [{"name": o["name"], "shape": "×".join(map(str, o.get("shape", []))), **_metrics_cells(o["metrics"]),
                      "ok": o.get("within_tolerance", True), "violations": o.get("violations", 0)}
                     for o in b.get("outputs", [])],

@@ -71,7 +71,7 @@ def _rows(report: Report) -> list[tuple[dict, str | None]]:
                         "notes": "; ".join(notes)})
         else:
             err = b.error or {}
-            note = f"[{err.get('stage', '?')}] {_headline(err.get('message') or '')}"
+            note = f"[{err.get('stage', '?')}] {_headline(err.get('message') or '')}" + culprit_note(err)
             row["notes"] = note + (f" ({err['hint']})" if err.get("hint") else "")
         rows.append((row, None))
     return rows
@@ -91,6 +91,16 @@ def backend_table(report: Report, width: int = 160) -> Table:
         cells = [row.get(c, "") for c, _ in columns]
         table.add_row(*[c if isinstance(c, Text) else Text(c) for c in cells], style=style)
     return table
+
+
+def culprit_note(err: dict) -> str:
+    """` · operator X in module (file:line)` of a rejection, when it was found."""
+    if not err.get("operator"):
+        return ""
+    where = err.get("where") or []
+    places = ", ".join(f"{w['module']}" + (f" ({w['source'].rsplit('/', 1)[-1]})" if w.get("source") else "")
+                       for w in where[:3])
+    return f" · operator {err['operator']}" + (f" in {places}" if places else "")
 
 
 def _headline(message: str) -> str:

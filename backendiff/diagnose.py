@@ -1,0 +1,130 @@
+"""When a runtime rejects the model: which operator, and which PyTorch module holds it.
+
+Runtimes say what they reject in their own words; small patterns read the operator (an
+ONNX op type, an ``aten::`` op, a Relax converter) and, where given, the node out of the
+message and out of the Python frames of the runtime's own frontend. The operator is then
+looked up in the model: the ONNX export's node metadata (route onnx) or the ExportedProgram's
+``nn_module_stack`` (route export) give the module path and the user's source line.
+"""
+from __future__ import annotations
+
+import re
+import traceback
+
+# (pattern, what its groups mean); "ops" is a list separated by commas or spaces
+PATTERNS = [
+    # ONNX Runtime
+    re.compile(r"Could not find an implementation for (?P<op>\w+)\(\d+\) node with name '(?P<node>[^']*)'"),
+    re.compile(r"Node \((?P<node>[^)]+)\) Op \((?P<op>\w+)\)"),
+    re.compile(r"node (?P<node>[\w./:-]+) of type (?P<op>\w+)"),
+    re.compile(r"This is an invalid model\. In Node, \(\"(?P<node>[^\"]*)\", (?P<op>\w+),"),
+    # OpenVINO
+    re.compile(r"No conversion rule found for operations?: (?P<ops>[^\n]+)"),
+    re.compile(r"(?:does not support|not supported)[^\n:]*operations?: (?P<ops>[^\n]+)"),
+    re.compile(r"OpenVINO does not support the following ONNX operations: (?P<ops>[^\n]+)"),
+    # TVM Relax
+    re.compile(r"operators are not supported for frontend ONNX: (?P<ops>[^\n]+)"),
+    re.compile(r"Unsupported function types? (?P<ops>\[[^\]]*\]|\S+)"),
+    re.compile(r"Unsupported (?:op|operator) (?P<op>[\w.:]+)"),
+]
+ATEN = re.compile(r"\baten::(\w+)")
+# the frontend's converter functions: tvm/relax/frontend/torch/*.py  def _max_pool2d(...)
+FRONTEND_FRAME = re.compile(r"(?:relax/frontend|openvino/frontend)")
+
+
+def _split_ops(text: str) -> list[str]:
+    return [t for t in re.split(r"[\s,\[\]'\"{}]+", text) if t and not t.isdigit()]
+
+
+def op_name(text: str) -> str:
+    """``aten::max_pool2d``, ``aten.max_pool2d.default``, ``max_pool2d.default`` -> ``max_pool2d``."""
+    text = text.strip().strip("'\"")
+    text = re.sub(r"^(aten::|aten\.|torch\.ops\.aten\.)", "", text)
+    return re.sub(r"\.(default|Tensor|Scalar|int|out|self|input)$", "", text)
+
+
+def parse_rejection(message: str, frames: list[str] = ()) -> tuple[list[str], str | None]:
+    """(operators named, node named) in a runtime's error message and, failing that, in the
+    names of its frontend's Python frames (``_max_pool2d`` -> ``max_pool2d``)."""
+    ops, node = [], None
+    for pattern in PATTERNS:
+        m = pattern.search(message)
+        if not m:
+            continue
+        groups = m.groupdict()
+        if groups.get("op"):
+            ops.append(groups["op"])
+        if groups.get("ops"):
+            ops.extend(_split_ops(groups["ops"]))
+        node = node or groups.get("node")
+    ops.extend(f"aten::{a}" for a in ATEN.findall(message))
+    if not ops:
+        for name in reversed(frames):
+            if name.startswith("_") and not name.startswith("__") and name not in ("_impl", "_convert_operator"):
+                ops.append(re.sub(r"(_impl|_op|_v\d+)$", "", name.lstrip("_")))
+                break
+    seen, unique = set(), []
+    for op in ops:
+        if op_name(op) not in seen:
+            seen.add(op_name(op))
+            unique.append(op)
+    return unique, node
+
+
+def frontend_frames(exc: BaseException) -> list[str]:
+    """Function names of the traceback's frames inside a runtime's Python frontend."""
+    return [f.name for f in traceback.extract_tb(exc.__traceback__) if FRONTEND_FRAME.search(f.filename)]
+
+
+def locate(layers, ops: list[str], node: str | None, limit: int = 5) -> list[dict]:
+    """The layers (``layers.Layer``) an operator or node names: their module, op and source."""
+    wanted = {op_name(o).lower() for o in ops}
+    hits = []
+    for layer in layers:
+        if node and node in (layer.node, layer.module):
+            hits.insert(0, layer)
+        elif op_name(layer.op_type).lower() in wanted:
+            hits.append(layer)
+    out, seen = [], set()
+    for layer in hits:
+        key = (layer.module, layer.op_type)
+        if key not in seen:
+            seen.add(key)
+            out.append({"module": layer.module or "<top>", "op": layer.op_type, "source": layer.source})
+    return out[:limit]
+
+
+def explain(exc: BaseException, handle, route: str | None) -> dict:
+    """What the report says of a rejection beyond the message: ``operator``, ``node`` and
+    ``where`` (module, op, source of each place in the model using it), when found."""
+    ops, node = parse_rejection(str(exc), frontend_frames(exc))
+    if not ops and not node:
+        return {}
+    out = {"operator": ", ".join(ops) if ops else None, "node": node}
+    try:
+        out["where"] = locate(_model_layers(handle, route), ops, node)
+    except Exception:  # noqa: BLE001 - locating is a courtesy; the failure itself is recorded
+        out["where"] = []
+    return {k: v for k, v in out.items() if v}
+
+
+def _model_layers(handle, route: str | None):
+    from .layers import graph_layers
+
+    if route == "onnx" or not handle.has_torch:
+        import onnx
+
+        return onnx_nodes(onnx.load(str(handle.onnx_path()), load_external_data=False))
+    return graph_layers(handle.exported_program().graph_module)
+
+
+def onnx_nodes(model):
+    """One ``Layer`` per ONNX node, keyed by the node's name (as runtimes name it)."""
+    from .layers import Layer, user_source
+    from .onnx_graph import node_module
+
+    out = []
+    for node in model.graph.node:
+        trace = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.stack_trace"), None)
+        out.append(Layer(len(out), node.name, node.op_type, node_module(node), user_source(trace), ()))
+    return out
