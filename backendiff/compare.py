@@ -479,6 +479,7 @@ def run_backend(cls, shown: str, spec: BackendSpec, handle: ModelHandle, referen
         result.status = FAILED
         result.error = Failure.from_exception("export", e.cause).to_dict()
         result.error["message"] = str(e)
+        result.error.update(explain(e.cause, handle, "export"))
         return result
     except BadInput:
         raise

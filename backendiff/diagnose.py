@@ -13,15 +13,20 @@ import traceback
 
 # (pattern, what its groups mean); "ops" is a list separated by commas or spaces
 PATTERNS = [
+    # torch.onnx's exporter
+    re.compile(r"No ONNX function found for <OpOverload\(op='(?P<op>[\w.]+)'"),
+    re.compile(r"Error when translating node %(?P<node>\w+)"),
     # ONNX Runtime
     re.compile(r"Could not find an implementation for (?P<op>\w+)\(\d+\) node with name '(?P<node>[^']*)'"),
     re.compile(r"Node \((?P<node>[^)]+)\) Op \((?P<op>\w+)\)"),
-    re.compile(r"node (?P<node>[\w./:-]+) of type (?P<op>\w+)"),
+    re.compile(r"(?i)\bnode (?P<node>[\w./:-]+) of type (?P<op>\w+)"),
     re.compile(r"This is an invalid model\. In Node, \(\"(?P<node>[^\"]*)\", (?P<op>\w+),"),
     # OpenVINO
     re.compile(r"No conversion rule found for operations?: (?P<ops>[^\n]+)"),
+    re.compile(r"Conversion is failed for: (?P<ops>[^\n]+)"),
+    re.compile(r"<Node\((?P<op>\w+)\): (?P<node>[^>]+)>"),
+    re.compile(r"conversion of operation (?P<node>[\w.]+)/(?P<op>[\w.]+)"),
     re.compile(r"(?:does not support|not supported)[^\n:]*operations?: (?P<ops>[^\n]+)"),
-    re.compile(r"OpenVINO does not support the following ONNX operations: (?P<ops>[^\n]+)"),
     # TVM Relax
     re.compile(r"operators are not supported for frontend ONNX: (?P<ops>[^\n]+)"),
     re.compile(r"Unsupported function types? (?P<ops>\[[^\]]*\]|\S+)"),
@@ -37,9 +42,11 @@ def _split_ops(text: str) -> list[str]:
 
 
 def op_name(text: str) -> str:
-    """``aten::max_pool2d``, ``aten.max_pool2d.default``, ``max_pool2d.default`` -> ``max_pool2d``."""
+    """``aten::max_pool2d``, ``aten.max_pool2d.default``, ``max_pool2d.default`` -> ``max_pool2d``;
+    OpenVINO's ``Det-20`` (ONNX op and opset) -> ``Det``."""
     text = text.strip().strip("'\"")
-    text = re.sub(r"^(aten::|aten\.|torch\.ops\.aten\.)", "", text)
+    text = re.sub(r"^(aten::|aten\.|prims\.|torch\.ops\.aten\.)", "", text)
+    text = re.sub(r"-\d+$", "", text)
     return re.sub(r"\.(default|Tensor|Scalar|int|out|self|input)$", "", text)
 
 
@@ -77,14 +84,12 @@ def frontend_frames(exc: BaseException) -> list[str]:
 
 
 def locate(layers, ops: list[str], node: str | None, limit: int = 5) -> list[dict]:
-    """The layers (``layers.Layer``) an operator or node names: their module, op and source."""
+    """The layers (``layers.Layer``) a node names, else those an operator names: their
+    module, op and source."""
     wanted = {op_name(o).lower() for o in ops}
-    hits = []
-    for layer in layers:
-        if node and node in (layer.node, layer.module):
-            hits.insert(0, layer)
-        elif op_name(layer.op_type).lower() in wanted:
-            hits.append(layer)
+    hits = [layer for layer in layers if node and layer.node == node]
+    if not hits:
+        hits = [layer for layer in layers if op_name(layer.op_type).lower() in wanted]
     out, seen = [], set()
     for layer in hits:
         key = (layer.module, layer.op_type)
@@ -96,13 +101,25 @@ def locate(layers, ops: list[str], node: str | None, limit: int = 5) -> list[dic
 
 def explain(exc: BaseException, handle, route: str | None) -> dict:
     """What the report says of a rejection beyond the message: ``operator``, ``node`` and
-    ``where`` (module, op, source of each place in the model using it), when found."""
-    ops, node = parse_rejection(str(exc), frontend_frames(exc))
+    ``where`` (module, op, source of each place in the model using it), when found. The
+    messages of the exception's causes are read too (the exporter chains them)."""
+    texts, cause = [], exc
+    while cause is not None and len(texts) < 5:
+        texts.append(str(cause))
+        cause = cause.__cause__ or cause.__context__
+    message = re.sub(r"\x1b\[[0-9;]*m", "", "\n".join(texts))     # the exporter colours its text
+    ops, node = parse_rejection(message, frontend_frames(exc))
     if not ops and not node:
         return {}
     out = {"operator": ", ".join(ops) if ops else None, "node": node}
     try:
         out["where"] = locate(_model_layers(handle, route), ops, node)
+        if not out["where"] and route != "onnx" and handle.has_torch:
+            # runtimes name the ops of the decomposed program (fft_rfft -> _fft_r2c)
+            from .layers import graph_layers
+
+            decomposed = handle.exported_program().run_decompositions()
+            out["where"] = locate(graph_layers(decomposed.graph_module), ops, node)
     except Exception:  # noqa: BLE001 - locating is a courtesy; the failure itself is recorded
         out["where"] = []
     return {k: v for k, v in out.items() if v}
@@ -119,12 +136,13 @@ def _model_layers(handle, route: str | None):
 
 
 def onnx_nodes(model):
-    """One ``Layer`` per ONNX node, keyed by the node's name (as runtimes name it)."""
+    """``Layer`` entries for every ONNX node, under its name and under its first output's."""
     from .layers import Layer, user_source
     from .onnx_graph import node_module
 
     out = []
     for node in model.graph.node:
         trace = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.stack_trace"), None)
-        out.append(Layer(len(out), node.name, node.op_type, node_module(node), user_source(trace), ()))
+        for name in [node.name] + list(node.output[:1]):   # OpenVINO names a node by its first output
+            out.append(Layer(len(out), name, node.op_type, node_module(node), user_source(trace), ()))
     return out

@@ -103,8 +103,16 @@ def culprit_note(err: dict) -> str:
     return f" · operator {err['operator']}" + (f" in {places}" if places else "")
 
 
+INFORMATIVE = ("No conversion rule found", "Conversion is failed for", "Could not find an implementation",
+               "Unsupported", "not supported", "No ONNX function found")
+
+
 def _headline(message: str) -> str:
-    """The informative line of a runtime message (TVM prefixes a timestamp and a source path)."""
+    """The informative line of a runtime message (TVM prefixes a timestamp and a source path;
+    OpenVINO starts with the source line of its own check)."""
+    for line in message.splitlines():
+        if any(key in line for key in INFORMATIVE):
+            return line.strip().lstrip("- ").strip()
     for line in message.splitlines():
         line = line.strip()
         if "Check failed" in line:
