@@ -306,8 +306,15 @@ def report_cmd(run, html_path, md_path):
     return report.exit_code
 
 
+def _terminate(signum, frame):
+    raise KeyboardInterrupt      # SIGTERM ends a run as Ctrl-C does: workers stopped, the partial log kept
+
+
 def main() -> None:
+    import signal
     import warnings
+
+    signal.signal(signal.SIGTERM, _terminate)
 
     # deprecation chatter from inside torch/onnxscript is not the user's concern
     warnings.filterwarnings("ignore", category=FutureWarning)

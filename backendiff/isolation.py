@@ -74,13 +74,29 @@ def death_message(exitcode: int, stage: str) -> tuple[str, str | None]:
     return f"the worker process exited with code {exitcode} during {stage} without a result", None
 
 
-def _child(conn, work: Callable, counters: Callable | None) -> None:
+def _die_with_parent(parent: int) -> None:
+    """Have the kernel kill this worker when the process that forked it dies (a killed run
+    must not leave a runtime compiling on its own). Linux; elsewhere a no-op."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(1, int(signal.SIGKILL))          # PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        return
+    if os.getppid() != parent:                      # it died before prctl took effect
+        os._exit(1)
+
+
+def _child(conn, work: Callable, counters: Callable | None, parent: int) -> None:
+    _die_with_parent(parent)
     try:
         import faulthandler
 
         import torch
 
         faulthandler.disable()      # a native crash is reported as data, not as a stack dump
+        signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is the parent's: it stops the worker
         torch.set_num_threads(1)
         result = work(lambda message: conn.send(("progress", message)), lambda stage: conn.send(("stage", stage)))
         if counters is not None:
@@ -105,7 +121,7 @@ def run_isolated(work: Callable, shell: BackendResult, limits: dict[str, float],
 
     ctx = multiprocessing.get_context("fork")
     receiver, sender = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(sender, work, counters), daemon=True)
+    proc = ctx.Process(target=_child, args=(sender, work, counters, os.getpid()), daemon=True)
     stage, entered = "setup", time.perf_counter()
     timings: dict[str, float] = {}
     proc.start()

@@ -31,6 +31,15 @@ class Segfaults(TorchAdapter):
         return Dies(module)
 
 
+class Killed(TorchAdapter):
+    """Test-only: killed with SIGKILL while compiling, as the out-of-memory killer does."""
+
+    name = "killed"
+
+    def compile(self, module, folder):
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
 class Hangs(TorchAdapter):
     """Test-only: never finishes compiling."""
 
@@ -51,17 +60,17 @@ class Raises(TorchAdapter):
 
 @pytest.fixture
 def misbehaving():
-    for cls in (Segfaults, Hangs, Raises):
+    for cls in (Segfaults, Hangs, Raises, Killed):
         register_backend(cls)
     yield
-    for cls in (Segfaults, Hangs, Raises):
+    for cls in (Segfaults, Hangs, Raises, Killed):
         unregister_backend(cls.name)
 
 
 @needs("ort")
 def test_crash_hang_and_error_beside_ort(misbehaving):
     t0 = time.perf_counter()
-    report = backendiff.compare("zoo:digits-cnn", backends=["segfaults", "ort", "hangs", "raises"],
+    report = backendiff.compare("zoo:digits-cnn", backends=["segfaults", "ort", "hangs", "raises", "killed"],
                                 timeout="compile=4")
     assert time.perf_counter() - t0 < 120
     by = {b.spec: b for b in report.backends}
@@ -74,6 +83,9 @@ def test_crash_hang_and_error_beside_ort(misbehaving):
     assert 4 <= hang.timings["compile_s"] < 30
     err = by["raises"]
     assert err.status == "failed" and err.error["stage"] == "convert" and "aten::frobnicate" in err.error["message"]
+    killed = by["killed"]
+    assert killed.status == "crashed" and killed.error["signal"] == "SIGKILL" and killed.error["stage"] == "compile"
+    assert "out-of-memory killer" in killed.error["message"]
     assert report.exit_code == 3 and report.verdict == "fail"
 
 
@@ -131,6 +143,9 @@ def test_a_killed_run_leaves_a_partial_report(tmp_path):
     proc.kill()                          # SIGKILL: nothing of backendiff's own gets to clean up
     proc.wait()
     assert not out.exists()
+    time.sleep(1)                        # the worker hanging in slowpoke dies with its parent
+    left = subprocess.run(["pgrep", "-f", str(out)], capture_output=True, text=True).stdout.split()
+    assert left == [], "a worker outlived its killed parent"
     shown = subprocess.run([sys.executable, "-m", "backendiff", "report", str(log), "--md", str(tmp_path / "p.md")],
                            capture_output=True, text=True, env=env, timeout=120)
     assert shown.returncode == 3, shown.stderr
