@@ -274,6 +274,48 @@ def zoo_cmd(as_json):
     return 0
 
 
+@cli.command("sysnoise")
+@click.argument("model")
+@click.option("--backends", "-b", default="torch,ort,openvino,tvm", show_default=True, metavar="NAME[,NAME...]",
+              help="Backends to measure on (base names; their fp16/bf16/int8 variants are rows of the table).")
+@click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the table as JSON.")
+@click.option("--no-cache", is_flag=True, help="Export and compile afresh; cache nothing.")
+@click.option("--cache-dir", type=click.Path(path_type=Path), help="Cache folder (default ~/.cache/backendiff).")
+@click.option("--isolate/--no-isolate", default=True, show_default=True, help="Each backend in its own worker process.")
+@click.option("--timeout", metavar="SECONDS|STAGE=SECONDS,...", help="Time limit per backend worker stage.")
+@click.option("--quiet", "-q", is_flag=True, help="No progress display.")
+def sysnoise_cmd(model, backends, json_path, no_cache, cache_dir, isolate, timeout, quiet):
+    """SysNoise on real runtimes: the task metric each pre-processing, inference and
+    post-processing noise costs on each backend (Δ = clean − noisy), for a zoo model that
+    declares its training pipeline (zoo:digits-cnn, zoo:digits-cnn-narrow, zoo:mspn-tiny)."""
+    from .config import CompareConfig
+    from .isolation import parse_limits
+    from .registry import adapter_class
+    from .render import print_sysnoise
+    from .sysnoise import measure
+
+    parse_limits(timeout)
+    names = [b.strip() for b in backends.split(",") if b.strip()]
+    for name in names:
+        if ":" in name or "=" in name:
+            raise BadInput(f"sysnoise takes base backend names (torch, ort, openvino, tvm), not {name!r}: "
+                           "their variants are rows of the table")
+        adapter_class(name)                     # unknown names fail here, before any work
+    if json_path is not None:
+        _check_writable(json_path)
+    config = CompareConfig(use_cache=not no_cache, cache_dir=cache_dir, isolate=isolate, timeout=timeout)
+    console = Console(stderr=True)
+    if quiet or not console.is_terminal:
+        result = measure(model, names, config)
+    else:
+        with console.status("backendiff sysnoise: starting") as status:
+            result = measure(model, names, config, progress=lambda m: status.update(f"backendiff: {m}"))
+    if json_path is not None:
+        json_path.write_text(json.dumps(result, indent=2, default=list) + "\n")
+    print_sysnoise(result, _stdout_console())
+    return 0
+
+
 @cli.command("report")
 @click.argument("run", type=click.Path(path_type=Path))
 @click.option("--html", "html_path", type=click.Path(path_type=Path), help="Write the run as a self-contained HTML report.")

@@ -429,6 +429,16 @@ def unavailable(result: BackendResult, stage: str, e: BackendUnavailable) -> Bac
     return result
 
 
+def compiled_folder(cls, adapter, spec: BackendSpec, handle: ModelHandle, route: str):
+    """Where a backend's compiled artifacts are cached: keyed by the model, the spec, the
+    route, the runtime versions and (int8) the calibration data."""
+    calib = None
+    if adapter.needs_calibration:
+        handle.calibration()
+        calib = handle.calibration_info["sha256"]
+    return handle.cache.folder("compiled", content_key("compiled", handle.key, spec.text, route, cls.versions(), calib))
+
+
 def run_backend(cls, shown: str, spec: BackendSpec, handle: ModelHandle, reference, config: CompareConfig,
                 progress, enter_stage=lambda stage: None) -> BackendResult:
     """Convert, compile and run one backend; every failure becomes data in its result.
@@ -446,13 +456,9 @@ def run_backend(cls, shown: str, spec: BackendSpec, handle: ModelHandle, referen
     result.route = adapter.route(handle)
     tol = tolerance_for(adapter.precision, config.rtol, config.atol)
     result.tolerance = tol.to_dict()
-    calib = None
     if adapter.needs_calibration:
         progress(f"{shown}: preparing calibration data")
-        handle.calibration()
-        calib = handle.calibration_info["sha256"]
-    folder = handle.cache.folder("compiled", content_key("compiled", handle.key, spec.text, result.route,
-                                                         cls.versions(), calib))
+    folder = compiled_folder(cls, adapter, spec, handle, result.route)
     stage, t0 = "convert", time.perf_counter()
     try:
         enter_stage(stage)

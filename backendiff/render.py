@@ -230,3 +230,43 @@ def print_report(report: Report, console: Console | None = None, json_path=None)
     if json_path:
         line += f" · report: {json_path}"
     console.print(line)
+
+
+def sysnoise_table(result: dict, width: int | None = None):
+    """The SysNoise table in the paper's shape: one row per noise source, one column per
+    backend, Δ = clean − noisy in points (the clean row gives the metric itself)."""
+    from rich.table import Table
+
+    table = Table(title=f"backendiff sysnoise · {result['model']} · {result['metric']} on {result['samples']} samples",
+                  title_justify="left")
+    table.add_column("noise")
+    table.add_column("kind", style="dim")
+    for b in result["backends"]:
+        table.add_column(b, justify="right")
+    notes: list[str] = []
+    for row in result["rows"]:
+        cells = []
+        for b in result["backends"]:
+            c = row["cells"][b]
+            if "error" in c:
+                if c["error"] not in notes:
+                    notes.append(c["error"])
+                cells.append(f"[dim]({notes.index(c['error']) + 1})[/dim]")
+            elif row["noise"] == "clean":
+                cells.append(f"{c['value']:.2f}")
+            else:
+                d = c.get("delta") or 0.0
+                style = "red" if d > 0.005 else ("green" if d < -0.005 else "")
+                cells.append(f"[{style}]{d:+.2f}[/{style}]" if style else f"{d:+.2f}")
+        table.add_row(row["noise"], row["kind"], *cells)
+    return table, notes
+
+
+def print_sysnoise(result: dict, console: Console | None = None) -> None:
+    console = console or Console()
+    table, notes = sysnoise_table(result)
+    console.print(table)
+    console.print(f"pipeline: {result['pipeline']} · Δ = clean − noisy, points (positive: the noise costs accuracy)",
+                  highlight=False)
+    for i, note in enumerate(notes, 1):
+        console.print(f"({i}) {note}", highlight=False)

@@ -68,10 +68,13 @@ def classification(reference: np.ndarray, actual: np.ndarray, labels: np.ndarray
     return out
 
 
-def decode_heatmaps(heatmaps: np.ndarray, image_size: tuple[int, int]) -> tuple[np.ndarray, np.ndarray]:
-    """MSPN's decoding: each heatmap's argmax, moved a quarter pixel toward the higher of its
-    two neighbours along x and along y (not on the border), mapped to image pixels (pixel centres at integers).
-    Returns coordinates (N, K, 2) as x, y and the peak values (N, K) as confidences."""
+def decode_heatmaps(heatmaps: np.ndarray, image_size: tuple[int, int],
+                    method: str = "quarter") -> tuple[np.ndarray, np.ndarray]:
+    """MSPN's decoding (``quarter``): each heatmap's argmax, moved a quarter pixel toward the
+    higher of its two neighbours along x and along y (not on the border), mapped to image
+    pixels (pixel centres at integers). ``argmax``: no shift; ``subpixel``: the vertex of
+    the parabola through the peak and its two neighbours. Returns coordinates (N, K, 2) as
+    x, y and the peak values (N, K) as confidences."""
     n, k, h, w = heatmaps.shape
     flat = heatmaps.reshape(n, k, h * w).astype(np.float64)
     idx = flat.argmax(-1)
@@ -82,9 +85,22 @@ def decode_heatmaps(heatmaps: np.ndarray, image_size: tuple[int, int]) -> tuple[
         return np.take_along_axis(flat, (yy * w + xx)[..., None], -1)[..., 0]
 
     # on the border one neighbour is missing: no shift there (as MSPN does)
-    dx = np.where((x > 0) & (x < w - 1), at(y, np.minimum(x + 1, w - 1)) - at(y, np.maximum(x - 1, 0)), 0.0)
-    dy = np.where((y > 0) & (y < h - 1), at(np.minimum(y + 1, h - 1), x) - at(np.maximum(y - 1, 0), x), 0.0)
-    hx, hy = x + 0.25 * np.sign(dx), y + 0.25 * np.sign(dy)
+    inner_x, inner_y = (x > 0) & (x < w - 1), (y > 0) & (y < h - 1)
+    left, right = at(y, np.maximum(x - 1, 0)), at(y, np.minimum(x + 1, w - 1))
+    up, down = at(np.maximum(y - 1, 0), x), at(np.minimum(y + 1, h - 1), x)
+    if method == "quarter":
+        hx = x + np.where(inner_x, 0.25 * np.sign(right - left), 0.0)
+        hy = y + np.where(inner_y, 0.25 * np.sign(down - up), 0.0)
+    elif method == "argmax":
+        hx, hy = x.astype(np.float64), y.astype(np.float64)
+    elif method == "subpixel":
+        def vertex(lo, mid, hi, inner):
+            curve = lo - 2 * mid + hi
+            off = np.where(curve < 0, 0.5 * (lo - hi) / np.where(curve < 0, curve, -1.0), 0.0)
+            return np.where(inner, np.clip(off, -0.5, 0.5), 0.0)
+        hx, hy = x + vertex(left, peak, right, inner_x), y + vertex(up, peak, down, inner_y)
+    else:
+        raise ValueError(f"unknown heatmap decoding {method!r} (quarter, argmax, subpixel)")
     sy, sx = image_size[0] / h, image_size[1] / w
     coords = np.stack([(hx + 0.5) * sx - 0.5, (hy + 0.5) * sy - 0.5], -1)
     return coords, peak
@@ -135,13 +151,13 @@ def oks_ap(oks: np.ndarray, scores: np.ndarray) -> float:
 
 
 def pose(reference: np.ndarray, actual: np.ndarray, labels: np.ndarray, image_size: tuple[int, int],
-         threshold: float = 0.1, sigmas=None, worst: int = 5) -> dict:
+         threshold: float = 0.1, sigmas=None, worst: int = 5, decode: str = "quarter") -> dict:
     """Keypoints from heatmaps (N, K, h, w) against labels (N, K, 3) = x, y, visible in image
     pixels: PCK at `threshold` (and half of it) of the larger image side, OKS-style AP, and
     flips: samples where any keypoint's decoded position differs from the reference's."""
     side = float(max(image_size))
-    ref_xy, ref_score = decode_heatmaps(reference, image_size)
-    act_xy, act_score = decode_heatmaps(actual, image_size)
+    ref_xy, ref_score = decode_heatmaps(reference, image_size, decode)
+    act_xy, act_score = decode_heatmaps(actual, image_size, decode)
     sig = np.full(labels.shape[1], 0.079) if sigmas is None else np.asarray(sigmas, np.float64)
     moved = np.linalg.norm(act_xy - ref_xy, axis=-1).max(axis=1)
     flips = moved > 1e-6

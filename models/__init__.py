@@ -27,6 +27,7 @@ class ZooEntry:
     task: str | None = None     # the end task its data is labelled for
     data: Callable | None = None  # () -> (inputs, labels): its held-out evaluation data
     task_params: dict = field(default_factory=dict)  # keyword arguments of the task's metric
+    sysnoise: Callable | None = None  # () -> (sysnoise.Source, sysnoise.Pipeline): its training pipeline
 
     def task_data(self):
         """The held-out data as backendiff.tasks.TaskData (None without a task)."""
@@ -61,6 +62,33 @@ def _digits(width: int, cls: str = "DigitsCNN"):
         return getattr(digits_cnn, cls)(width=width)
 
     return make
+
+
+def _digits_pipeline():
+    """scikit-learn's digits are 32x32 bitmaps counted in 4x4 blocks (0..16): the camera-side
+    source is the 8x8 image blown up to 32x32, stored as JPEG, box-resized back to 8x8."""
+    import numpy as np
+
+    from backendiff.sysnoise import Pipeline, Source
+
+    x, y = _digits_heldout()
+    big = np.repeat(np.repeat(np.rint(x[:, 0] * 255), 4, 1), 4, 2).astype(np.uint8)[..., None]
+    return Source(big, y, "classification"), Pipeline(size=(8, 8), resize=("pil", "box"))
+
+
+def _keypoints_pipeline():
+    """The held-out figures rendered at twice the size (128x96) as a camera would give them,
+    stored as JPEG, resized to 64x48 with Pillow's bilinear filter."""
+    import numpy as np
+
+    from backendiff.sysnoise import Pipeline, Source
+
+    from .keypoints_data import make_split
+    from .train_mspn import TEST_SAMPLES, TEST_SEED
+
+    images, keypoints = make_split(TEST_SAMPLES, TEST_SEED, scale=2)
+    source = np.rint(np.transpose(images, (0, 2, 3, 1)) * 255).astype(np.uint8)
+    return Source(source, keypoints, "pose", _keypoint_params()), Pipeline(size=(64, 48), resize=("pil", "bilinear"))
 
 
 def _mspn():
@@ -98,10 +126,10 @@ ZOO: dict[str, ZooEntry] = {
     for e in [
         ZooEntry("digits-cnn", "CNN trained on scikit-learn digits (conv/BN/ReLU, ceil-mode max-pool), width 16",
                  _digits(16), (InputSpec("x", (8, 1, 8, 8), "float32", 0.0, 1.0),), "digits_cnn_w16.pt",
-                 "classification", _digits_heldout),
+                 "classification", _digits_heldout, sysnoise=_digits_pipeline),
         ZooEntry("digits-cnn-narrow", "the same CNN at width 4",
                  _digits(4), (InputSpec("x", (8, 1, 8, 8), "float32", 0.0, 1.0),), "digits_cnn_w4.pt",
-                 "classification", _digits_heldout),
+                 "classification", _digits_heldout, sysnoise=_digits_pipeline),
         ZooEntry("digits-cnn-embed", "digits-cnn's trained features as L2-normalised embeddings (retrieval of "
                  "same-digit neighbours)", _digits(16, "DigitsEmbedding"),
                  (InputSpec("x", (8, 1, 8, 8), "float32", 0.0, 1.0),), "digits_cnn_w16.pt",
@@ -109,7 +137,7 @@ ZOO: dict[str, ZooEntry] = {
         ZooEntry("mspn-tiny", "2-stage MSPN-style pose net (bilinear align_corners=True top-down paths, cross-stage "
                  "aggregation) trained on rendered stick figures, 11 keypoints", _mspn,
                  (InputSpec("image", (8, 3, 64, 48), "float32", 0.0, 1.0),), "mspn_tiny.pt",
-                 "pose", _keypoints_heldout, _keypoint_params()),
+                 "pose", _keypoints_heldout, _keypoint_params(), sysnoise=_keypoints_pipeline),
         ZooEntry("mini-pose", "MSPN-style down/up path: bilinear upsampling (align_corners True and False), "
                  "heatmap head (random weights)", _seeded("MiniPose"), (InputSpec("image", (1, 3, 64, 48)),)),
         ZooEntry("tiny-transformer", "2-layer pre-norm transformer encoder: LayerNorm, multi-head attention, "

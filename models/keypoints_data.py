@@ -70,21 +70,28 @@ def _segment_distance(px: np.ndarray, a: np.ndarray, b: np.ndarray) -> np.ndarra
     return np.linalg.norm(px - (a + t[..., None] * ab), axis=-1)
 
 
-def _background(rng: np.random.Generator) -> np.ndarray:
+def _grid(scale: int) -> np.ndarray:
+    """Pixel centres of an image rendered ``scale`` times larger, in base-image coordinates."""
+    xs = (np.arange(WIDTH * scale) + 0.5) / scale - 0.5
+    ys = (np.arange(HEIGHT * scale) + 0.5) / scale - 0.5
+    return np.stack(np.meshgrid(xs, ys), -1)
+
+
+def _background(rng: np.random.Generator, scale: int = 1) -> np.ndarray:
     """Low-frequency colour clutter, distractor strokes (some in the limbs' own colours, so
     colour alone does not find a limb) and pixel noise."""
     coarse = rng.uniform(0.0, 0.5, size=(3, 5, 4))
-    rows = np.linspace(0, 4, HEIGHT)
-    cols = np.linspace(0, 3, WIDTH)
+    rows = np.linspace(0, 4, HEIGHT * scale)
+    cols = np.linspace(0, 3, WIDTH * scale)
     r0, c0 = np.floor(rows).astype(int).clip(0, 3), np.floor(cols).astype(int).clip(0, 2)
     fr, fc = (rows - r0)[:, None], (cols - c0)[None, :]
     img = (coarse[:, r0][:, :, c0] * (1 - fr) * (1 - fc) + coarse[:, r0 + 1][:, :, c0] * fr * (1 - fc)
            + coarse[:, r0][:, :, c0 + 1] * (1 - fr) * fc + coarse[:, r0 + 1][:, :, c0 + 1] * fr * fc)
-    grid = np.stack(np.meshgrid(np.arange(WIDTH), np.arange(HEIGHT)), -1).astype(np.float64)
+    grid = _grid(scale)
     for _ in range(rng.integers(1, 5)):
         a = rng.uniform([0, 0], [WIDTH, HEIGHT])
         b = a + rng.uniform(6, 14) * _rot(rng.uniform(0, 2 * np.pi))
-        alpha = np.clip(rng.uniform(1.0, 1.8) - _segment_distance(grid, a, b), 0, 1) * rng.uniform(0.4, 0.9)
+        alpha = np.clip((rng.uniform(1.0, 1.8) - _segment_distance(grid, a, b)) * scale, 0, 1) * rng.uniform(0.4, 0.9)
         colour = _PALETTE[rng.integers(0, 3)](rng) if rng.random() < 0.5 else rng.uniform(0.2, 0.8, size=3)
         img = img * (1 - alpha) + alpha * colour[:, None, None]
     return img
@@ -95,42 +102,46 @@ _PALETTE = (lambda rng: rng.uniform([0.8, 0.8, 0.8], [1.0, 1.0, 1.0]),       # c
             lambda rng: rng.uniform([0.0, 0.4, 0.8], [0.25, 0.75, 1.0]))     # right: cool
 
 
-def _occlude(img: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+def _occlude(img: np.ndarray, rng: np.random.Generator, scale: int = 1) -> np.ndarray:
     """A rectangle of clutter over part of the image (30% of images): joints under it keep
     their labels, as occluded keypoints do in COCO."""
     if rng.random() >= 0.3:
         return img
     h, w = rng.integers(6, 16), rng.integers(6, 14)
     top, left = rng.integers(0, HEIGHT - h), rng.integers(0, WIDTH - w)
+    h, w, top, left = h * scale, w * scale, top * scale, left * scale
     img = img.copy()
     img[:, top:top + h, left:left + w] = rng.uniform(0.1, 0.6, size=(3, 1, 1)) + rng.normal(0, 0.05, (3, h, w))
     return img
 
 
-def render(points: np.ndarray, rng: np.random.Generator) -> np.ndarray:
-    """(3, H, W) float32 image in [0, 1] of the figure with joints `points` (11, 2)."""
-    img = _background(rng)
-    grid = np.stack(np.meshgrid(np.arange(WIDTH), np.arange(HEIGHT)), -1).astype(np.float64)
+def render(points: np.ndarray, rng: np.random.Generator, scale: int = 1) -> np.ndarray:
+    """(3, H, W) float32 image in [0, 1] of the figure with joints `points` (11, 2); with
+    ``scale`` the same scene on a grid that many times finer (edges stay one pixel soft)."""
+    img = _background(rng, scale)
+    grid = _grid(scale)
     palette = [make(rng) for make in _PALETTE]
     thick = rng.uniform(1.2, 1.9)
     for a, b, side in LIMBS:
-        alpha = np.clip(thick - _segment_distance(grid, points[a], points[b]), 0.0, 1.0)[None]
+        alpha = np.clip((thick - _segment_distance(grid, points[a], points[b])) * scale, 0.0, 1.0)[None]
         img = img * (1 - alpha) + alpha * palette[side][:, None, None]
-    head = np.clip(3.2 - np.linalg.norm(grid - points[0], axis=-1), 0.0, 1.0)[None]
+    head = np.clip((3.2 - np.linalg.norm(grid - points[0], axis=-1)) * scale, 0.0, 1.0)[None]
     img = img * (1 - head) + head * palette[0][:, None, None]
-    img = _occlude(img, rng) + rng.normal(0.0, 0.06, size=img.shape)
+    img = _occlude(img, rng, scale) + rng.normal(0.0, 0.06, size=img.shape)
     return np.clip(img, 0.0, 1.0).astype(np.float32)
 
 
-def make_split(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def make_split(n: int, seed: int, scale: int = 1) -> tuple[np.ndarray, np.ndarray]:
     """`n` images (n, 3, 64, 48) and keypoints (n, 11, 3) = x, y, visible; the same for the
-    same seed on every machine (NumPy's PCG64 and float64 arithmetic)."""
+    same seed on every machine (NumPy's PCG64 and float64 arithmetic). With ``scale`` the
+    images are rendered that many times larger (the keypoints stay in 64x48 coordinates):
+    the camera-side source of the SysNoise pipeline, which resizes them to the model's input."""
     rng = np.random.default_rng(seed)
-    images = np.empty((n, 3, HEIGHT, WIDTH), np.float32)
+    images = np.empty((n, 3, HEIGHT * scale, WIDTH * scale), np.float32)
     keypoints = np.empty((n, len(JOINTS), 3), np.float32)
     for i in range(n):
         pts = place(sample_pose(rng), rng)
-        images[i] = render(pts, rng)
+        images[i] = render(pts, rng, scale)
         visible = (pts[:, 0] >= 0) & (pts[:, 0] <= WIDTH - 1) & (pts[:, 1] >= 0) & (pts[:, 1] <= HEIGHT - 1)
         keypoints[i, :, :2] = pts
         keypoints[i, :, 2] = visible

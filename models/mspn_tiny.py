@@ -47,6 +47,7 @@ class Stage(nn.Module):
                                     for _ in CHANNELS)
         self.heads = nn.ModuleList(nn.Conv2d(UP, keypoints, 3, 1, 1) for _ in CHANNELS)
         self.aggregate = aggregate
+        self.upsample_mode, self.align_corners = "bilinear", True    # MSPN's; SysNoise swaps them
         if aggregate:
             self.from_down = nn.ModuleList(nn.Conv2d(c, c, 1) for c in CHANNELS)
             self.from_up = nn.ModuleList(nn.Conv2d(UP, c, 1) for c in CHANNELS)
@@ -66,7 +67,8 @@ class Stage(nn.Module):
         for i in (2, 1, 0):                     # coarse to fine
             lat = self.lateral[i](downs[i])
             if top is not None:
-                lat = lat + F.interpolate(top, size=lat.shape[-2:], mode="bilinear", align_corners=True)
+                lat = lat + F.interpolate(top, size=lat.shape[-2:], mode=self.upsample_mode,
+                                          align_corners=self.align_corners)
             top = self.smooth[i](F.relu(lat))
             ups[i] = top
             if i in heads:

@@ -1,0 +1,341 @@
+"""SysNoise on real runtimes: how much of a model's task metric each source of
+training/deployment inconsistency costs, measured through the actual backends.
+
+A model declares its training pipeline (``Pipeline``): how stored source images become its
+inputs. Each pre-processing noise changes one factor of that pipeline (the image decoder,
+the resize library and mode, an RGB -> YCbCr -> RGB round trip); inference noise is a
+precision variant of a backend or a patch of the model's own operators (upsampling mode,
+max-pool ceil mode); post-processing noise is another output decoding. Every noisy variant
+is run on every backend, and Δ = clean − noisy is the task metric lost, in points, against
+the same backend's clean run. Small pure functions build the inputs; ``measure`` runs them.
+"""
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass, field, replace
+
+import numpy as np
+
+from . import noise as N
+from .errors import BackendUnavailable, BadInput
+from .tasks import TaskData, evaluate
+
+SCHEMA = "backendiff.sysnoise/1"
+
+
+@dataclass(frozen=True)
+class Pipeline:
+    """The training pipeline: stored images (JPEG at ``quality``, decoded by ``decoder``),
+    resized to the model's input with ``resize`` = (library, mode), divided by ``scale``."""
+    size: tuple[int, int]
+    resize: tuple[str, str] = ("pil", "bilinear")
+    decoder: str = "pil"
+    quality: int = 95
+    scale: float = 255.0
+
+    def describe(self) -> str:
+        return (f"JPEG q{self.quality} decoded by {self.decoder}, {self.resize[0]} {self.resize[1]} resize to "
+                f"{self.size[0]}x{self.size[1]}, /{self.scale:g}")
+
+
+@dataclass(frozen=True)
+class Source:
+    """Camera-side images (N, H, W, C) uint8, their labels, and the task they are for."""
+    images: np.ndarray
+    labels: np.ndarray
+    task: str
+    params: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Noise:
+    name: str                 # row of the table
+    kind: str                 # "pre", "inference", "post", "combined"
+    factor: dict              # what differs from the clean pipeline / model / decoding
+
+
+def preprocess(images: np.ndarray, pipeline: Pipeline, decoder: str | None = None, resize=None,
+               ycc: tuple[str, bool] | None = None) -> np.ndarray:
+    """Model inputs (N, C, h, w) float32 from source images through the pipeline, with any of
+    its factors replaced: the decoder, the resize (library, mode), a YCbCr round trip
+    (subsampling, fixed point) applied to the decoded image as a video pipeline would."""
+    library, mode = resize or pipeline.resize
+    out = []
+    for img in images:
+        x = N.jpeg_round_trip(img, pipeline.quality, decoder or pipeline.decoder)
+        if ycc is not None:
+            x = N.ycc_round_trip(x, *ycc) if x.shape[2] == 3 else x
+        x = N.resize(x, pipeline.size, library, mode)
+        out.append(np.transpose(x, (2, 0, 1)).astype(np.float32) / pipeline.scale)
+    return np.stack(out)
+
+
+def pre_noises(pipeline: Pipeline, channels: int, have_opencv: bool) -> list[Noise]:
+    """Every one-factor change of the pipeline's pre-processing that can run here."""
+    out = []
+    other = "opencv" if pipeline.decoder == "pil" else "pil"
+    if have_opencv or other == "pil":
+        out.append(Noise(f"decode: {other}", "pre", {"decoder": other}))
+    libraries = [("pil", N.PIL_RESIZE), ("torch", N.TORCH_RESIZE)] + ([("opencv", N.CV_RESIZE)] if have_opencv else [])
+    for library, modes in libraries:
+        for mode in modes:
+            if (library, mode) != tuple(pipeline.resize):
+                out.append(Noise(f"resize: {library} {mode}", "pre", {"resize": (library, mode)}))
+    if channels == 3:
+        out += [Noise("colour: YCbCr 4:4:4 float", "pre", {"ycc": ("444", False)}),
+                Noise("colour: YCbCr 4:4:4 8-bit", "pre", {"ycc": ("444", True)}),
+                Noise("colour: YCbCr 4:2:0 8-bit", "pre", {"ycc": ("420", True)})]
+    return out
+
+
+def combined_noise(pipeline: Pipeline, channels: int, have_opencv: bool) -> Noise:
+    """All pre-processing factors at once, as a deployment that shares nothing with training
+    would have them (another decoder, another library's bilinear resize, 4:2:0 video)."""
+    factor = {"resize": ("opencv", "bilinear") if have_opencv and pipeline.resize[0] != "opencv"
+              else ("torch", "bilinear")}
+    if have_opencv or pipeline.decoder != "pil":
+        factor["decoder"] = "opencv" if pipeline.decoder == "pil" else "pil"
+    if channels == 3:
+        factor["ycc"] = ("420", True)
+    return Noise("combined pre-processing", "combined", factor)
+
+
+def model_patches(module) -> list[Noise]:
+    """Operator swaps the model allows: max-pool ceil mode flipped, upsampling's
+    ``align_corners`` flipped or the mode swapped to nearest (for modules that expose
+    ``upsample_mode`` / ``align_corners`` attributes or use ``nn.Upsample``)."""
+    import torch.nn as nn
+
+    out = []
+    if any(isinstance(m, nn.MaxPool2d) for m in module.modules()):
+        out.append(Noise("max-pool ceil mode flipped", "inference", {"patch": "ceil_mode"}))
+    if any(hasattr(m, "align_corners") for m in module.modules()):
+        out.append(Noise("upsample align_corners flipped", "inference", {"patch": "align_corners"}))
+        out.append(Noise("upsample nearest for bilinear", "inference", {"patch": "nearest"}))
+    return out
+
+
+def runnable_patches(module, batch: np.ndarray) -> list[Noise]:
+    """The model's operator swaps, each marked not applicable (with why) when the patched
+    PyTorch model no longer runs (a ceil-mode flip that changes a feature map's size)."""
+    import torch
+
+    out = []
+    for noise in model_patches(module):
+        try:
+            with torch.no_grad():
+                patched(module, noise.factor["patch"])(torch.from_numpy(batch))
+        except Exception as e:  # noqa: BLE001 - the reason is the row's data
+            from .errors import first_line
+
+            noise = replace(noise, factor={**noise.factor, "not_applicable": first_line(e)[:120]})
+        out.append(noise)
+    return out
+
+
+def patched(module, patch: str):
+    """A deep copy of ``module`` with one operator swap applied."""
+    import torch.nn as nn
+
+    module = copy.deepcopy(module)
+    for m in module.modules():
+        if patch == "ceil_mode" and isinstance(m, nn.MaxPool2d):
+            m.ceil_mode = not m.ceil_mode
+        elif patch == "align_corners" and hasattr(m, "align_corners") and m.align_corners is not None:
+            m.align_corners = not m.align_corners
+        elif patch == "nearest" and hasattr(m, "upsample_mode"):
+            m.upsample_mode, m.align_corners = "nearest", None
+    return module
+
+
+def decoder_noises(task: str) -> list[Noise]:
+    if task == "pose":
+        return [Noise("decode keypoints: argmax only", "post", {"decode": "argmax"}),
+                Noise("decode keypoints: sub-pixel (parabola)", "post", {"decode": "subpixel"})]
+    return []
+
+
+def delta(clean: float | None, noisy: float | None) -> float | None:
+    return None if clean is None or noisy is None else clean - noisy
+
+
+# the metric of the table: the task's primary one, but OKS AP for pose (PCK@0.1 saturates
+# on a well-trained model and hides what the stricter keypoint AP shows)
+TABLE_METRIC = {"pose": ("ap_reference", "OKS AP")}
+
+
+def score(task: TaskData, outputs: np.ndarray, decode: str | None = None) -> float:
+    """The table's metric of ``outputs`` against the labels."""
+    params = dict(task.params)
+    if decode:
+        params["decode"] = decode
+    key = TABLE_METRIC.get(task.name, ("reference", None))[0]
+    return float(evaluate(replace(task, params=params), outputs, outputs)[key])
+
+
+def check_source(source: Source, pipeline: Pipeline) -> None:
+    if source.images.dtype != np.uint8 or source.images.ndim != 4:
+        raise BadInput("sysnoise sources must be uint8 images (N, H, W, C)")
+    if len(source.images) != len(source.labels):
+        raise BadInput("sysnoise: one label per source image")
+
+
+def opencv_available() -> bool:
+    try:
+        N._cv2()
+    except BackendUnavailable:
+        return False
+    return True
+
+
+# -- running -----------------------------------------------------------------------------
+
+BASE_VARIANTS = {"ort": ("fp16", "int8"), "openvino": ("fp16", "bf16", "int8"), "tvm": ("fp16",), "torch": ("fp16",)}
+
+
+def _outputs(cls, spec, handle, task: TaskData, inputs_list: list[np.ndarray]) -> list[np.ndarray]:
+    """Compile ``spec`` for the model of ``handle`` and run every inputs array through it."""
+    from .compare import compiled_folder, task_outputs
+
+    adapter = cls(spec)
+    cls.check()
+    adapter.check_variant()
+    folder = compiled_folder(cls, adapter, spec, handle, adapter.route(handle))
+    compiled = adapter.compile(adapter.convert(handle, folder), folder)
+    with compiled:
+        return [task_outputs(compiled.run, replace(task, inputs=x), handle.samples[0]) for x in inputs_list]
+
+
+def _cell(fn):
+    """A table cell: the metric, or why it could not be measured."""
+    try:
+        return {"value": fn()}
+    except BackendUnavailable as e:
+        return {"error": f"unavailable: {e.reason}"}
+    except BadInput:
+        raise
+    except Exception as e:  # noqa: BLE001 - a runtime's failure is this cell's data
+        from .errors import first_line
+
+        return {"error": f"{type(e).__name__}: {first_line(e)[:160]}"}
+
+
+def backend_column(base: str, module, input_name: str, batch: int, cache, task: TaskData, clean_inputs,
+                   noisy: dict, patches: list[Noise], posts: list[Noise], combined: np.ndarray,
+                   progress) -> dict[str, dict]:
+    """Every cell of one backend's column: row name -> {"value"} or {"error"}. Meant to run
+    in a worker (``isolation.run_isolated``): a runtime that crashes loses only its column."""
+    from .loading import load_model
+    from .model import ModelHandle
+    from .registry import adapter_class
+    from .specs import parse_specs
+
+    cls = adapter_class(base)
+
+    calibration = [{input_name: clean_inputs[i:i + batch]} for i in range(0, len(clean_inputs) - batch + 1, batch)][:32]
+
+    def handle_for(m):
+        handle = ModelHandle(load_model(m), [{input_name: clean_inputs[:batch]}], cache)
+        handle.set_calibration_source(lambda: (calibration, {"source": "sysnoise clean inputs"}))
+        return handle
+
+    def spec_of(text):
+        return cls.canonical(parse_specs(text)[0])
+
+    handle, spec = handle_for(module), spec_of(base)
+    progress(f"sysnoise {base}: clean and {len(noisy)} pre-processing variants")
+    names = ["clean"] + list(noisy)
+    outs = _cell(lambda: _outputs(cls, spec, handle, task, [clean_inputs] + [noisy[n] for n in noisy]))
+    if "error" in outs:
+        return {name: outs for name in names}
+    cells = {name: {"value": score(task, out)} for name, out in zip(names, outs["value"])}
+    for post in posts:
+        cells[post.name] = {"value": score(task, outs["value"][0], post.factor["decode"])}
+    for variant in BASE_VARIANTS.get(base, ()):
+        progress(f"sysnoise {base}:{variant}")
+        vspec = spec_of(f"{base}:{variant}")
+        cells[f"precision: {variant}"] = _cell(
+            lambda: score(task, _outputs(cls, vspec, handle, task, [clean_inputs])[0]))
+    for patch in patches:
+        if "not_applicable" in patch.factor:
+            cells[patch.name] = {"error": f"not applicable: {patch.factor['not_applicable']}"}
+            continue
+        progress(f"sysnoise {base}: {patch.name}")
+        cells[patch.name] = _cell(lambda: score(task, _outputs(cls, spec, handle_for(patched(module, patch.factor["patch"])),
+                                                                task, [clean_inputs])[0]))
+    cspec = spec_of(f"{base}:int8" if "int8" in BASE_VARIANTS.get(base, ()) else base)
+    cells["combined"] = _cell(lambda: score(task, _outputs(cls, cspec, handle, task, [combined])[0]))
+    return cells
+
+
+def measure(model: str, backends: list[str], config, progress=lambda m: None) -> dict:
+    """The SysNoise table of a zoo model on ``backends`` (base names: torch, ort, ...)."""
+    from .cache import Cache, default_cache_dir
+    from .isolation import parse_limits, run_isolated
+    from .report import CRASHED, BackendResult
+
+    entry = _zoo_entry(model)
+    source, pipeline = entry.sysnoise()
+    check_source(source, pipeline)
+    module = entry.build()
+    spec = entry.inputs[0]
+    channels = source.images.shape[3]
+    have_cv = opencv_available()
+    task = TaskData(source.task, np.zeros((0,)), source.labels, f"zoo:{entry.name} sysnoise source", source.params)
+    progress("pre-processing the clean and noisy inputs")
+    clean = preprocess(source.images, pipeline)
+    pres = pre_noises(pipeline, channels, have_cv)
+    noisy = {n.name: preprocess(source.images, pipeline, **n.factor) for n in pres}
+    comb = combined_noise(pipeline, channels, have_cv)
+    combined = preprocess(source.images, pipeline, **comb.factor)
+    patches, posts = runnable_patches(module, clean[: spec.shape[0]]), decoder_noises(source.task)
+    cache = Cache((config.cache_dir or default_cache_dir()) if config.use_cache else None)
+    cache.prepare()
+    limits = parse_limits(config.timeout)
+    columns = {}
+    try:
+        for base in backends:
+            def work(prog, enter, base=base):
+                return backend_column(base, module, spec.name, spec.shape[0], cache, task, clean, noisy, patches,
+                                      posts, combined, prog)
+            shell = BackendResult(spec=base, backend=base, variant=None, status=CRASHED)
+            out = run_isolated(work, shell, limits, progress) if config.isolate else work(progress, lambda s: None)
+            columns[base] = out if isinstance(out, dict) else {"clean": {"error": f"{out.status}: {out.error['message']}"}}
+    finally:
+        cache.close()
+    rows = [{"noise": "clean", "kind": "clean", "factor": {}}]
+    rows += [{"noise": n.name, "kind": n.kind, "factor": n.factor} for n in pres]
+    rows += [{"noise": f"precision: {v}", "kind": "inference", "factor": {"variant": v}}
+             for v in sorted({v for b in backends for v in BASE_VARIANTS.get(b, ())}, key=["fp16", "bf16", "int8"].index)]
+    rows += [{"noise": n.name, "kind": n.kind, "factor": n.factor} for n in patches + posts]
+    rows.append({"noise": "combined", "kind": "combined", "factor": {**comb.factor, "variant": "int8 where available"}})
+    for row in rows:
+        row["cells"] = {}
+        for base in backends:
+            col = columns[base]
+            cell = dict(col.get(row["noise"], col.get("clean") if "error" in col.get("clean", {}) else
+                                {"error": "not applicable"}))
+            if "value" in cell and row["noise"] != "clean" and "value" in col.get("clean", {}):
+                cell["delta"] = delta(col["clean"]["value"], cell["value"])
+            row["cells"][base] = cell
+    return {"schema": SCHEMA, "model": f"zoo:{entry.name}", "task": source.task,
+            "metric": _metric_name(source.task, source.params),
+            "samples": int(len(source.labels)), "pipeline": pipeline.describe(),
+            "opencv": have_cv, "backends": backends, "rows": rows}
+
+
+def _metric_name(task: str, params: dict) -> str:
+    if task in TABLE_METRIC:
+        return TABLE_METRIC[task][1]
+    return {"classification": "top1", "embeddings": "retrieval@1"}.get(task, task)
+
+
+def _zoo_entry(model: str):
+    from backendiff.models import ZOO
+
+    name = model[4:] if model.startswith("zoo:") else model
+    entry = ZOO.get(name)
+    if entry is None or entry.sysnoise is None:
+        with_pipeline = ", ".join(f"zoo:{n}" for n, e in ZOO.items() if e.sysnoise)
+        raise BadInput(f"{model} declares no training pipeline for sysnoise; models that do: {with_pipeline}")
+    return entry
