@@ -9,7 +9,7 @@ BLOCK = r"""
 import sys, importlib.abc
 class Block(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in {"onnxruntime", "openvino", "tvm", "tensorrt"}:
+        if name.split(".")[0] in {"onnxruntime", "openvino", "tvm", "tensorrt", "cv2"}:
             raise ImportError(f"No module named {name!r}", name=name)
 sys.meta_path.insert(0, Block())
 """
@@ -18,7 +18,8 @@ MODULES = [
     "backendiff", "backendiff.cli", "backendiff.compare", "backendiff.model", "backendiff.loading",
     "backendiff.render", "backendiff.report", "backendiff.registry", "backendiff.cache", "backendiff.localize",
     "backendiff.layers", "backendiff.advice", "backendiff.bisect", "backendiff.tasks", "backendiff.precision",
-    "backendiff.imagefolder",
+    "backendiff.imagefolder", "backendiff.charts", "backendiff.html", "backendiff.markdown", "backendiff.isolation",
+    "backendiff.partial", "backendiff.diagnose", "backendiff.noise", "backendiff.sysnoise",
     "backendiff.backends.base", "backendiff.backends.ort", "backendiff.backends.openvino",
     "backendiff.backends.tvm", "backendiff.backends.trt", "backendiff.backends.pytorch", "backendiff.models",
 ]

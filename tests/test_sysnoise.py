@@ -1,0 +1,97 @@
+"""SysNoise: each noise transform against an independent computation, and a table whose
+deltas come from real runtime runs."""
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from backendiff import noise as N
+from backendiff.tasks import decode_heatmaps
+
+from .conftest import needs
+
+
+@pytest.fixture
+def img():
+    return np.random.default_rng(0).integers(0, 256, (32, 24, 3), dtype=np.uint8)
+
+
+def test_fixed_point_ycbcr_is_pillows(img):
+    """Pillow's own RGB -> YCbCr (JFIF, BT.601 full range, integer arithmetic) is an
+    independent implementation of the same equations."""
+    pil = np.asarray(Image.fromarray(img).convert("YCbCr")).astype(int)
+    assert np.abs(N._ycc_fixed(img.astype(np.int64)).astype(int) - pil).max() <= 1
+
+
+def test_ycbcr_round_trips(img):
+    assert np.allclose(np.linalg.inv(N.RGB_TO_YCC), N.YCC_TO_RGB, atol=1e-5)   # the BT.601 inverse
+    for fixed in (False, True):
+        back = N.ycc_round_trip(img, "444", fixed).astype(int)
+        assert np.abs(back - img).max() <= 2            # 8-bit storage of Y, Cb, Cr only
+    blocks = np.repeat(np.repeat(img[::2, ::2], 2, 0), 2, 1)   # constant on 2x2 blocks: 4:2:0 loses nothing more
+    assert np.array_equal(N.ycc_round_trip(blocks, "420", True), N.ycc_round_trip(blocks, "444", True))
+    assert np.abs(N.ycc_round_trip(img, "420", True).astype(int) - img).mean() > 10   # but on noise it does
+
+
+@pytest.mark.parametrize("library, mode", [("pil", "box"), ("torch", "area"), ("opencv", "area")])
+def test_area_resizes_are_block_means(img, library, mode):
+    block = img.reshape(16, 2, 12, 2, 3).mean(axis=(1, 3))
+    assert np.abs(N.resize(img, (16, 12), library, mode).astype(float) - block).max() <= 1.0
+
+
+def test_resize_modes_differ_and_keep_shape(img):
+    outs = {(lib, m): N.resize(img, (16, 12), lib, m) for lib, modes in
+            (("pil", N.PIL_RESIZE), ("opencv", N.CV_RESIZE), ("torch", N.TORCH_RESIZE)) for m in modes}
+    assert all(o.shape == (16, 12, 3) and o.dtype == np.uint8 for o in outs.values())
+    assert not np.array_equal(outs["pil", "bilinear"], outs["opencv", "bilinear"])   # Pillow antialiases, OpenCV not
+    assert np.array_equal(outs["opencv", "nearest"], img[::2, ::2])
+
+
+def test_jpeg_decoders_read_the_same_file(img):
+    pil, cv = N.jpeg_round_trip(img, 90, "pil"), N.jpeg_round_trip(img, 90, "opencv")
+    assert pil.shape == cv.shape == img.shape and np.abs(pil.astype(int) - cv).max() <= 1
+    assert np.abs(pil.astype(int) - img).mean() > 5        # JPEG is lossy on noise
+
+
+def test_subpixel_decoding_finds_the_vertex_of_a_parabola():
+    xs = np.arange(12)
+    hm = np.zeros((1, 1, 16, 12))
+    hm[0, 0, 7] = 10 - (xs - 5.3) ** 2                    # peak between columns 5 and 6, row 7
+    hm[0, 0, 6] = hm[0, 0, 8] = hm[0, 0, 7] - 1
+    xy, _ = decode_heatmaps(hm, (16, 12), "subpixel")
+    assert xy[0, 0, 0] == pytest.approx(5.3) and xy[0, 0, 1] == pytest.approx(7.0)
+    argmax, _ = decode_heatmaps(hm, (16, 12), "argmax")
+    quarter, _ = decode_heatmaps(hm, (16, 12), "quarter")
+    assert argmax[0, 0, 0] == 5.0 and quarter[0, 0, 0] == 5.25
+
+
+@needs("ort")
+def test_sysnoise_table_of_digits_on_real_runtimes(tmp_path):
+    from backendiff.cli import cli
+
+    out = tmp_path / "sn.json"
+    result = CliRunner().invoke(cli, ["sysnoise", "zoo:digits-cnn", "--backends", "torch,ort", "--json", str(out), "-q"])
+    assert result.exit_code == 0, result.output
+    table = json.loads(out.read_text())
+    rows = {r["noise"]: r for r in table["rows"]}
+    assert rows["clean"]["cells"]["torch"]["value"] == pytest.approx(100 * 535 / 540)      # the zoo's 99.07
+    assert rows["clean"]["cells"]["ort"]["value"] == rows["clean"]["cells"]["torch"]["value"]
+    for name in ("resize: pil bilinear", "resize: opencv bilinear", "resize: torch bilinear-aa", "decode: opencv",
+                 "precision: int8", "combined"):
+        cell = rows[name]["cells"]["ort"]
+        assert cell["delta"] == pytest.approx(rows["clean"]["cells"]["ort"]["value"] - cell["value"])
+    # a resize unlike the training box filter costs at least one of the 540 digits somewhere
+    assert any(abs(r["cells"]["torch"]["delta"]) > 0.1 for r in table["rows"] if r["kind"] == "pre")
+    assert rows["max-pool ceil mode flipped"]["cells"]["ort"]["error"].startswith("not applicable")
+    assert "backendiff sysnoise · zoo:digits-cnn" in result.output
+
+
+def test_sysnoise_needs_a_declared_pipeline():
+    from backendiff.cli import cli
+
+    result = CliRunner().invoke(cli, ["sysnoise", "zoo:resnet18"])
+    assert result.exit_code == 2 and "declares no training pipeline" in result.output
+    result = CliRunner().invoke(cli, ["sysnoise", "zoo:digits-cnn", "--backends", "ort:int8"])
+    assert result.exit_code == 2 and "base backend names" in result.output
