@@ -191,6 +191,8 @@ def opencv_available() -> bool:
 # -- running -----------------------------------------------------------------------------
 
 BASE_VARIANTS = {"ort": ("fp16", "int8"), "openvino": ("fp16", "bf16", "int8"), "tvm": ("fp16",), "torch": ("fp16",)}
+# the other conversion route of backends that have two (their default is the ExportedProgram)
+OTHER_ROUTE = {"openvino": "route=onnx", "tvm": "route=onnx"}
 
 
 def _outputs(cls, spec, handle, task: TaskData, inputs_list: list[np.ndarray]) -> list[np.ndarray]:
@@ -256,6 +258,11 @@ def backend_column(base: str, module, input_name: str, batch: int, cache, task: 
         vspec = spec_of(f"{base}:{variant}")
         cells[f"precision: {variant}"] = _cell(
             lambda: score(task, _outputs(cls, vspec, handle, task, [clean_inputs])[0]))
+    if base in OTHER_ROUTE:
+        progress(f"sysnoise {base}: {OTHER_ROUTE[base]}")
+        rspec = spec_of(f"{base}:fp32,{OTHER_ROUTE[base]}")
+        cells["conversion route: ONNX"] = _cell(
+            lambda: score(task, _outputs(cls, rspec, handle, task, [clean_inputs])[0]))
     for patch in patches:
         if "not_applicable" in patch.factor:
             cells[patch.name] = {"error": f"not applicable: {patch.factor['not_applicable']}"}
@@ -307,6 +314,8 @@ def measure(model: str, backends: list[str], config, progress=lambda m: None) ->
     rows += [{"noise": n.name, "kind": n.kind, "factor": n.factor} for n in pres]
     rows += [{"noise": f"precision: {v}", "kind": "inference", "factor": {"variant": v}}
              for v in sorted({v for b in backends for v in BASE_VARIANTS.get(b, ())}, key=["fp16", "bf16", "int8"].index)]
+    if any(b in OTHER_ROUTE for b in backends):
+        rows.append({"noise": "conversion route: ONNX", "kind": "inference", "factor": {"route": "onnx"}})
     rows += [{"noise": n.name, "kind": n.kind, "factor": n.factor} for n in patches + posts]
     rows.append({"noise": "combined", "kind": "combined", "factor": {**comb.factor, "variant": "int8 where available"}})
     for row in rows:
