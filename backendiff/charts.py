@@ -87,10 +87,9 @@ def heatmap(backends: list[dict]) -> str:
     """Layer x backend SQNR: one row per backend that has a layer view, one column per layer
     (the union of their layers in reference order). Red is error, blank means the backend
     has no such layer; the first divergence of each backend is boxed."""
+    import numpy as np
     from matplotlib.figure import Figure
     from matplotlib.patches import Rectangle
-
-    import numpy as np
 
     with_layers = [b for b in backends if b.get("layers")]
     keys: list[str] = []

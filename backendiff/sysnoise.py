@@ -257,7 +257,7 @@ def backend_column(base: str, module, input_name: str, batch: int, cache, task: 
         progress(f"sysnoise {base}:{variant}")
         vspec = spec_of(f"{base}:{variant}")
         cells[f"precision: {variant}"] = _cell(
-            lambda: score(task, _outputs(cls, vspec, handle, task, [clean_inputs])[0]))
+            lambda vspec=vspec: score(task, _outputs(cls, vspec, handle, task, [clean_inputs])[0]))
     if base in OTHER_ROUTE:
         progress(f"sysnoise {base}: {OTHER_ROUTE[base]}")
         rspec = spec_of(f"{base}:fp32,{OTHER_ROUTE[base]}")
@@ -268,8 +268,8 @@ def backend_column(base: str, module, input_name: str, batch: int, cache, task: 
             cells[patch.name] = {"error": f"not applicable: {patch.factor['not_applicable']}"}
             continue
         progress(f"sysnoise {base}: {patch.name}")
-        cells[patch.name] = _cell(lambda: score(task, _outputs(cls, spec, handle_for(patched(module, patch.factor["patch"])),
-                                                                task, [clean_inputs])[0]))
+        cells[patch.name] = _cell(lambda patch=patch: score(
+            task, _outputs(cls, spec, handle_for(patched(module, patch.factor["patch"])), task, [clean_inputs])[0]))
     cspec = spec_of(f"{base}:int8" if "int8" in BASE_VARIANTS.get(base, ()) else base)
     cells["combined"] = _cell(lambda: score(task, _outputs(cls, cspec, handle, task, [combined])[0]))
     return cells

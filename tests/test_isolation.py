@@ -8,10 +8,10 @@ import textwrap
 import time
 
 import pytest
+from backendiff.backends.pytorch import TorchAdapter, TorchCompiled
 
 import backendiff
 from backendiff import BadInput
-from backendiff.backends.pytorch import TorchAdapter, TorchCompiled
 from backendiff.isolation import death_message, parse_limits
 from backendiff.registry import register_backend, unregister_backend
 

@@ -7,8 +7,15 @@ import torch
 
 import backendiff
 from backendiff import BadInput
-from backendiff.tasks import (decode_heatmaps, embeddings, object_keypoint_similarity, oks_ap, pck, pose,
-                              resolve_metric)
+from backendiff.tasks import (
+    decode_heatmaps,
+    embeddings,
+    object_keypoint_similarity,
+    oks_ap,
+    pck,
+    pose,
+    resolve_metric,
+)
 
 from .conftest import degraded_backend, needs
 
@@ -134,11 +141,11 @@ def test_bad_tasks_are_one_line_errors(name, message):
 
 
 def test_image_folder_data_end_to_end(tmp_path):
+    from backendiff.models.train_digits import load_digits_split
     from click.testing import CliRunner
     from PIL import Image
 
     from backendiff.cli import cli
-    from backendiff.models.train_digits import load_digits_split
 
     _, _, x, y = load_digits_split()
     for i in range(120):
