@@ -125,3 +125,29 @@ def heatmap(backends: list[dict]) -> str:
     cbar = fig.colorbar(image, ax=ax, fraction=0.03, pad=0.01)
     cbar.set_label(f"SQNR dB ({IDENTICAL_DB:g} = identical)", fontsize=8)
     return _svg(fig)
+
+
+def sysnoise_bars(result: dict) -> str:
+    """Δ (clean − noisy) of every noise on every backend as grouped horizontal bars; rows
+    that could not be measured are left empty."""
+    from matplotlib.figure import Figure
+
+    import numpy as np
+
+    rows = [r for r in result["rows"] if r["noise"] != "clean"]
+    backends = result["backends"]
+    fig = Figure(figsize=(9.0, 0.28 * len(rows) * max(1, len(backends)) ** 0.5 + 1.5))
+    ax = fig.subplots()
+    height = 0.8 / max(1, len(backends))
+    ys = np.arange(len(rows))
+    for i, b in enumerate(backends):
+        values = [r["cells"][b].get("delta") for r in rows]
+        ax.barh(ys + i * height, [v if v is not None else 0.0 for v in values], height, label=b)
+    ax.set_yticks(ys + height * (len(backends) - 1) / 2)
+    ax.set_yticklabels([r["noise"] for r in rows], fontsize=7)
+    ax.invert_yaxis()
+    ax.axvline(0, color="black", lw=0.8)
+    ax.set_xlabel(f"Δ {result['metric']} (clean − noisy, points; right = the noise costs)")
+    ax.grid(axis="x", alpha=0.3)
+    ax.legend(fontsize=7, loc="lower right")
+    return _svg(fig)

@@ -279,12 +279,13 @@ def zoo_cmd(as_json):
 @click.option("--backends", "-b", default="torch,ort,openvino,tvm", show_default=True, metavar="NAME[,NAME...]",
               help="Backends to measure on (base names; their fp16/bf16/int8 variants are rows of the table).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Write the table as JSON.")
+@click.option("--html", "html_path", type=click.Path(path_type=Path), help="Write the table and a chart as an HTML page.")
 @click.option("--no-cache", is_flag=True, help="Export and compile afresh; cache nothing.")
 @click.option("--cache-dir", type=click.Path(path_type=Path), help="Cache folder (default ~/.cache/backendiff).")
 @click.option("--isolate/--no-isolate", default=True, show_default=True, help="Each backend in its own worker process.")
 @click.option("--timeout", metavar="SECONDS|STAGE=SECONDS,...", help="Time limit per backend worker stage.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress display.")
-def sysnoise_cmd(model, backends, json_path, no_cache, cache_dir, isolate, timeout, quiet):
+def sysnoise_cmd(model, backends, json_path, html_path, no_cache, cache_dir, isolate, timeout, quiet):
     """SysNoise on real runtimes: the task metric each pre-processing, inference and
     post-processing noise costs on each backend (Δ = clean − noisy), for a zoo model that
     declares its training pipeline (zoo:digits-cnn, zoo:digits-cnn-narrow, zoo:mspn-tiny)."""
@@ -301,8 +302,9 @@ def sysnoise_cmd(model, backends, json_path, no_cache, cache_dir, isolate, timeo
             raise BadInput(f"sysnoise takes base backend names (torch, ort, openvino, tvm), not {name!r}: "
                            "their variants are rows of the table")
         adapter_class(name)                     # unknown names fail here, before any work
-    if json_path is not None:
-        _check_writable(json_path)
+    for path in (json_path, html_path):
+        if path is not None:
+            _check_writable(path)
     config = CompareConfig(use_cache=not no_cache, cache_dir=cache_dir, isolate=isolate, timeout=timeout)
     console = Console(stderr=True)
     if quiet or not console.is_terminal:
@@ -310,8 +312,13 @@ def sysnoise_cmd(model, backends, json_path, no_cache, cache_dir, isolate, timeo
     else:
         with console.status("backendiff sysnoise: starting") as status:
             result = measure(model, names, config, progress=lambda m: status.update(f"backendiff: {m}"))
+    result = json.loads(json.dumps(result, default=list))     # what the JSON holds is what is rendered
     if json_path is not None:
-        json_path.write_text(json.dumps(result, indent=2, default=list) + "\n")
+        json_path.write_text(json.dumps(result, indent=2) + "\n")
+    if html_path is not None:
+        from .html import render_sysnoise_html
+
+        html_path.write_text(render_sysnoise_html(result), encoding="utf-8")
     print_sysnoise(result, _stdout_console())
     return 0
 

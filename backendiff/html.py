@@ -156,3 +156,12 @@ def render_html(report: dict) -> str:
     env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html", "j2"]),
                       undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
     return env.get_template("report.html.j2").render(**view(report))
+
+
+def render_sysnoise_html(result: dict) -> str:
+    """The SysNoise table and its bar chart as one self-contained page."""
+    from jinja2 import Environment, FileSystemLoader, select_autoescape
+
+    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html", "j2"]),
+                      trim_blocks=True, lstrip_blocks=True)
+    return env.get_template("sysnoise.html.j2").render(result=result, chart=charts.sysnoise_bars(result))

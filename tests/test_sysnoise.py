@@ -72,7 +72,9 @@ def test_sysnoise_table_of_digits_on_real_runtimes(tmp_path):
     from backendiff.cli import cli
 
     out = tmp_path / "sn.json"
-    result = CliRunner().invoke(cli, ["sysnoise", "zoo:digits-cnn", "--backends", "torch,ort", "--json", str(out), "-q"])
+    page = tmp_path / "sn.html"
+    result = CliRunner().invoke(cli, ["sysnoise", "zoo:digits-cnn", "--backends", "torch,ort", "--json", str(out),
+                                      "--html", str(page), "-q"])
     assert result.exit_code == 0, result.output
     table = json.loads(out.read_text())
     rows = {r["noise"]: r for r in table["rows"]}
@@ -86,6 +88,9 @@ def test_sysnoise_table_of_digits_on_real_runtimes(tmp_path):
     assert any(abs(r["cells"]["torch"]["delta"]) > 0.1 for r in table["rows"] if r["kind"] == "pre")
     assert rows["max-pool ceil mode flipped"]["cells"]["ort"]["error"].startswith("not applicable")
     assert "backendiff sysnoise · zoo:digits-cnn" in result.output
+    html = page.read_text()
+    assert html.count("<svg") == 1 and "<script" not in html and "<th>ort</th>" in html
+    assert html.count("<tr>") == len(table["rows"]) + 1
 
 
 def test_sysnoise_needs_a_declared_pipeline():
