@@ -130,9 +130,8 @@ def heatmap(backends: list[dict]) -> str:
 def sysnoise_bars(result: dict) -> str:
     """Δ (clean − noisy) of every noise on every backend as grouped horizontal bars; rows
     that could not be measured are left empty."""
-    from matplotlib.figure import Figure
-
     import numpy as np
+    from matplotlib.figure import Figure
 
     rows = [r for r in result["rows"] if r["noise"] != "clean"]
     backends = result["backends"]

@@ -138,10 +138,9 @@ def compare(model, backends, input_specs, input_files, calib_files, calib_sample
     from .compare import compare as run_compare
     from .config import CompareConfig
     from .inputs import parse_input_spec
-    from .render import print_report
-
     from .isolation import parse_limits
     from .partial import PartialLog, partial_path_for
+    from .render import print_report
 
     parse_limits(timeout)               # a malformed --timeout fails before any work
     out_path = None if no_json else (json_path or _default_report_path(model))
