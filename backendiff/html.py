@@ -131,6 +131,7 @@ def view(report: dict) -> dict:
     base = report.get("baseline") or {}
     base_worst = worst(base.get("outputs", [])) if base.get("available") else {}
     env = report.get("environment", {})
+    views = [_backend_view(b) for b in backends]
     return {
         "title": f"backendiff · {model.get('source', '?')}",
         "model": model, "reference": report.get("reference", {}),
@@ -141,8 +142,8 @@ def view(report: dict) -> dict:
         "baseline_reason": base.get("reason") if base and not base.get("available") else "",
         "calibration": report.get("calibration"), "task": report.get("task"),
         "timings": report.get("timings", {}),
-        "backends": [_backend_view(b) for b in backends],
-        "not_run": [b for b in backends if b["status"] in ("failed", "unavailable", "crashed", "timeout")],
+        "backends": views,
+        "not_run": [v for v in views if v["status"] in ("failed", "unavailable", "crashed", "timeout")],
         "heatmap": charts.heatmap(backends) if sum(1 for b in backends if b.get("layers")) else "",
         "schema": report.get("schema"),
         "partial": report.get("partial"),

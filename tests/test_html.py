@@ -125,3 +125,16 @@ def test_html_marks_where_a_nan_is_born_and_shows_the_advice(tmp_path):
     page = advised.read_text()
     assert "Mixed-precision advice:</strong> keep <code>features." in page
     assert "--backends 'ort:int8,keep=features." in page
+
+
+@needs("tvm")
+def test_html_of_a_backend_that_failed_without_a_hint(tmp_path):
+    """TVM rejects mini-pose's stride-less max_pool2d: a failure with an operator but no
+    install hint renders, in the summary and among the backends that did not run."""
+    page = tmp_path / "failed.html"
+    result = CliRunner().invoke(cli, ["compare", "zoo:mini-pose", "--backends", "tvm,torch", "--no-json",
+                                      "--html", str(page), "-q"])
+    assert result.exit_code == 3, result.output
+    html = page.read_text()
+    assert 'id="not-run"' in html and "Check failed: strides.size() == 2" in html
+    assert "Operator <code>max_pool2d</code>" in html
