@@ -152,10 +152,11 @@ def view(report: dict) -> dict:
 
 def render_html(report: dict) -> str:
     """The self-contained HTML page of a report dict (``Report.to_dict()`` or its JSON)."""
-    from jinja2 import Environment, FileSystemLoader, StrictUndefined, select_autoescape
+    from jinja2 import ChainableUndefined, Environment, FileSystemLoader, select_autoescape
 
+    # lenient on missing fields: reports saved by earlier versions lack some of them
     env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html", "j2"]),
-                      undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+                      undefined=ChainableUndefined, trim_blocks=True, lstrip_blocks=True)
     return env.get_template("report.html.j2").render(**view(report))
 
 

@@ -138,3 +138,21 @@ def test_html_of_a_backend_that_failed_without_a_hint(tmp_path):
     html = page.read_text()
     assert 'id="not-run"' in html and "Check failed: strides.size() == 2" in html
     assert "Operator <code>max_pool2d</code>" in html
+
+
+@needs("ort", "openvino", "tvm")
+def test_a_report_missing_newer_fields_still_renders(run, tmp_path):
+    """A report saved by an earlier version (no nonfinite_inputs, partial, task metric, ...)."""
+    data = json.loads(run["json"].read_text())
+    for key in ("nonfinite_inputs", "inputs_sha256"):
+        data["model"].pop(key, None)
+    for key in ("partial", "calibration", "baseline"):
+        data.pop(key, None)
+    for key in ("metric", "reference", "unit"):
+        data["task"].pop(key, None)
+    old = tmp_path / "old.json"
+    old.write_text(json.dumps(data))
+    result = CliRunner().invoke(cli, ["report", str(old), "--html", str(tmp_path / "old.html"),
+                                      "--md", str(tmp_path / "old.md")])
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.output
+    assert "Task: classification" in (tmp_path / "old.html").read_text()
