@@ -322,6 +322,32 @@ def sysnoise_cmd(model, backends, json_path, html_path, no_cache, cache_dir, iso
     return 0
 
 
+@cli.command("decoders")
+@click.option("--quality", default=90, show_default=True, type=click.IntRange(1, 100), help="JPEG quality of the round trip.")
+@click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
+def decoders_cmd(quality, as_json):
+    """SysNoise's decoder noise on real photographs that ship in scikit-learn (and
+    scikit-image when installed): Pillow against OpenCV on each shipped JPEG and on a
+    Pillow JPEG round trip at --quality."""
+    from rich.table import Table
+
+    from .sysnoise import decoder_table
+
+    rows = decoder_table(quality)
+    if as_json:
+        click.echo(json.dumps(rows, indent=2))
+        return 0
+    table = Table(title="backendiff decoders · Pillow vs OpenCV", title_justify="left")
+    for col in ("image", "stored as", "size", "max |Δ|", "mean |Δ|", "values differing", "JPEG loss (mean)"):
+        table.add_column(col, justify="left" if col in ("image", "stored as") else "right")
+    for r in rows:
+        loss = f"{r['jpeg_loss_mean_abs']:.2f}" if "jpeg_loss_mean_abs" in r else "-"
+        table.add_row(r["image"], r["stored"], "x".join(map(str, r["size"])), str(r["max_abs"]), f"{r['mean_abs']:.3f}",
+                      f"{100 * r['differing']:.2f}%", loss)
+    _stdout_console().print(table)
+    return 0
+
+
 @cli.command("report")
 @click.argument("run", type=click.Path(path_type=Path))
 @click.option("--html", "html_path", type=click.Path(path_type=Path), help="Write the run as a self-contained HTML report.")

@@ -130,3 +130,49 @@ def jpeg_round_trip(img: np.ndarray, quality: int = 90, decoder: str = "pil") ->
     else:
         raise ValueError(f"unknown decoder {decoder!r}")
     return np.ascontiguousarray(out).reshape(img.shape)
+
+
+def decode_bytes(data: bytes, decoder: str) -> np.ndarray:
+    """An RGB JPEG file's bytes decoded to (H, W, 3) uint8 by ``pil`` or ``opencv``."""
+    if decoder == "pil":
+        from PIL import Image
+
+        return np.asarray(Image.open(io.BytesIO(data)).convert("RGB"))
+    cv2 = _cv2()
+    return np.ascontiguousarray(cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)[..., ::-1])
+
+
+def encode_jpeg(img: np.ndarray, quality: int) -> bytes:
+    from PIL import Image
+
+    buf = io.BytesIO()
+    Image.fromarray(img).save(buf, format="JPEG", quality=quality)
+    return buf.getvalue()
+
+
+def pixel_difference(a: np.ndarray, b: np.ndarray) -> dict:
+    """How two decodes of one image differ: max and mean absolute difference in levels, and
+    the share of pixel values that differ at all."""
+    d = np.abs(a.astype(np.int16) - b.astype(np.int16))
+    return {"max_abs": int(d.max()), "mean_abs": float(d.mean()), "differing": float((d > 0).mean())}
+
+
+def photographs() -> list[tuple[str, bytes | None, np.ndarray]]:
+    """Real photographs that ship in packages: scikit-learn's two sample JPEGs (name, the
+    file's own bytes, pixels) and, when scikit-image is installed, its colour test images
+    (name, None, pixels)."""
+    from pathlib import Path
+
+    from sklearn.datasets import load_sample_images
+
+    sample = load_sample_images()
+    out = [(Path(f).name, Path(f).read_bytes(), img) for f, img in zip(sample.filenames, sample.images)]
+    try:
+        import skimage.data as data
+    except ImportError:
+        return out
+    for name in ("astronaut", "coffee", "chelsea", "rocket"):
+        img = getattr(data, name)()
+        if img.ndim == 3 and img.shape[2] == 3:
+            out.append((f"skimage {name}", None, np.ascontiguousarray(img[..., :3])))
+    return out

@@ -348,3 +348,21 @@ def _zoo_entry(model: str):
         with_pipeline = ", ".join(f"zoo:{n}" for n, e in ZOO.items() if e.sysnoise)
         raise BadInput(f"{model} declares no training pipeline for sysnoise; models that do: {with_pipeline}")
     return entry
+
+
+def decoder_table(quality: int = 90) -> list[dict]:
+    """Decoder noise on real photographs: each shipped JPEG decoded by Pillow and by OpenCV,
+    and each photograph stored at JPEG ``quality`` by Pillow then decoded by both. Per
+    image: the two decodes' pixel difference, and (for the round trip) the JPEG loss."""
+    rows = []
+    for name, data, pixels in N.photographs():
+        if data is not None:
+            rows.append({"image": name, "stored": "the shipped file", "size": list(pixels.shape[:2]),
+                         **N.pixel_difference(N.decode_bytes(data, "pil"), N.decode_bytes(data, "opencv"))})
+        encoded = N.encode_jpeg(pixels, quality)
+        pil = N.decode_bytes(encoded, "pil")
+        row = {"image": name, "stored": f"Pillow JPEG q{quality}", "size": list(pixels.shape[:2]),
+               **N.pixel_difference(pil, N.decode_bytes(encoded, "opencv"))}
+        row["jpeg_loss_mean_abs"] = N.pixel_difference(pil, pixels)["mean_abs"]
+        rows.append(row)
+    return rows

@@ -100,3 +100,25 @@ def test_sysnoise_needs_a_declared_pipeline():
     assert result.exit_code == 2 and "declares no training pipeline" in result.output
     result = CliRunner().invoke(cli, ["sysnoise", "zoo:digits-cnn", "--backends", "ort:int8"])
     assert result.exit_code == 2 and "base backend names" in result.output
+
+
+def test_pixel_difference_by_hand():
+    a = np.zeros((2, 2, 3), np.uint8)
+    b = a.copy()
+    b[0, 0, 0], b[1, 1, 2] = 3, 1
+    assert N.pixel_difference(a, b) == {"max_abs": 3, "mean_abs": 4 / 12, "differing": 2 / 12}
+
+
+def test_decoders_on_real_photographs():
+    from backendiff.cli import cli
+
+    result = CliRunner().invoke(cli, ["decoders", "--json"])
+    assert result.exit_code == 0, result.output
+    rows = json.loads(result.output)
+    shipped = [r for r in rows if r["stored"] == "the shipped file"]
+    assert {r["image"] for r in shipped} == {"china.jpg", "flower.jpg"} and all(r["size"] == [427, 640] for r in shipped)
+    trips = [r for r in rows if r["stored"] == "Pillow JPEG q90"]
+    assert len(trips) >= 2 and all(1.0 < r["jpeg_loss_mean_abs"] < 5.0 for r in trips)
+    # each decode really is OpenCV's and Pillow's: both read the file the same way it was written
+    data = (N.photographs()[0][1])
+    assert N.decode_bytes(data, "opencv").shape == N.decode_bytes(data, "pil").shape == (427, 640, 3)
