@@ -150,3 +150,76 @@ def sysnoise_bars(result: dict) -> str:
     ax.grid(axis="x", alpha=0.3)
     ax.legend(fontsize=7, loc="lower right")
     return _svg(fig)
+
+
+def sweep_heatmap(board: dict) -> str:
+    """Model x spec: colour is the cell's worst output SQNR (grey where it did not run),
+    the text its status, task delta and median latency."""
+    import numpy as np
+    from matplotlib.figure import Figure
+
+    models, specs = board["models"], board["specs"]
+    grid = np.full((len(models), len(specs)), np.nan)
+    for i, m in enumerate(models):
+        for j, s in enumerate(specs):
+            cell = board["matrix"].get(m, {}).get(s, {})
+            if cell.get("sqnr_db") is not None and cell.get("status") in ("ok", "diverged"):
+                grid[i, j] = min(max(float(cell["sqnr_db"]), FLOOR_DB), IDENTICAL_DB)
+    fig = Figure(figsize=(min(max(6.0, 1.45 * len(specs) + 2.5), 22.0), 0.62 * len(models) + 1.6))
+    ax = fig.subplots()
+    ax.set_facecolor("#d9d9d9")
+    image = ax.pcolormesh(np.arange(len(specs) + 1) - 0.5, np.arange(len(models) + 1) - 0.5,
+                          np.ma.masked_invalid(grid), cmap="RdYlGn", vmin=0.0, vmax=IDENTICAL_DB,
+                          edgecolors="white", linewidth=1.0)
+    ax.invert_yaxis()
+    for i, m in enumerate(models):
+        for j, s in enumerate(specs):
+            cell = board["matrix"].get(m, {}).get(s)
+            if cell is None:
+                continue
+            lines = [str(cell.get("status"))]
+            if cell.get("task"):
+                lines.append(f"Δ {cell['task']['delta']:+.2f}{cell['task'].get('unit') or ''}")
+            elif cell.get("sqnr_db") is not None:
+                lines.append(f"{cell['sqnr_db']:.0f} dB")
+            if cell.get("latency"):
+                lines.append(f"{cell['latency']['median_ms']:.3g} ms")
+            ax.text(j, i, "\n".join(lines), ha="center", va="center", fontsize=7)
+    ax.set_xticks(range(len(specs)))
+    ax.set_xticklabels(specs, rotation=20, ha="right", fontsize=8)
+    ax.set_yticks(range(len(models)))
+    ax.set_yticklabels(models, fontsize=8)
+    cbar = fig.colorbar(image, ax=ax, fraction=0.03, pad=0.01)
+    cbar.set_label("worst output SQNR dB", fontsize=8)
+    fig.tight_layout()
+    return _svg(fig)
+
+
+def latency_scatter(board: dict, model: str) -> str | None:
+    """One model: median latency (with its 10-90 % spread) against the task delta, or the
+    worst SQNR where the model has no task; one point per spec. None when nothing was timed."""
+    from matplotlib.figure import Figure
+
+    row = board["matrix"].get(model, {})
+    points = [(s, c) for s, c in row.items() if c.get("latency")]
+    if not points:
+        return None
+    use_task = all(c.get("task") for _, c in points)
+    fig = Figure(figsize=(5.6, 3.4))
+    ax = fig.subplots()
+    for spec, c in points:
+        lat = c["latency"]
+        y = c["task"]["delta"] if use_task else _sqnr({"sqnr_db": c.get("sqnr_db")})
+        ax.errorbar([lat["median_ms"]], [y], xerr=[[lat["median_ms"] - lat["p10_ms"]], [lat["p90_ms"] - lat["median_ms"]]],
+                    fmt="o", ms=5, capsize=2, label=spec)
+        ax.annotate(spec, (lat["median_ms"], y), textcoords="offset points", xytext=(4, 4), fontsize=7)
+    ax.set_xscale("log")
+    ax.set_xlabel(f"median latency ms (batch {points[0][1]['latency'].get('batch', 1)}, log)", fontsize=8)
+    unit = points[0][1]["task"].get("unit", "") if use_task else ""
+    ax.set_ylabel(f"{points[0][1]['task']['metric']} delta {unit}".strip() if use_task else "worst SQNR dB", fontsize=8)
+    if use_task:
+        ax.axhline(0.0, color="grey", lw=0.6)
+    ax.set_title(model, fontsize=9)
+    ax.tick_params(labelsize=7)
+    fig.tight_layout()
+    return _svg(fig)

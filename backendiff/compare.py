@@ -23,6 +23,7 @@ from .model import ExportFailed, ModelHandle
 from .registry import adapter_class, default_backends
 from .diagnose import explain
 from .isolation import parse_limits, run_isolated
+from .latency import measure as measure_latency
 from .partial import PartialLog
 from .report import CRASHED, DIVERGED, FAILED, OK, UNAVAILABLE, BackendResult, OutputResult, Report
 from .specs import BackendSpec, parse_specs
@@ -63,6 +64,7 @@ def compare(model, inputs=None, backends=None, *, config: CompareConfig | None =
     progress("running the reference")
     reference = handle.reference()
     task = resolve_task(loaded, samples, config)
+    task_info = None
     if task is not None:
         progress(f"running the reference on {len(task.inputs)} {task.name} samples")
         handle.task = task
@@ -77,7 +79,7 @@ def compare(model, inputs=None, backends=None, *, config: CompareConfig | None =
     for cls, _, _ in specs:
         versions.update(cls.versions())
     fields = report_fields(loaded, handle, samples, inputs_from, config, requested, baseline,
-                           task_info if task is not None else None, versions)
+                           task_info, versions)
     limits = parse_limits(config.timeout)
     if config.isolate:
         cache.prepare()                 # a --no-cache temp folder made here outlives the workers
@@ -429,6 +431,22 @@ def unavailable(result: BackendResult, stage: str, e: BackendUnavailable) -> Bac
     return result
 
 
+def runtime_threads(cls, spec: BackendSpec) -> int | str:
+    """The intra-op threads the backend runs with: its ``threads`` option, TVM's
+    ``TVM_NUM_THREADS``, PyTorch's own count, else "runtime default"."""
+    import os
+
+    if spec.option("threads"):
+        return int(spec.option("threads"))
+    if cls.name == "tvm" and os.environ.get("TVM_NUM_THREADS", "").isdigit():
+        return int(os.environ["TVM_NUM_THREADS"])
+    if cls.name == "torch":
+        import torch
+
+        return torch.get_num_threads()
+    return "runtime default"
+
+
 def compiled_folder(cls, adapter, spec: BackendSpec, handle: ModelHandle, route: str):
     """Where a backend's compiled artifacts are cached: keyed by the model, the spec, the
     route, the runtime versions and (int8) the calibration data."""
@@ -480,6 +498,10 @@ def run_backend(cls, shown: str, spec: BackendSpec, handle: ModelHandle, referen
                 t1 = time.perf_counter()
                 task_actual = task_outputs(compiled.run, handle.task, handle.samples[0])
                 result.timings["task_s"] = round(time.perf_counter() - t1, 6)
+            if config.latency_runs > 0:
+                progress(f"{shown}: timing {config.latency_runs} runs")
+                result.latency = measure_latency(compiled.run, handle.samples[0], config.latency_warmup,
+                                                 config.latency_runs) | {"threads": runtime_threads(cls, spec)}
         result.info = dict(compiled.info)
     except ExportFailed as e:
         result.status = FAILED

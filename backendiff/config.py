@@ -39,6 +39,8 @@ class CompareConfig:
     isolate: bool = True                        # each backend in its own worker process
     timeout: str | None = None                  # --timeout: SECONDS or STAGE=SECONDS,... per stage
     partial_path: Path | None = None            # append-only log of finished backends (nothing lost)
+    latency_runs: int = 0                       # timed runs per backend after its results (0: no latency)
+    latency_warmup: int = 5                     # untimed runs before them
     command: str | None = None
     progress: Callable[[str], None] | None = field(default=None, compare=False)
 

@@ -167,3 +167,15 @@ def render_sysnoise_html(result: dict) -> str:
     env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html", "j2"]),
                       trim_blocks=True, lstrip_blocks=True)
     return env.get_template("sysnoise.html.j2").render(result=result, chart=charts.sysnoise_bars(result))
+
+
+def render_sweep_html(board: dict, pages: dict[str, str]) -> str:
+    """The sweep's scoreboard page: heat map, table linking each cell to ``pages[model|spec]``
+    (its own report, relative to the page), and a latency/accuracy scatter per model."""
+    from jinja2 import ChainableUndefined, Environment, FileSystemLoader, select_autoescape
+
+    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html", "j2"]),
+                      trim_blocks=True, lstrip_blocks=True, undefined=ChainableUndefined)
+    scatters = [svg for svg in (charts.latency_scatter(board, m) for m in board["models"]) if svg]
+    return env.get_template("sweep.html.j2").render(board=board, pages=pages, heatmap=charts.sweep_heatmap(board),
+                                                    scatters=scatters)

@@ -270,3 +270,51 @@ def print_sysnoise(result: dict, console: Console | None = None) -> None:
                   highlight=False)
     for i, note in enumerate(notes, 1):
         console.print(f"({i}) {note}", highlight=False)
+
+
+STATUS_STYLE = {"ok": "green", "diverged": "bold red"}
+
+
+def scoreboard_cell(cell: dict | None) -> Text:
+    """One cell of the terminal scoreboard: status, SQNR, task delta, median latency."""
+    if cell is None:
+        return Text("not run", style="dim")
+    status = str(cell.get("status"))
+    out = Text(status, style=STATUS_STYLE.get(status, "yellow"))
+    if "sqnr_db" in cell:
+        out.append(f"\n{fmt(cell['sqnr_db'], 'db')} dB")
+    if cell.get("task"):
+        t = cell["task"]
+        out.append(f"\n{t['metric']} {t['delta']:+.2f}{t.get('unit') or ''}")
+    if cell.get("latency"):
+        lat = cell["latency"]
+        out.append(f"\n{lat['median_ms']:.3g} ms ±{(lat['p90_ms'] - lat['p10_ms']) / 2:.2g}", style="cyan")
+    if cell.get("error") and status not in ("ok", "diverged"):
+        out.append(f"\n{cell['error'][:60]}", style="dim")
+    return out
+
+
+def scoreboard_table(board: dict) -> Table:
+    table = Table(title=f"backendiff sweep: {len(board['models'])} models × {len(board['specs'])} backends",
+                  show_lines=True)
+    table.add_column("model", no_wrap=True)
+    for spec in board["specs"]:
+        table.add_column(spec, no_wrap=True)
+    for model in board["models"]:
+        row = board["matrix"].get(model, {})
+        table.add_row(model, *(scoreboard_cell(row.get(s)) for s in board["specs"]))
+    return table
+
+
+def print_scoreboard(board: dict, console: Console | None = None) -> None:
+    console = console or Console()
+    console.print(scoreboard_table(board))
+    lat = board["latency"]
+    console.print(f"latency: median of {lat['runs']} runs after {lat['warmup']} warm-up, {lat['threads']} thread(s) "
+                  "per backend, ± half the 10-90% spread", style="dim", highlight=False)
+    for f in board.get("findings", []):
+        console.print(f"• {f['text']}", highlight=False)
+    run = board.get("run")
+    if run:
+        console.print(f"{run['cells']} cells: {run['ran']} run, {run['resumed']} resumed from the store "
+                      f"({run['executor']} executor, {run['workers']} workers, {run['wall_s']:.1f} s)", highlight=False)

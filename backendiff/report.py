@@ -44,6 +44,7 @@ class BackendResult:
     task: dict | None = None
     advice: dict | None = None
     info: dict = field(default_factory=dict)
+    latency: dict | None = None   # sweep: median/spread/throughput of compiled.run, threads
 
     @property
     def ran(self) -> bool:
