@@ -173,7 +173,7 @@ def score(task: TaskData, outputs: np.ndarray, decode: str | None = None) -> flo
     return float(evaluate(replace(task, params=params), outputs, outputs)[key])
 
 
-def check_source(source: Source, pipeline: Pipeline) -> None:
+def check_source(source: Source) -> None:
     if source.images.dtype != np.uint8 or source.images.ndim != 4:
         raise BadInput("sysnoise sources must be uint8 images (N, H, W, C)")
     if len(source.images) != len(source.labels):
@@ -244,6 +244,9 @@ def backend_column(base: str, module, input_name: str, batch: int, cache, task: 
     def spec_of(text):
         return cls.canonical(parse_specs(text)[0])
 
+    def scored(spec, handle, inputs=clean_inputs):
+        return score(task, _outputs(cls, spec, handle, task, [inputs])[0])
+
     handle, spec = handle_for(module), spec_of(base)
     progress(f"sysnoise {base}: clean and {len(noisy)} pre-processing variants")
     names = ["clean"] + list(noisy)
@@ -256,22 +259,19 @@ def backend_column(base: str, module, input_name: str, batch: int, cache, task: 
     for variant in BASE_VARIANTS.get(base, ()):
         progress(f"sysnoise {base}:{variant}")
         vspec = spec_of(f"{base}:{variant}")
-        cells[f"precision: {variant}"] = _cell(
-            lambda vspec=vspec: score(task, _outputs(cls, vspec, handle, task, [clean_inputs])[0]))
+        cells[f"precision: {variant}"] = _cell(lambda vspec=vspec: scored(vspec, handle))
     if base in OTHER_ROUTE:
         progress(f"sysnoise {base}: {OTHER_ROUTE[base]}")
         rspec = spec_of(f"{base}:fp32,{OTHER_ROUTE[base]}")
-        cells["conversion route: ONNX"] = _cell(
-            lambda: score(task, _outputs(cls, rspec, handle, task, [clean_inputs])[0]))
+        cells["conversion route: ONNX"] = _cell(lambda: scored(rspec, handle))
     for patch in patches:
         if "not_applicable" in patch.factor:
             cells[patch.name] = {"error": f"not applicable: {patch.factor['not_applicable']}"}
             continue
         progress(f"sysnoise {base}: {patch.name}")
-        cells[patch.name] = _cell(lambda patch=patch: score(
-            task, _outputs(cls, spec, handle_for(patched(module, patch.factor["patch"])), task, [clean_inputs])[0]))
+        cells[patch.name] = _cell(lambda patch=patch: scored(spec, handle_for(patched(module, patch.factor["patch"]))))
     cspec = spec_of(f"{base}:int8" if "int8" in BASE_VARIANTS.get(base, ()) else base)
-    cells["combined"] = _cell(lambda: score(task, _outputs(cls, cspec, handle, task, [combined])[0]))
+    cells["combined"] = _cell(lambda: scored(cspec, handle, combined))
     return cells
 
 
@@ -283,7 +283,7 @@ def measure(model: str, backends: list[str], config, progress=lambda m: None) ->
 
     entry = _zoo_entry(model)
     source, pipeline = entry.sysnoise()
-    check_source(source, pipeline)
+    check_source(source)
     module = entry.build()
     spec = entry.inputs[0]
     channels = source.images.shape[3]
