@@ -286,6 +286,8 @@ def scoreboard_cell(cell: dict | None) -> Text:
     if cell.get("task"):
         t = cell["task"]
         out.append(f"\n{t['metric']} {t['delta']:+.2f}{t.get('unit') or ''}")
+        if t.get("flip_rate"):
+            out.append(f"\n{100 * t['flip_rate']:.1f}% {t.get('flip_label', 'flipped')}", style="magenta")
     if cell.get("latency"):
         lat = cell["latency"]
         out.append(f"\n{lat['median_ms']:.3g} ms ±{(lat['p90_ms'] - lat['p10_ms']) / 2:.2g}", style="cyan")

@@ -48,6 +48,7 @@ GPU_SPECS = re.compile(r"^(trt|tensorrt)(:|$)|^(ort|onnxruntime):(cuda|trt)\b")
 class ModelEntry:
     model: str                                   # zoo:NAME, a file, module:factory
     options: dict = field(default_factory=dict)  # per-model OPTION_KEYS over the sweep's
+    metric: str | None = None                    # the task's number to score by (default its headline)
 
     @property
     def label(self) -> str:
@@ -205,8 +206,11 @@ def load_sweep_file(path: str | Path, **overrides) -> SweepPlan:
         name = m["model"]
         if not name.startswith("zoo:") and (base / name.partition(":")[0]).exists():
             name = str(base / name)
-        models.append(ModelEntry(name, check_options({k: v for k, v in m.items() if k != "model"},
-                                                     f"sweep file {path}: models[{i}]", base)))
+        metric = m.get("metric")
+        if metric is not None and not isinstance(metric, str):
+            raise BadInput(f"sweep file {path}: models[{i}]: metric must be a string (a key of the task's result)")
+        models.append(ModelEntry(name, check_options({k: v for k, v in m.items() if k not in ("model", "metric")},
+                                                     f"sweep file {path}: models[{i}]", base), metric))
     backends = doc.get("backends") or []
     if isinstance(backends, str):
         backends = [backends]
@@ -317,7 +321,11 @@ def run_cell(payload: dict) -> dict:
     import platform
     import socket
 
+    import warnings
+
     os.environ["TVM_NUM_THREADS"] = str(payload["threads"])   # TVM's runtime pool reads it once
+    warnings.filterwarnings("ignore", category=FutureWarning)  # as the CLI: torch's deprecation chatter
+    warnings.filterwarnings("ignore", category=DeprecationWarning)
     t0 = time.perf_counter()
     record = {"schema": CELL_SCHEMA, "key": payload["key"], "model": payload["model"], "spec": payload["spec"],
               "run_spec": payload["run_spec"], "worker": {"host": socket.gethostname(), "pid": os.getpid(),
@@ -546,9 +554,24 @@ def run_sweep(plan: SweepPlan, store: CellStore, *, executor="local", workers: i
 
 
 # -- the scoreboard ---------------------------------------------------------------------
-def summarize_cell(record: dict) -> dict:
+def task_score(task: dict, metric: str | None) -> dict | None:
+    """The task number a cell is scored by: ``metric`` of the task's result where it has
+    one with its ``<metric>_reference`` (pose: ``ap``), else the task's headline metric."""
+    if "delta" not in task:
+        return None
+    out = {"metric": task.get("metric"), "reference": task.get("reference"), "value": task.get("value"),
+           "delta": task["delta"], "unit": task.get("unit", "")}
+    if metric and metric != task.get("metric") and f"{metric}_reference" in task and metric in task:
+        ref, value = float(task[f"{metric}_reference"]), float(task[metric])
+        out = {"metric": metric, "reference": ref, "value": value, "delta": value - ref, "unit": task.get("unit", "")}
+    if "flip_rate" in task:
+        out.update(flip_rate=task["flip_rate"], flip_label=task.get("flip_label", "flipped"))
+    return out
+
+
+def summarize_cell(record: dict, metric: str | None = None) -> dict:
     """One scoreboard entry from a cell record: status, worst SQNR and max |Δ|, the task's
-    metric and delta, latency and throughput, and where the full report is."""
+    metric and delta (and how many predictions changed), latency and throughput."""
     out = {"status": record.get("status"), "key": record.get("key")}
     if record.get("error"):
         out["error"] = record["error"].get("message")
@@ -563,10 +586,9 @@ def summarize_cell(record: dict) -> dict:
     if metrics:
         out["sqnr_db"] = min(sq) if sq else None
         out["max_abs"] = max(m["max_abs"] for m in metrics)
-    task = b.get("task") or {}
-    if "delta" in task:
-        out["task"] = {"metric": task.get("metric"), "reference": task.get("reference"), "value": task.get("value"),
-                       "delta": task["delta"], "unit": task.get("unit", "")}
+    score = task_score(b.get("task") or {}, metric)
+    if score is not None:
+        out["task"] = score
     if b.get("latency"):
         out["latency"] = b["latency"]
     if b.get("first_divergence"):
@@ -615,7 +637,9 @@ def findings(matrix: dict, specs: list[str]) -> list[dict]:
 def finding_text(f: dict) -> str:
     r = f["speedup"]
     faster = f"{r:.2f}x faster" if r >= 1 else f"{1 / r:.2f}x slower"
-    if "drop" in f:
+    if "drop" in f and abs(f["drop"]) < 0.005:
+        cost = f"no change in {f['metric']}"
+    elif "drop" in f:
         what = "drop" if f["drop"] >= 0 else "gain"
         cost = f"a {abs(f['drop']):.2f}-point {what} in {f['metric']}"
     else:
@@ -626,8 +650,9 @@ def finding_text(f: dict) -> str:
 def scoreboard(plan: SweepPlan, records: list[dict]) -> dict:
     """The sweep's JSON: the matrix model -> spec -> summary, findings, and every cell."""
     matrix: dict[str, dict[str, dict]] = {m.model: {} for m in plan.models}
+    metrics = {m.model: m.metric for m in plan.models}
     for r in records:
-        matrix.setdefault(r["model"], {})[r["spec"]] = summarize_cell(r)
+        matrix.setdefault(r["model"], {})[r["spec"]] = summarize_cell(r, metrics.get(r["model"]))
     found = findings(matrix, list(plan.specs))
     env = next((r["report"]["environment"] for r in records if r.get("report")), {})
     return {"schema": SCHEMA, "models": [m.model for m in plan.models], "specs": list(plan.specs),

@@ -9,6 +9,8 @@
    the same deployed ONNX file, Polygraphy's layer-wise ONNX Runtime comparison
    (``polygraphy run model.onnx --onnxrt --onnxrt --onnx-outputs mark all``) against
    ``backendiff compare --backends ort --layerwise`` (each a fresh process, warm caches).
+3. ``backendiff sweep`` (``--sweep-models``, ``--sweep-backends``): wall time with 1 and 2
+   local workers on a warm compile cache, and their ratio.
 
 Runs ``backendiff.compare`` twice, each in a fresh process: cold (empty cache) and warm
 (the same cache again); PyTorch is imported before the clock starts. For each run it prints the wall time of the ``compare`` call, the
@@ -113,6 +115,33 @@ def layerwise_bench(model: str, backends: str) -> None:
               f"modules, growth, fusion)")
 
 
+def sweep_bench(models: list[str], backends: str) -> None:
+    """3. ``backendiff sweep`` wall time with 1 and 2 local workers, each a fresh process on a
+    fresh cell store, after one sweep that fills the compile cache (so both time the same
+    work: loading, references, runs, latency, reports)."""
+    import os
+
+    with tempfile.TemporaryDirectory(prefix="backendiff-bench-sweep-") as tmp:
+        def sweep(label: str, workers: int) -> float:
+            t0 = time.perf_counter()
+            p = subprocess.run([sys.executable, "-m", "backendiff", "sweep", *models, "-b", backends, "--workers",
+                                str(workers), "--out", f"{tmp}/{label}", "--cache-dir", f"{tmp}/cache", "-q"],
+                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            if p.returncode not in (0, 3):            # 3: some cell could not run, still a full sweep
+                raise SystemExit(f"sweep failed ({p.returncode}): {p.stderr.strip()[-400:]}")
+            return time.perf_counter() - t0
+
+        prime = sweep("prime", 2)
+        one_worker = sweep("one", 1)
+        two_workers = sweep("two", 2)
+    cells = len(models) * len(backends.split(","))
+    print(f"\nbackendiff bench: sweep of {len(models)} models x {backends} ({cells} cells, warm compile cache, "
+          f"{os.cpu_count()} CPUs; first sweep with an empty cache {prime:.1f}s)\n")
+    print(f"1 worker  {one_worker:8.1f}s")
+    print(f"2 workers {two_workers:8.1f}s")
+    print(f"speed-up 2 workers / 1 worker: {one_worker / two_workers:.2f}x")
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="zoo:resnet18")
@@ -120,6 +149,9 @@ def main() -> int:
     parser.add_argument("--one", nargs=2, metavar=("CACHE", "OUT"), help=argparse.SUPPRESS)
     parser.add_argument("--layerwise-model", default="zoo:resnet50")
     parser.add_argument("--skip-layerwise", action="store_true")
+    parser.add_argument("--sweep-models", default="zoo:digits-cnn,zoo:tiny-transformer,zoo:resnet18")
+    parser.add_argument("--sweep-backends", default="ort,ort:int8,openvino,tvm")
+    parser.add_argument("--skip-sweep", action="store_true")
     parser.add_argument("--one-layerwise", nargs=3, metavar=("SPECS", "CACHE", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one_layerwise:
@@ -157,6 +189,8 @@ def main() -> int:
     print(f"worst overhead ratio {worst:.3f} (target <= 1.15): {'OK' if worst <= 1.15 else 'OVER'}")
     if not args.skip_layerwise:
         layerwise_bench(args.layerwise_model, args.backends)
+    if not args.skip_sweep:
+        sweep_bench(args.sweep_models.split(","), args.sweep_backends)
     return 0
 
 

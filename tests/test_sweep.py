@@ -13,7 +13,8 @@ import pytest
 from backendiff.errors import BadInput
 from backendiff.latency import measure, speedup, summarize
 from backendiff.sweep import (CellStore, LocalExecutor, ModelEntry, base_spec, cell_key, cell_payload, cell_resources,
-                              exit_code, finding_text, findings, load_sweep_file, make_plan, run_spec, run_sweep)
+                              exit_code, finding_text, findings, load_sweep_file, make_plan, run_spec, run_sweep,
+                              task_score)
 
 from .conftest import needs
 
@@ -65,6 +66,7 @@ model = "zoo:digits-cnn"
 model = "zoo:mspn-tiny"
 task = "pose"
 data = "data/kp.npz"
+metric = "ap"
 """
 
 
@@ -75,6 +77,7 @@ def test_sweep_file(tmp_path):
     assert plan.specs == ("ort", "ort:int8", "openvino:fp32,route=onnx")
     assert [m.model for m in plan.models] == ["zoo:digits-cnn", "zoo:mspn-tiny"]
     assert plan.models[1].options == {"task": "pose", "data": str(tmp_path / "data/kp.npz")}   # relative to the file
+    assert (plan.models[0].metric, plan.models[1].metric) == (None, "ap")
     assert (plan.warmup, plan.runs, plan.threads, plan.options) == (2, 7, 2, {"samples": 2})
     assert plan.plugins == ("tests.sweep_plugin",)
     assert len(plan.cells()) == 6
@@ -153,8 +156,20 @@ def test_base_spec_and_findings():
     [f] = findings(matrix, ["ort", "ort:int8"])
     assert f["speedup"] == 2.0 and f["drop"] == pytest.approx(0.3)
     assert finding_text(f) == "ort:int8 on m is 2.00x faster than ort for a 0.30-point drop in top1"
+    assert finding_text(f | {"drop": 0.0}) == "ort:int8 on m is 2.00x faster than ort for no change in top1"
     matrix["m"]["ort:int8"]["latency"] = lat(4.0)
     assert "2.00x slower" in finding_text(findings(matrix, ["ort", "ort:int8"])[0])
+
+
+def test_task_score_by_a_chosen_metric():
+    task = {"metric": "pck@0.1", "unit": "%", "reference": 99.9, "value": 99.9, "delta": 0.0,
+            "ap_reference": 94.2, "ap": 92.9, "flip_rate": 0.91, "flip_label": "moved"}
+    assert task_score(task, None) == {"metric": "pck@0.1", "reference": 99.9, "value": 99.9, "delta": 0.0, "unit": "%",
+                                      "flip_rate": 0.91, "flip_label": "moved"}
+    ap = task_score(task, "ap")
+    assert ap["metric"] == "ap" and ap["delta"] == pytest.approx(-1.3) and ap["flip_rate"] == 0.91
+    assert task_score(task, "nosuch")["metric"] == "pck@0.1"           # not in the result: the headline
+    assert task_score({"name": "pose", "error": "boom"}, "ap") is None
 
 
 # -- real sweeps -------------------------------------------------------------------------
