@@ -126,10 +126,12 @@ def _check_writable(path: Path) -> None:
                    "(default: DIR/preprocess.txt, else resize to the model's input, /255).")
 @click.option("--max-task-drop", type=float, metavar="POINTS",
               help="Fail (exit 1) a backend whose task metric drops by more than this many points.")
+@click.option("--sysnoise", is_flag=True,
+              help="Also measure the SysNoise table on these backends (zoo models that declare their pipeline).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress display.")
 def compare(model, backends, input_specs, input_files, calib_files, calib_samples, seed, samples, weights, trust_pickle, atol, rtol,
             json_path, no_json, html_path, md_path, nan_strict, isolate, timeout, no_cache, cache_dir, no_golden, layerwise, isolate_layers, bisect, advise, task, no_task, data_file,
-            preprocess, max_task_drop, quiet):
+            preprocess, max_task_drop, sysnoise, quiet):
     """Compare MODEL on each backend against PyTorch eager fp32.
 
     MODEL is a .pt2 (torch.export), .pt (TorchScript), .onnx file, file.py:factory,
@@ -160,7 +162,7 @@ def compare(model, backends, input_specs, input_files, calib_files, calib_sample
         layerwise={None: "auto", True: "always", False: "never"}[layerwise], isolate_layers=isolate_layers, bisect=bisect, advise=advise,
         task="off" if no_task else ("auto" if task is None else "on"),
         task_name=None if task in (None, "on") else task, data_file=data_file, preprocess=preprocess,
-        max_task_drop=max_task_drop,
+        max_task_drop=max_task_drop, sysnoise=sysnoise,
         nan_strict=nan_strict, isolate=isolate, timeout=timeout, partial_path=partial_path_for(out_path) if out_path else None,
         command="backendiff " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
     )

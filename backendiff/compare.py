@@ -52,6 +52,10 @@ def compare(model, inputs=None, backends=None, *, config: CompareConfig | None =
         raise BadInput("--calib-samples must be at least 1")
     t_start = time.perf_counter()
     specs, requested = resolve_specs(config.backends)
+    if config.sysnoise:
+        from .sysnoise import zoo_entry
+
+        zoo_entry(model if isinstance(model, str) else "this model")   # one that declares its pipeline
     progress = config.progress or (lambda message: None)
 
     progress("loading model")
@@ -106,9 +110,27 @@ def compare(model, inputs=None, backends=None, *, config: CompareConfig | None =
         cache.close()
 
     fields["calibration"] = handle.calibration_info     # made by the first int8 backend (or by prewarm)
+    if config.sysnoise:
+        fields["sysnoise"] = sysnoise_block(model, [spec.name for _, _, spec in specs], config, progress)
     timings = {k: round(v, 6) for k, v in handle.timings.items()}
     timings["total_s"] = round(time.perf_counter() - t_start, 6)
     return Report(**fields, backends=results, timings=timings)
+
+
+def sysnoise_block(model: str, names: list[str], config: CompareConfig, progress) -> dict:
+    """The SysNoise table on the run's backends (base names, each once), as JSON data; a
+    failure of the measurement is its error, the comparison above is kept."""
+    import json
+
+    from .sysnoise import measure
+
+    bases = list(dict.fromkeys(names))
+    try:
+        return json.loads(json.dumps(measure(model, bases, config, progress), default=list))
+    except BadInput:
+        raise
+    except Exception as e:  # noqa: BLE001 - the backends' results stand without the table
+        return {"error": f"{type(e).__name__}: {e}", "backends": bases}
 
 
 def add_timings(timings: dict, before: dict, after: dict) -> None:

@@ -147,35 +147,33 @@ def view(report: dict) -> dict:
         "heatmap": charts.heatmap(backends) if sum(1 for b in backends if b.get("layers")) else "",
         "schema": report.get("schema"),
         "partial": report.get("partial"),
+        "sysnoise": report.get("sysnoise"),
+        "sysnoise_chart": charts.sysnoise_bars(report["sysnoise"]) if (report.get("sysnoise") or {}).get("rows") else "",
     }
+
+
+def _env(lenient: bool = True):
+    """The templates' Jinja environment; lenient on missing fields (reports saved by earlier
+    versions lack some of them)."""
+    from jinja2 import ChainableUndefined, Environment, FileSystemLoader, Undefined, select_autoescape
+
+    return Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html", "j2"]),
+                       undefined=ChainableUndefined if lenient else Undefined, trim_blocks=True, lstrip_blocks=True)
 
 
 def render_html(report: dict) -> str:
     """The self-contained HTML page of a report dict (``Report.to_dict()`` or its JSON)."""
-    from jinja2 import ChainableUndefined, Environment, FileSystemLoader, select_autoescape
-
-    # lenient on missing fields: reports saved by earlier versions lack some of them
-    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html", "j2"]),
-                      undefined=ChainableUndefined, trim_blocks=True, lstrip_blocks=True)
-    return env.get_template("report.html.j2").render(**view(report))
+    return _env().get_template("report.html.j2").render(**view(report))
 
 
 def render_sysnoise_html(result: dict) -> str:
     """The SysNoise table and its bar chart as one self-contained page."""
-    from jinja2 import Environment, FileSystemLoader, select_autoescape
-
-    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html", "j2"]),
-                      trim_blocks=True, lstrip_blocks=True)
-    return env.get_template("sysnoise.html.j2").render(result=result, chart=charts.sysnoise_bars(result))
+    return _env(lenient=False).get_template("sysnoise.html.j2").render(result=result, chart=charts.sysnoise_bars(result))
 
 
 def render_sweep_html(board: dict, pages: dict[str, str]) -> str:
     """The sweep's scoreboard page: heat map, table linking each cell to ``pages[model|spec]``
     (its own report, relative to the page), and a latency/accuracy scatter per model."""
-    from jinja2 import ChainableUndefined, Environment, FileSystemLoader, select_autoescape
-
-    env = Environment(loader=FileSystemLoader(TEMPLATES), autoescape=select_autoescape(["html", "j2"]),
-                      trim_blocks=True, lstrip_blocks=True, undefined=ChainableUndefined)
     scatters = [svg for svg in (charts.latency_scatter(board, m) for m in board["models"]) if svg]
-    return env.get_template("sweep.html.j2").render(board=board, pages=pages, heatmap=charts.sweep_heatmap(board),
-                                                    scatters=scatters)
+    return _env().get_template("sweep.html.j2").render(board=board, pages=pages, heatmap=charts.sweep_heatmap(board),
+                                                       scatters=scatters)

@@ -221,6 +221,11 @@ def print_report(report: Report, console: Console | None = None, json_path=None)
     for b in report.backends:
         for line in layer_lines(b) + advice_lines(b):
             console.print(Text(line))
+    if report.sysnoise:
+        if report.sysnoise.get("error"):
+            console.print(f"[yellow]sysnoise: not measured: {report.sysnoise['error']}[/yellow]", highlight=False)
+        else:
+            print_sysnoise(report.sysnoise, console)
     if report.partial:
         p = report.partial
         console.print(f"[bold yellow]partial run[/bold yellow]: {len(p['finished'])} of {len(p['planned'])} backends "

@@ -78,6 +78,7 @@ class Report:
     calibration: dict | None = None
     task: dict | None = None
     partial: dict | None = None   # an interrupted run: {"planned", "finished", "missing", "log"}
+    sysnoise: dict | None = None  # --sysnoise: the SysNoise table on the run's backends (or its error)
     schema: str = SCHEMA
 
     @property
@@ -125,6 +126,7 @@ class Report:
             "calibration": self.calibration,
             "task": self.task,
             "partial": self.partial,
+            "sysnoise": self.sysnoise,
             "timings": self.timings,
             "backends": [asdict(b) for b in self.backends],
             "verdict": self.verdict,
@@ -152,7 +154,7 @@ class Report:
         return cls(model=d["model"], reference=d["reference"], environment=d.get("environment", {}),
                    backends=backends, baseline=d.get("baseline"), timings=d.get("timings", {}),
                    command=d.get("command"), requested=d.get("requested", []), calibration=d.get("calibration"), task=d.get("task"),
-                   partial=d.get("partial"), schema=d["schema"])
+                   partial=d.get("partial"), sysnoise=d.get("sysnoise"), schema=d["schema"])
 
     @classmethod
     def read(cls, path: str | Path) -> "Report":

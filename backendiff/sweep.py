@@ -441,6 +441,7 @@ class RayExecutor:
         self.address, self.workers, self.threads, self.resources = address, workers, threads, resources
 
     def _init(self):
+        import logging
         import sys
 
         try:
@@ -454,10 +455,10 @@ class RayExecutor:
         env = {"env_vars": {"PYTHONPATH": os.pathsep.join(paths + [os.environ.get("PYTHONPATH", "")]).strip(os.pathsep)}}
         try:
             if self.address:
-                ray.init(address=self.address, log_to_driver=False, runtime_env=env)
+                ray.init(address=self.address, log_to_driver=False, runtime_env=env, logging_level=logging.ERROR)
             else:
                 ray.init(num_cpus=self.workers * self.threads, include_dashboard=False, log_to_driver=False,
-                         runtime_env=env)
+                         runtime_env=env, logging_level=logging.ERROR)
         except (ConnectionError, RuntimeError, ValueError) as e:
             raise BadInput(f"--executor ray: cannot reach Ray at {self.address or 'a new local instance'}: "
                            f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None

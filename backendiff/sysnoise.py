@@ -281,7 +281,7 @@ def measure(model: str, backends: list[str], config, progress=lambda m: None) ->
     from .isolation import parse_limits, run_isolated
     from .report import CRASHED, BackendResult
 
-    entry = _zoo_entry(model)
+    entry = zoo_entry(model)
     source, pipeline = entry.sysnoise()
     check_source(source)
     module = entry.build()
@@ -339,7 +339,7 @@ def _metric_name(task: str, params: dict) -> str:
     return {"classification": "top1", "embeddings": "retrieval@1"}.get(task, task)
 
 
-def _zoo_entry(model: str):
+def zoo_entry(model: str):
     from backendiff.models import ZOO
 
     name = model[4:] if model.startswith("zoo:") else model

@@ -259,3 +259,18 @@ def test_cli_sweep_writes_the_scoreboard_and_cell_reports(tmp_path, cache_dir):
     assert board["matrix"][MODEL]["ort:int8"]["sqnr_db"] < board["matrix"][MODEL]["ort"]["sqnr_db"]
     p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     assert p.returncode == 0 and "2 cells: 0 run, 2 resumed" in p.stdout
+
+
+@needs("ort")
+def test_ray_worker_that_dies_loses_only_its_cell(cache_dir):
+    pytest.importorskip("ray")
+    from backendiff.sweep import RayExecutor
+
+    plan = make_plan([MODEL], ["ort"], runs=2, warmup=0)
+    ok = cell_payload(plan, ModelEntry(MODEL), "ort", "k-ok", str(cache_dir))
+    dies = cell_payload(plan, ModelEntry(MODEL), "ort", "k-dies", str(cache_dir)) | {"plugins": ["tests.sweep_plugin_dies"]}
+    got = {}
+    RayExecutor(None, workers=2, threads=1, resources={}).run([dies, ok], lambda r: got.__setitem__(r["key"], r),
+                                                               lambda m: None)
+    assert got["k-ok"]["status"] == "ok" and got["k-ok"]["report"]["backends"][0]["latency"]["runs"] == 2
+    assert got["k-dies"]["status"] == "lost" and "Ray task was lost" in got["k-dies"]["error"]["message"]

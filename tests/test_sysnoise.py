@@ -8,6 +8,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from backendiff import noise as N
+from backendiff.errors import BadInput
 from backendiff.tasks import decode_heatmaps
 
 from .conftest import needs
@@ -122,3 +123,34 @@ def test_decoders_on_real_photographs():
     # each decode really is OpenCV's and Pillow's: both read the file the same way it was written
     data = (N.photographs()[0][1])
     assert N.decode_bytes(data, "opencv").shape == N.decode_bytes(data, "pil").shape == (427, 640, 3)
+
+
+def test_compare_with_sysnoise_puts_the_table_in_the_report_and_its_html(tmp_path):
+    """compare --sysnoise: the table is measured on the run's backends (base names, once) and
+    is a section of the HTML report, rendered from the JSON alone."""
+    import backendiff
+    from backendiff.html import render_html
+    from backendiff.report import Report
+
+    report = backendiff.compare("zoo:digits-cnn-narrow", backends=["ort", "ort:int8"], sysnoise=True, advise=False)
+    table = report.sysnoise
+    assert table["backends"] == ["ort"] and table["metric"] == "top1"
+    rows = {r["noise"]: r for r in table["rows"]}
+    assert rows["clean"]["cells"]["ort"]["value"] == pytest.approx(report.backend("ort").task["reference"])
+    assert rows["precision: int8"]["cells"]["ort"]["delta"] == pytest.approx(
+        rows["clean"]["cells"]["ort"]["value"] - rows["precision: int8"]["cells"]["ort"]["value"])
+    saved = tmp_path / "r.json"
+    report.write(saved)
+    again = Report.read(saved)
+    assert again.sysnoise == json.loads(saved.read_text())["sysnoise"]
+    page = render_html(json.loads(saved.read_text()))
+    assert 'id="sysnoise"' in page and 'id="sysnoise-table"' in page and '<a href="#sysnoise">' in page
+    assert page.count("<tr><td>") >= len(table["rows"])
+    assert render_html(json.loads(saved.read_text()) | {"sysnoise": None}).count('id="sysnoise"') == 0
+
+
+def test_compare_sysnoise_needs_a_declared_pipeline_before_any_work():
+    import backendiff
+
+    with pytest.raises(BadInput, match="declares no training pipeline"):
+        backendiff.compare("zoo:resnet18", backends=["ort"], sysnoise=True)
