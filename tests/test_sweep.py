@@ -274,3 +274,21 @@ def test_ray_worker_that_dies_loses_only_its_cell(cache_dir):
                                                                lambda m: None)
     assert got["k-ok"]["status"] == "ok" and got["k-ok"]["report"]["backends"][0]["latency"]["runs"] == 2
     assert got["k-dies"]["status"] == "lost" and "Ray task was lost" in got["k-dies"]["error"]["message"]
+
+
+@needs("ort")
+def test_sweep_of_a_factory_file_and_its_key_follows_the_code(tmp_path, cache_dir):
+    """A model given as file.py:factory is swept like a zoo model; editing the file changes
+    its cells' keys (so a resumed sweep reruns them)."""
+    net = tmp_path / "net.py"
+    net.write_text("import torch\nfrom torch import nn\n\n"
+                   "def build():\n    torch.manual_seed(0)\n"
+                   "    return nn.Sequential(nn.Linear(6, 4), nn.ReLU()), (torch.randn(2, 6),)\n")
+    store = CellStore(tmp_path / "store")
+    plan = make_plan([f"{net}:build"], ["ort"], runs=3, warmup=0)
+    board = run_sweep(plan, store, workers=1, cache_dir=str(cache_dir))
+    cell = board["matrix"][f"{net}:build"]["ort"]
+    assert cell["status"] == "ok" and cell["latency"]["batch"] == 2, cell.get("error")
+    assert run_sweep(plan, store, workers=1, cache_dir=str(cache_dir))["run"]["resumed"] == 1
+    net.write_text(net.read_text().replace("nn.Linear(6, 4)", "nn.Linear(6, 4), nn.Tanh()"))
+    assert run_sweep(plan, store, workers=1, cache_dir=str(cache_dir))["run"]["ran"] == 1
