@@ -430,6 +430,23 @@ def cell_resources(spec: str, threads: int, resources: dict) -> dict:
     return out
 
 
+def check_ray_address(address: str, timeout_s: float = 5.0) -> None:
+    """Fail fast (one line) on a ``HOST:PORT`` nobody listens on: Ray itself retries for
+    minutes. ``auto``, ``local`` and ``ray://`` (Ray Client) addresses are left to Ray."""
+    import socket
+
+    if address in ("auto", "local") or "://" in address:
+        return
+    host, sep, port = address.rpartition(":")
+    if not sep or not port.isdigit():
+        raise BadInput(f"--ray-address {address!r}: expected HOST:PORT of the head node (ray start --head), "
+                       "auto, or ray://HOST:PORT")
+    try:
+        socket.create_connection((host or "127.0.0.1", int(port)), timeout=timeout_s).close()
+    except OSError as e:
+        raise BadInput(f"--ray-address {address}: no Ray head node answers there ({e.strerror or e})") from None
+
+
 class RayExecutor:
     """Tasks on a Ray cluster: ``address`` of an existing one (``ray start --head``), or a
     local Ray started for the run with ``workers`` CPU slots of ``threads`` each. Every cell
@@ -453,6 +470,8 @@ class RayExecutor:
         # local workers import what the driver imports (a plugin next to the sweep file)
         paths = [p for p in sys.path if p and os.path.isdir(p) and "site-packages" not in p]
         env = {"env_vars": {"PYTHONPATH": os.pathsep.join(paths + [os.environ.get("PYTHONPATH", "")]).strip(os.pathsep)}}
+        if self.address:
+            check_ray_address(self.address)
         try:
             if self.address:
                 ray.init(address=self.address, log_to_driver=False, runtime_env=env, logging_level=logging.ERROR)
@@ -460,8 +479,11 @@ class RayExecutor:
                 ray.init(num_cpus=self.workers * self.threads, include_dashboard=False, log_to_driver=False,
                          runtime_env=env, logging_level=logging.ERROR)
         except (ConnectionError, RuntimeError, ValueError) as e:
+            auth = (" (a cluster with token authentication, the default of `ray start` since Ray 2.59, needs "
+                    "RAY_AUTH_MODE=token here and its token in RAY_AUTH_TOKEN or ~/.ray/auth_token)"
+                    if self.address and not os.environ.get("RAY_AUTH_MODE") else "")
             raise BadInput(f"--executor ray: cannot reach Ray at {self.address or 'a new local instance'}: "
-                           f"{str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
+                           f"{str(e).splitlines()[0] if str(e) else type(e).__name__}{auth}") from None
         return ray, True
 
     def run(self, payloads: list[dict], on_done: Callable[[dict], None], progress: Callable[[str], None]) -> None:

@@ -292,3 +292,22 @@ def test_sweep_of_a_factory_file_and_its_key_follows_the_code(tmp_path, cache_di
     assert run_sweep(plan, store, workers=1, cache_dir=str(cache_dir))["run"]["resumed"] == 1
     net.write_text(net.read_text().replace("nn.Linear(6, 4)", "nn.Linear(6, 4), nn.Tanh()"))
     assert run_sweep(plan, store, workers=1, cache_dir=str(cache_dir))["run"]["ran"] == 1
+
+
+def test_ray_address_nobody_listens_on_fails_fast():
+    import socket
+
+    from backendiff.sweep import check_ray_address
+
+    with socket.socket() as s:                       # a port that was free a moment ago
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    with pytest.raises(BadInput, match=f"127.0.0.1:{port}: no Ray head node answers"):
+        check_ray_address(f"127.0.0.1:{port}")
+    with pytest.raises(BadInput, match="expected HOST:PORT"):
+        check_ray_address("headnode")
+    check_ray_address("auto")
+    with socket.socket() as s:                       # something listening: accepted
+        s.bind(("127.0.0.1", 0))
+        s.listen()
+        check_ray_address(f"127.0.0.1:{s.getsockname()[1]}")
