@@ -8,7 +8,9 @@ from backendiff.backends.pytorch import TorchAdapter, TorchCompiled
 from backendiff.registry import register_backend
 
 
-class SweepSegfaults(TorchAdapter):
+class Segfaults(TorchAdapter):
+    """Test-only: dies of SIGSEGV in the middle of running, as a native runtime would."""
+
     name = "segfaults"
 
     def compile(self, module, folder):
@@ -19,4 +21,4 @@ class SweepSegfaults(TorchAdapter):
         return Dies(module)
 
 
-register_backend(SweepSegfaults, replace=True)
+register_backend(Segfaults, replace=True)

@@ -8,7 +8,7 @@ import textwrap
 import time
 
 import pytest
-from backendiff.backends.pytorch import TorchAdapter, TorchCompiled
+from backendiff.backends.pytorch import TorchAdapter
 
 import backendiff
 from backendiff import BadInput
@@ -16,19 +16,7 @@ from backendiff.isolation import death_message, parse_limits
 from backendiff.registry import register_backend, unregister_backend
 
 from .conftest import needs
-
-
-class Segfaults(TorchAdapter):
-    """Test-only: dies of SIGSEGV in the middle of running, as a native runtime would."""
-
-    name = "segfaults"
-
-    def compile(self, module, folder):
-        class Dies(TorchCompiled):
-            def run(self, sample):
-                os.kill(os.getpid(), signal.SIGSEGV)
-
-        return Dies(module)
+from .sweep_plugin import Segfaults   # also a sweep's --plugin: the same backend in every worker
 
 
 class Killed(TorchAdapter):
@@ -61,7 +49,7 @@ class Raises(TorchAdapter):
 @pytest.fixture
 def misbehaving():
     for cls in (Segfaults, Hangs, Raises, Killed):
-        register_backend(cls)
+        register_backend(cls, replace=True)
     yield
     for cls in (Segfaults, Hangs, Raises, Killed):
         unregister_backend(cls.name)

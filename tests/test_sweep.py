@@ -181,6 +181,11 @@ def _values(board):
 
 @pytest.fixture(scope="module")
 def local_sweep(tmp_path_factory, cache_dir):
+    from backendiff.registry import register_backend
+
+    from .sweep_plugin import Segfaults
+
+    register_backend(Segfaults, replace=True)    # again, should another test have unregistered it here
     plan = make_plan([MODEL], ["ort", "openvino", "segfaults"], runs=5, warmup=1, plugins=["tests.sweep_plugin"])
     store = CellStore(tmp_path_factory.mktemp("store"))
     board = run_sweep(plan, store, executor="local", workers=2, cache_dir=str(cache_dir))
