@@ -3,8 +3,9 @@
 Each entry: a definition, the inputs it takes, and where trained, small committed
 weights with the script that trained them and its data loader (``train_digits.py`` on
 scikit-learn's digits, ``train_mspn.py`` on the synthetic figures of
-``keypoints_data.py``), the end task and its held-out data. Random-weight entries are
-seeded, so every run builds the same model.
+``keypoints_data.py``, ``train_photo_patches.py`` on patches of the photographs bundled
+in scikit-learn and scikit-image, cut by ``photo_patches_data.py``), the end task and its
+held-out data. Random-weight entries are seeded, so every run builds the same model.
 """
 from __future__ import annotations
 
@@ -91,6 +92,29 @@ def _keypoints_pipeline():
     return Source(source, keypoints, "pose", _keypoint_params()), Pipeline(size=(64, 48), resize=("pil", "bilinear"))
 
 
+def _photo_patches():
+    from .photo_patches import PhotoPatchesCNN
+
+    return PhotoPatchesCNN()
+
+
+def _photo_patches_heldout():
+    from .train_photo_patches import heldout
+
+    return heldout()
+
+
+def _photo_patches_pipeline():
+    """The held-out 64x64 crops of the photographs as the camera-side source, stored as JPEG
+    q90, decoded by Pillow, Pillow bilinear resize to 32x32: the pipeline the model trained on."""
+    from backendiff.sysnoise import Source
+
+    from .photo_patches_data import heldout_crops, pipeline
+
+    crops, labels, _ = heldout_crops()
+    return Source(crops, labels, "classification"), pipeline()
+
+
 def _mspn():
     from .mspn_tiny import MSPNTiny
 
@@ -138,6 +162,10 @@ ZOO: dict[str, ZooEntry] = {
                  "aggregation) trained on rendered stick figures, 11 keypoints", _mspn,
                  (InputSpec("image", (8, 3, 64, 48), "float32", 0.0, 1.0),), "mspn_tiny.pt",
                  "pose", _keypoints_heldout, _keypoint_params(), sysnoise=_keypoints_pipeline),
+        ZooEntry("photo-patches", "CNN trained to tell which of ten real photographs (bundled in scikit-learn and "
+                 "scikit-image) a 64x64 patch comes from, at 32x32 after JPEG q90 and a Pillow bilinear resize",
+                 _photo_patches, (InputSpec("x", (8, 3, 32, 32), "float32", 0.0, 1.0),), "photo_patches.pt",
+                 "classification", _photo_patches_heldout, sysnoise=_photo_patches_pipeline),
         ZooEntry("mini-pose", "MSPN-style down/up path: bilinear upsampling (align_corners True and False), "
                  "heatmap head (random weights)", _seeded("MiniPose"), (InputSpec("image", (1, 3, 64, 48)),)),
         ZooEntry("tiny-transformer", "2-layer pre-norm transformer encoder: LayerNorm, multi-head attention, "
