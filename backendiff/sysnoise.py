@@ -366,3 +366,69 @@ def decoder_table(quality: int = 90) -> list[dict]:
         row["jpeg_loss_mean_abs"] = N.pixel_difference(pil, pixels)["mean_abs"]
         rows.append(row)
     return rows
+
+
+def _photo_variants(quality: int) -> dict[str, list[np.ndarray]]:
+    """The ten photographs of zoo:photo-patches as a deployment might decode them: as shipped
+    (the JPEG files among them decoded by Pillow and by OpenCV), and stored by Pillow at JPEG
+    ``quality`` then decoded by each. The lossless source is Pillow's read of each file."""
+    from importlib.resources import files
+
+    from PIL import Image
+
+    from backendiff.models import photo_patches_data as D
+
+    source = list(D.photos())
+    out: dict[str, list[np.ndarray]] = {"source": source}
+    for decoder in ("pil", "opencv"):
+        shipped = []
+        for (name, package, path, factor), img in zip(D.PHOTOS, source):
+            if not path.endswith(".jpg"):
+                shipped.append(img)                  # PNG: lossless, the same pixels for any decoder
+                continue
+            a = N.decode_bytes((files(package) / path).read_bytes(), decoder)
+            shipped.append(np.asarray(Image.fromarray(a).reduce(factor)) if factor > 1 else a)
+        out[f"shipped files, {decoder}"] = shipped
+        out[f"JPEG q{quality}, {decoder}"] = [N.decode_bytes(N.encode_jpeg(img, quality), decoder) for img in source]
+    return out
+
+
+def decoder_flips(quality: int = 90) -> dict:
+    """Decoder noise as prediction flips of a trained natural-image model: zoo:photo-patches
+    (which of ten bundled photographs a 64x64 crop is from) on its 538 held-out crops, each
+    photograph decoded several ways (``_photo_variants``), cropped, resized as in training
+    (Pillow bilinear to 32x32) and classified by the PyTorch model. Per decoding: top-1; per
+    pair of decodings: the crops whose prediction changed and the pixel difference."""
+    import torch
+
+    from backendiff.models import ZOO
+    from backendiff.models import photo_patches_data as D
+
+    if not opencv_available():
+        raise BackendUnavailable("OpenCV is not installed", "pip install 'backendiff[sysnoise]'")
+    model = ZOO["photo-patches"].build().eval()
+    boxes = D.heldout_boxes()
+    labels = boxes[:, 0]
+
+    def predict(images: list[np.ndarray]) -> np.ndarray:
+        x = np.stack([np.transpose(N.resize(images[c][t:t + D.CROP, left:left + D.CROP], D.SIZE, "pil", "bilinear"),
+                                   (2, 0, 1)) for c, t, left in boxes]).astype(np.float32) / 255.0
+        with torch.no_grad():
+            return model(torch.from_numpy(x)).argmax(1).numpy()
+
+    variants = _photo_variants(quality)
+    preds = {name: predict(images) for name, images in variants.items()}
+    pairs = [("shipped files, pil", "shipped files, opencv"), (f"JPEG q{quality}, pil", f"JPEG q{quality}, opencv"),
+             ("source", f"JPEG q{quality}, pil")]
+    rows = []
+    for a, b in pairs:
+        changed = preds[a] != preds[b]
+        diffs = [N.pixel_difference(x, y) for x, y in zip(variants[a], variants[b])]
+        rows.append({"a": a, "b": b, "flips": int(changed.sum()), "flip_rate": float(changed.mean()),
+                     "top1_a": 100.0 * float((preds[a] == labels).mean()),
+                     "top1_b": 100.0 * float((preds[b] == labels).mean()),
+                     "max_abs": max(d["max_abs"] for d in diffs),
+                     "mean_abs": float(np.mean([d["mean_abs"] for d in diffs]))})
+    jpegs = [name for name, _, path, _ in D.PHOTOS if path.endswith(".jpg")]
+    return {"model": "zoo:photo-patches", "crops": int(len(boxes)), "quality": quality, "shipped_jpegs": jpegs,
+            "rows": rows}

@@ -115,7 +115,8 @@ def test_decoders_on_real_photographs():
 
     result = CliRunner().invoke(cli, ["decoders", "--json"])
     assert result.exit_code == 0, result.output
-    rows = json.loads(result.output)
+    out = json.loads(result.output)
+    rows = out["images"]
     shipped = [r for r in rows if r["stored"] == "the shipped file"]
     assert {r["image"] for r in shipped} == {"china.jpg", "flower.jpg"} and all(r["size"] == [427, 640] for r in shipped)
     trips = [r for r in rows if r["stored"] == "Pillow JPEG q90"]
@@ -123,6 +124,33 @@ def test_decoders_on_real_photographs():
     # each decode really is OpenCV's and Pillow's: both read the file the same way it was written
     data = (N.photographs()[0][1])
     assert N.decode_bytes(data, "opencv").shape == N.decode_bytes(data, "pil").shape == (427, 640, 3)
+    # prediction flips of the trained photo-patches model: the two decoders agree here bit for bit
+    # (no flips), the JPEG round trip itself moves pixels and changes some predictions
+    flips = {(r["a"], r["b"]): r for r in out["prediction_flips"]["rows"]}
+    assert out["prediction_flips"]["crops"] == 538
+    assert flips[("shipped files, pil", "shipped files, opencv")]["max_abs"] == 0
+    assert flips[("shipped files, pil", "shipped files, opencv")]["flips"] == 0
+    trip = flips[("source", "JPEG q90, pil")]
+    assert trip["mean_abs"] > 1.0 and trip["flips"] == 3
+    assert trip["top1_b"] == pytest.approx(100 * 512 / 538)       # as many right as through its per-crop pipeline
+
+
+def test_decoder_flips_count_changed_predictions(monkeypatch):
+    """A decoder that really differs (here: OpenCV's decode darkened by 8 levels) shows up as
+    pixel difference and flips, counted crop by crop."""
+    from backendiff import sysnoise as S
+
+    real = N.decode_bytes
+
+    def darker(data, decoder):
+        img = real(data, decoder)
+        return np.clip(img.astype(np.int16) - 8, 0, 255).astype(np.uint8) if decoder == "opencv" else img
+
+    monkeypatch.setattr(N, "decode_bytes", darker)
+    rows = {(r["a"], r["b"]): r for r in S.decoder_flips(90)["rows"]}
+    row = rows[("JPEG q90, pil", "JPEG q90, opencv")]
+    assert row["max_abs"] == 8 and row["flips"] > 0
+    assert row["flip_rate"] == pytest.approx(row["flips"] / 538)
 
 
 def test_compare_with_sysnoise_puts_the_table_in_the_report_and_its_html(tmp_path):
