@@ -208,9 +208,16 @@ def backends_cmd(as_json):
 
     from .registry import adapter_class, names
 
-    rows = [adapter_class(n).availability() for n in names()]
+    classes = [adapter_class(n) for n in names()]
+    rows = [cls.availability() for cls in classes]
+    # specs of an available backend that cannot run here (ort:cuda without onnxruntime-gpu, trt:bf16 on an old GPU)
+    missing = {cls.name: cls.unavailable_variants() if r.available and hasattr(cls, "unavailable_variants") else {}
+               for cls, r in zip(classes, rows)}
     if as_json:
-        click.echo(json.dumps([r.__dict__ | {"variants": list(r.variants)} for r in rows], indent=2))
+        click.echo(json.dumps([r.__dict__ | {"variants": list(r.variants),
+                                             "variants_unavailable": {k: {"reason": why, "hint": hint}
+                                                                      for k, (why, hint) in missing[r.name].items()}}
+                               for r in rows], indent=2))
         return 0
     table = Table(title="backendiff backends", title_justify="left")
     for col in ("backend", "available", "versions", "variants", "notes"):
@@ -218,6 +225,8 @@ def backends_cmd(as_json):
     for r in rows:
         versions = ", ".join(f"{k} {v}" for k, v in r.versions.items())
         notes = r.description if r.available else f"{r.reason}" + (f" — {r.hint}" if r.hint else "")
+        for spec, (why, hint) in missing[r.name].items():
+            notes += f"\n[yellow]{spec}[/yellow]: {why}" + (f" — {hint}" if hint else "")
         table.add_row(r.name, "[green]yes[/green]" if r.available else "[yellow]no[/yellow]", versions,
                       ", ".join(r.variants), notes)
     Console().print(table)
@@ -357,6 +366,116 @@ def decoders_cmd(quality, as_json):
                       f"{r['top1_b']:.2f}", str(r["max_abs"]), f"{r['mean_abs']:.3f}")
     console.print(table)
     return 0
+
+
+@cli.command("sweep")
+@click.argument("models", nargs=-1)
+@click.option("--file", "-f", "sweep_file", type=click.Path(path_type=Path), metavar="SWEEP.toml",
+              help="Models, backends, per-model data/task and Ray resources from a TOML sweep file.")
+@click.option("--backends", "-b", "backends", multiple=True, metavar="SPEC[,SPEC...]", help="Backend specs (over the file's).")
+@click.option("--option", "-o", "options", multiple=True, metavar="KEY=VALUE",
+              help="A compare option for every model: samples, seed, data, task, preprocess, atol, rtol, ...")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("reports/sweep"), show_default=True,
+              help="Folder of the scoreboard (sweep.json, sweep.html) and each cell's report (cells/).")
+@click.option("--store", "store_dir", type=click.Path(path_type=Path), help="Finished cells, by content key (default OUT/store).")
+@click.option("--force", is_flag=True, help="Redo cells already in the store.")
+@click.option("--executor", type=click.Choice(["local", "ray"]), default="local", show_default=True)
+@click.option("--workers", type=click.IntRange(min=1), help="Cells at once (default: the CPU count; local Ray: its CPU slots).")
+@click.option("--ray-address", metavar="ADDRESS", help="An existing Ray cluster (default: start a local one for the run).")
+@click.option("--threads", type=click.IntRange(min=1), help="Intra-op threads of every backend [file or 1].")
+@click.option("--runs", type=click.IntRange(min=1), help="Timed runs per cell [file or 20].")
+@click.option("--warmup", type=click.IntRange(min=0), help="Untimed warm-up runs per cell [file or 5].")
+@click.option("--plugin", "plugins", multiple=True, metavar="MODULE", help="Import in every worker first (custom backends).")
+@click.option("--cache-dir", type=click.Path(path_type=Path), help="Cache folder (default ~/.cache/backendiff).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress display.")
+def sweep_cmd(models, sweep_file, backends, options, out_dir, store_dir, force, executor, workers, ray_address, threads,
+              runs, warmup, plugins, cache_dir, quiet):
+    """Sweep MODELS (zoo names, files, factories) x backend specs into one scoreboard, with
+    latency; finished cells are stored and skipped on a rerun. Exit 0 when every cell ran,
+    3 when some could not."""
+    from dataclasses import replace
+
+    from .html import render_html, render_sweep_html
+    from .render import print_scoreboard
+    from .sweep import (CellStore, cell_page, exit_code, import_plugins, load_sweep_file, make_plan, run_sweep,
+                        split_specs)
+
+    if executor != "ray" and ray_address:
+        raise BadInput("--ray-address needs --executor ray")
+    extra = {}
+    for item in options:
+        key, sep, value = item.partition("=")
+        if not sep or not key:
+            raise BadInput(f"--option {item!r}: expected KEY=VALUE")
+        extra[key.strip()] = _option_value(value.strip())
+    specs = [s for text in backends for s in split_specs(text)]
+    if sweep_file is not None:
+        plan = load_sweep_file(sweep_file)
+        if models:
+            plan = replace(plan, models=make_plan(models, plan.specs).models)
+        if specs:
+            plan = replace(plan, specs=make_plan(["x"], specs).specs)
+        if extra:
+            plan = replace(plan, options={**plan.options, **make_plan(["x"], plan.specs, extra).options})
+    else:
+        if not models:
+            raise BadInput("sweep needs models (zoo:NAME, files) or --file SWEEP.toml")
+        plan = make_plan(models, specs or ["ort", "openvino", "tvm"], extra)
+    if plugins:
+        import_plugins(plugins)
+    plan = replace(plan, **{k: v for k, v in {"threads": threads, "runs": runs, "warmup": warmup}.items() if v is not None},
+                   plugins=tuple(plan.plugins) + tuple(plugins))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _check_writable(out_dir / "sweep.json")
+    store = CellStore(store_dir or out_dir / "store")
+    console = Console(stderr=True)
+    pages = {}
+
+    def write_page(record):
+        if record.get("report"):
+            path = out_dir / cell_page(record)
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_text(render_html(record["report"]), encoding="utf-8")
+            pages[record["model"] + "|" + record["spec"]] = cell_page(record)
+
+    kwargs = dict(executor=executor, workers=workers, ray_address=ray_address, force=force,
+                  cache_dir=str(cache_dir) if cache_dir else None, on_record=write_page)
+    try:
+        if quiet or not console.is_terminal:
+            board = run_sweep(plan, store, **kwargs)
+        else:
+            with console.status("backendiff sweep: starting") as status:
+                board = run_sweep(plan, store, progress=lambda m: status.update(f"backendiff sweep: {m}"), **kwargs)
+    except KeyboardInterrupt:
+        click.echo(f"backendiff: interrupted; the finished cells are in {store.root} (rerun to resume)", err=True)
+        sys.exit(130)
+    for record in board["cells"]:
+        if record["model"] + "|" + record["spec"] not in pages and record.get("report"):
+            if (out_dir / cell_page(record)).exists():
+                pages[record["model"] + "|" + record["spec"]] = cell_page(record)
+            else:
+                write_page(record)
+    for model, row in board["matrix"].items():
+        for spec, cell in row.items():
+            cell["report"] = pages.get(model + "|" + spec)
+    (out_dir / "sweep.json").write_text(json.dumps(board, indent=1, allow_nan=False) + "\n")
+    (out_dir / "sweep.html").write_text(render_sweep_html(board, pages), encoding="utf-8")
+    print_scoreboard(board, _stdout_console())
+    _stdout_console().print(f"scoreboard: {out_dir / 'sweep.json'}, {out_dir / 'sweep.html'}", highlight=False)
+    return exit_code(board)
+
+
+def _option_value(text: str):
+    """--option values: numbers and true/false as such, everything else a string."""
+    low = text.lower()
+    if low in ("true", "false"):
+        return low == "true"
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 @cli.command("report")

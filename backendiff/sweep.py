@@ -40,8 +40,6 @@ OPTION_KEYS = {
     "advise": ("advise", bool), "timeout": ("timeout", str), "nan_strict": ("nan_strict", bool),
 }
 PATH_KEYS = {"data", "weights", "inputs", "calib"}
-# specs that need an NVIDIA GPU: a Ray cell asks for one
-GPU_SPECS = re.compile(r"^(trt|tensorrt)(:|$)|^(ort|onnxruntime):(cuda|trt)\b")
 
 
 @dataclass(frozen=True)
@@ -416,15 +414,32 @@ class LocalExecutor:
                 receiver.close()
 
 
+def parse_spec_name(spec: str) -> str:
+    from .specs import parse_spec
+
+    return parse_spec(spec).name
+
+
+def needs_gpu(spec: str) -> bool:
+    """TensorRT, and ONNX Runtime on its CUDA or TensorRT provider (``ort:cuda``,
+    ``ort:fp16,ep=trt``), run on an NVIDIA GPU."""
+    from .registry import ALIASES
+    from .specs import parse_spec
+
+    parsed = parse_spec(spec)
+    name = ALIASES.get(parsed.name, parsed.name)
+    return name == "trt" or (name == "ort" and (parsed.variant in ("cuda", "trt") or parsed.option("ep") in ("cuda", "trt")))
+
+
 def cell_resources(spec: str, threads: int, resources: dict) -> dict:
     """Ray task options of a cell: CPUs for its threads, a GPU for GPU backends, and custom
     resources declared for its spec or its backend name (the spec's entry wins)."""
-    from .specs import parse_spec
+    from .registry import ALIASES
 
-    name = parse_spec(spec).name
+    name = ALIASES.get(parse_spec_name(spec), parse_spec_name(spec))
     wants = dict(resources.get(name, {}))
     wants.update(resources.get(spec, {}))
-    out = {"num_cpus": float(wants.pop("CPU", threads)), "num_gpus": float(wants.pop("GPU", 1 if GPU_SPECS.match(spec) else 0))}
+    out = {"num_cpus": float(wants.pop("CPU", threads)), "num_gpus": float(wants.pop("GPU", 1 if needs_gpu(spec) else 0))}
     if wants:
         out["resources"] = {k: float(v) for k, v in wants.items()}
     return out

@@ -190,7 +190,8 @@ def opencv_available() -> bool:
 
 # -- running -----------------------------------------------------------------------------
 
-BASE_VARIANTS = {"ort": ("fp16", "int8"), "openvino": ("fp16", "bf16", "int8"), "tvm": ("fp16",), "torch": ("fp16",)}
+BASE_VARIANTS = {"ort": ("fp16", "int8"), "openvino": ("fp16", "bf16", "int8"), "tvm": ("fp16",), "torch": ("fp16",),
+                 "trt": ("fp16", "bf16", "int8")}
 # the other conversion route of backends that have two (their default is the ExportedProgram)
 OTHER_ROUTE = {"openvino": "route=onnx", "tvm": "route=onnx"}
 

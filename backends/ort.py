@@ -1,4 +1,6 @@
-"""ONNX Runtime: the dynamo ONNX export, run on the CPU execution provider.
+"""ONNX Runtime: the dynamo ONNX export, run on the CPU execution provider (or, with
+``ep=cuda`` / ``ep=trt``, written ``ort:cuda`` / ``ort:trt``, on ONNX Runtime's CUDA or
+TensorRT execution provider).
 
 Variants: ``fp32``; ``fp16`` (``onnxruntime.transformers.float16.convert_float_to_float16``
 with fp32 inputs and outputs kept at the boundary); ``int8`` (static QDQ quantization with
@@ -6,6 +8,17 @@ with fp32 inputs and outputs kept at the boundary); ``int8`` (static QDQ quantiz
 The session saves the graph it actually runs (``optimized_model_filepath``), and the
 precision of every compute op is read off that graph: ORT's CPU provider has few fp16
 kernels, so it wraps many ops of an fp16 model in Casts and runs them in fp32.
+
+Execution providers: ``ort:cuda`` is ``ort:fp32,ep=cuda`` and ``ort:trt`` is
+``ort:fp32,ep=trt``; ``ep`` combines with the variants (``ort:fp16,ep=cuda``). They need a
+GPU build of ONNX Runtime (``onnxruntime-gpu``) that lists the provider in
+``onnxruntime.get_available_providers()``; otherwise the spec is *unavailable*, with the
+reason and the install hint. A session whose requested provider did not load (ONNX Runtime
+then falls back to the CPU with a warning) is unavailable too, never silently measured on
+the CPU. On CUDA, fp32 means fp32: TF32 is off (``use_tf32=0``). With ``ep=trt`` the
+variant is TensorRT's own: ``fp16`` sets ``trt_fp16_enable`` on the fp32 graph and
+``int8`` runs the QDQ model with ``trt_int8_enable``; engines are cached in the backend's
+folder (``trt_engine_cache_path``).
 """
 from __future__ import annotations
 
@@ -13,6 +26,9 @@ import os
 from pathlib import Path
 
 import numpy as np
+
+from backendiff.errors import BackendUnavailable, BadInput
+from backendiff.specs import BackendSpec
 
 from .base import Adapter, Compiled, as_float32, feeds_in_order, positive_int
 
@@ -22,6 +38,76 @@ _LEVELS = {
     "extended": "ORT_ENABLE_EXTENDED",
     "all": "ORT_ENABLE_ALL",
 }
+
+
+#: ``ep`` option -> ONNX Runtime execution provider
+PROVIDERS = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "trt": "TensorrtExecutionProvider"}
+#: variants that stand for an execution provider: ``ort:cuda`` is ``ort:fp32,ep=cuda``
+EP_VARIANTS = ("cuda", "trt")
+GPU_HINT = ("pip uninstall onnxruntime && pip install onnxruntime-gpu (ONNX Runtime's CUDA build; "
+            "it needs an NVIDIA GPU with its driver, CUDA and cuDNN)")
+TRT_HINT = GPU_HINT + "; the TensorRT provider also needs TensorRT's libraries (pip install tensorrt)"
+
+
+def provider_unavailable_reason(ep: str, available: list[str], version: str) -> tuple[str, str] | None:
+    """(why, install hint) when ``onnxruntime.get_available_providers()`` lacks the
+    provider of ``ep``; None when it is listed (or ``ep`` is the CPU)."""
+    provider = PROVIDERS[ep]
+    if ep == "cpu" or provider in available:
+        return None
+    build = "a CPU-only build" if "CUDAExecutionProvider" not in available else "a build without it"
+    return (f"onnxruntime {version} has no {provider} ({build}; available providers: {', '.join(available) or 'none'})",
+            TRT_HINT if ep == "trt" else GPU_HINT)
+
+
+def provider_fallback_reason(ep: str, used: list[str]) -> str | None:
+    """Why a session is not what was asked: the requested provider is missing from the
+    providers the session actually uses (ONNX Runtime fell back to the CPU)."""
+    provider = PROVIDERS[ep]
+    if provider in used:
+        return None
+    return (f"{provider} is listed by onnxruntime but the session could not use it (it runs on "
+            f"{', '.join(used) or 'nothing'}): no usable NVIDIA GPU, or its CUDA, cuDNN"
+            + (" or TensorRT" if ep == "trt" else "") + " libraries failed to load")
+
+
+def trt_cache_folder(folder: Path) -> Path:
+    """Where the TensorRT provider caches its engines: per TensorRT version and GPU, since an
+    engine from another of either must not be reused (the compiled folder knows neither)."""
+    from importlib import metadata
+
+    from backendiff.cache import content_key
+
+    versions = {}
+    for dist in ("tensorrt", "tensorrt-cu12-libs", "tensorrt-cu13-libs"):
+        try:
+            versions[dist] = metadata.version(dist)
+        except metadata.PackageNotFoundError:
+            pass
+    try:
+        import torch
+
+        device = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    except Exception:  # no usable CUDA in PyTorch: the provider's engines are keyed by versions alone
+        device = None
+    return Path(folder) / "trt_engines" / content_key("ort-trt", versions, device)[:16]
+
+
+def provider_list(ep: str, variant: str, cache_dir: Path | None = None) -> list:
+    """The ``providers`` argument of an InferenceSession for ``ep`` and the variant."""
+    if ep == "cpu":
+        return ["CPUExecutionProvider"]
+    cuda = ("CUDAExecutionProvider", {"device_id": 0, "use_tf32": 0})  # fp32 means fp32
+    if ep == "cuda":
+        return [cuda, "CPUExecutionProvider"]
+    opts: dict = {"device_id": 0}
+    if variant == "fp16":
+        opts["trt_fp16_enable"] = True
+    if variant == "int8":
+        opts["trt_int8_enable"] = True  # the QDQ model: explicit quantization, no calibration table
+    if cache_dir is not None:
+        opts.update(trt_engine_cache_enable=True, trt_engine_cache_path=str(cache_dir))
+    return [("TensorrtExecutionProvider", opts), cuda, "CPUExecutionProvider"]
 
 
 class OrtCompiled(Compiled):
@@ -52,7 +138,12 @@ def lower_fp16(src: Path, dst: Path, keep: list[str] = ()) -> None:
 def quantize_int8(src: Path, dst: Path, samples, per_channel: bool, keep: list[str] = ()) -> None:
     """Static QDQ int8; the nodes of the ``keep`` modules stay in float."""
     import onnx
-    from onnxruntime.quantization import CalibrationDataReader, QuantFormat, QuantType, quantize_static
+    from onnxruntime.quantization import (
+        CalibrationDataReader,
+        QuantFormat,
+        QuantType,
+        quantize_static,
+    )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
     from backendiff.onnx_graph import nodes_in_modules
@@ -82,9 +173,64 @@ class OrtAdapter(Adapter):
     extra = "ort"
     variants = ("fp32", "fp16", "int8")
     #: ``keep=MODULE;MODULE``: those PyTorch modules stay in fp32 (fp16 block list / int8 exclusions)
-    options = {"opt": tuple(_LEVELS), "threads": positive_int, "per_channel": ("true", "false"), "keep": None}
+    #: ``ep``: the execution provider (absent: the CPU, as before execution providers existed)
+    options = {"opt": tuple(_LEVELS), "threads": positive_int, "per_channel": ("true", "false"), "keep": None,
+               "ep": tuple(PROVIDERS)}
     keep_variants = ("fp16", "int8")
     defaults = {"opt": "all"}
+
+    @classmethod
+    def canonical(cls, spec: BackendSpec) -> BackendSpec:
+        """``ort:cuda`` / ``ort:trt`` become ``ort:fp32,ep=cuda`` / ``ort:fp32,ep=trt``."""
+        if spec.variant in EP_VARIANTS:
+            ep = spec.option("ep")
+            if ep is not None and ep != spec.variant:
+                raise BadInput(f"ort:{spec.variant} names the {spec.variant} execution provider, but the spec also "
+                               f"sets ep={ep}")
+            options = tuple((k, v) for k, v in spec.options if k != "ep") + (("ep", spec.variant),)
+            spec = BackendSpec(spec.name, "fp32", options)
+        try:
+            out = super().canonical(spec)
+        except BadInput as e:
+            if "unknown variant" in str(e):
+                raise BadInput(f"{e} (or an execution provider: {', '.join(EP_VARIANTS)})") from None
+            raise
+        if out.option("ep") == "trt" and out.option("keep") and out.variant == "fp16":
+            raise BadInput("ort's keep= does not apply with ep=trt and fp16 (TensorRT picks each layer's precision "
+                           "itself); use trt:fp16,keep=... or ort:fp16,ep=cuda,keep=...")
+        return out
+
+    @property
+    def ep(self) -> str:
+        return self.spec.option("ep") or "cpu"
+
+    def check_variant(self) -> None:
+        if self.ep == "cpu":
+            return
+        import onnxruntime as ort
+
+        found = provider_unavailable_reason(self.ep, list(ort.get_available_providers()), ort.__version__)
+        if found:
+            raise BackendUnavailable(*found)
+
+    @classmethod
+    def unavailable_variants(cls) -> dict[str, tuple[str, str | None]]:
+        """``ort:cuda`` / ``ort:trt`` -> (why, hint) for each execution provider this
+        onnxruntime cannot offer (every one, with the backend's reason, when onnxruntime
+        itself is missing)."""
+        try:
+            cls.check()
+        except BackendUnavailable as e:
+            return {f"ort:{ep}": (e.reason, e.hint) for ep in EP_VARIANTS}
+        import onnxruntime as ort
+
+        available = list(ort.get_available_providers())
+        out = {}
+        for ep in EP_VARIANTS:
+            found = provider_unavailable_reason(ep, available, ort.__version__)
+            if found:
+                out[f"ort:{ep}"] = found
+        return out
 
     def route(self, model) -> str:
         return "onnx"
@@ -105,6 +251,8 @@ class OrtAdapter(Adapter):
 
         if getattr(self, "_deployed", None) is None or self.variant != "fp32":
             return None, None  # fp16/int8 lowering renames values: no reliable match yet
+        if self.ep == "trt":
+            return None, None  # TensorRT subgraphs are compiled nodes: no optimized graph to read
         with tempfile.TemporaryDirectory(prefix="backendiff-ort-") as tmp:
             # level "all" only adds layout changes (NCHWc), which rename values without fusing
             # operators: read the fusions at "extended"
@@ -130,7 +278,14 @@ class OrtAdapter(Adapter):
     def _session(self, path: Path, so=None):
         import onnxruntime as ort
 
-        return ort.InferenceSession(str(path), so or self._options(), providers=["CPUExecutionProvider"])
+        cache = getattr(self, "_trt_cache", None)
+        session = ort.InferenceSession(str(path), so or self._options(),
+                                       providers=provider_list(self.ep, self.variant, cache))
+        if self.ep != "cpu":
+            reason = provider_fallback_reason(self.ep, list(session.get_providers()))
+            if reason:
+                raise BackendUnavailable(reason, TRT_HINT if self.ep == "trt" else GPU_HINT)
+        return session
 
     def run_onnx(self, path, originals, named):
         session = self._session(path)
@@ -140,7 +295,7 @@ class OrtAdapter(Adapter):
         return as_float32(dict(zip([o.name for o in session.get_outputs()], outputs)))
 
     def lower_onnx(self, path: Path) -> Path:
-        if self.variant != "fp16":
+        if self.variant != "fp16" or self.ep == "trt":  # ep=trt: TensorRT's fp16 on the fp32 graph
             return path
         lowered = path.with_name(path.stem + "_fp16.onnx")
         if not lowered.exists():
@@ -151,7 +306,7 @@ class OrtAdapter(Adapter):
 
     def layer_values(self, model, sample):
         path, _ = model.instrumented_onnx()
-        if self.variant == "fp16":
+        if self.variant == "fp16" and self.ep != "trt":
             # as a deployment engineer would instrument it: the fp16 model, then its values
             # marked as outputs, in fp16 (the runtime must produce them in fp16)
             path = path.with_name("instrumented_fp16.onnx")
@@ -172,8 +327,8 @@ class OrtAdapter(Adapter):
     def convert(self, model, folder: Path):
         path = model.onnx_path()
         self.cache_hit = model.onnx_from_cache
-        if self.variant == "fp32":
-            return path
+        if self.variant == "fp32" or (self.ep == "trt" and self.variant == "fp16"):
+            return path  # TensorRT's own fp16 (trt_fp16_enable) on the fp32 graph
         out = folder / f"model_{self.variant}.onnx"
         if out.exists():
             self.cache_hit = True
@@ -195,12 +350,18 @@ class OrtAdapter(Adapter):
 
         so = self._options()
         optimized = folder / f".optimized-{os.getpid()}.onnx"
-        if self.variant != "fp32":  # read back what runs: the graph after ORT's own transforms
-            so.optimized_model_filepath = str(optimized)
+        if self.ep == "trt":
+            self._trt_cache = trt_cache_folder(folder)
+            self._trt_cache.mkdir(parents=True, exist_ok=True)
+        elif self.variant != "fp32":  # read back what runs: the graph after ORT's own transforms
+            so.optimized_model_filepath = str(optimized)  # (not with TensorRT's compiled nodes)
         session = self._session(onnx_path, so)
         self._deployed = Path(onnx_path)
         compiled = OrtCompiled(session)
         compiled.info["opt"] = self.spec.option("opt", "all")
+        if self.ep == "trt" and self.variant != "fp32":
+            compiled.info["runtime_precision_note"] = ("TensorRT picks each layer's precision inside its "
+                                                       "subgraphs; ONNX Runtime does not report it")
         if optimized.exists():
             counts = onnx_compute_precisions(onnx.load(str(optimized), load_external_data=False))
             optimized.unlink()

@@ -139,6 +139,9 @@ def test_cell_resources():
     assert cell_resources("ort", 2, {}) == {"num_cpus": 2.0, "num_gpus": 0.0}
     assert cell_resources("trt:fp16", 1, {})["num_gpus"] == 1.0
     assert cell_resources("ort:cuda", 1, {})["num_gpus"] == 1.0
+    assert cell_resources("ort:fp16,ep=trt", 1, {})["num_gpus"] == 1.0
+    assert cell_resources("tensorrt:int8", 1, {})["num_gpus"] == 1.0
+    assert cell_resources("ort:int8,ep=cpu", 1, {})["num_gpus"] == 0.0
     res = {"openvino": {"cpu-xeon": 1}, "openvino:int8": {"cpu-xeon": 0.5, "CPU": 4}}
     assert cell_resources("openvino", 1, res) == {"num_cpus": 1.0, "num_gpus": 0.0, "resources": {"cpu-xeon": 1.0}}
     assert cell_resources("openvino:int8", 1, res) == {"num_cpus": 4.0, "num_gpus": 0.0, "resources": {"cpu-xeon": 0.5}}
