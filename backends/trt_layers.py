@@ -273,22 +273,15 @@ def map_layers(layers: list[EngineLayer], index: OnnxIndex) -> list[dict]:
     out = []
     for layer in layers:
         parsed = parse_layer_name(layer.name)
-        nodes, unmatched, how = [], [], "name"
-        if layer.metadata:
-            how = "metadata"
-            for part in layer.metadata:
-                node = resolve(part, index)
-                if node is not None:
-                    nodes.append(node)
-                elif not is_anonymous(part, index):
-                    unmatched.append(part)
-        else:
-            for part in parsed.parts:
-                node = resolve(part, index)
-                if node is not None:
-                    nodes.append(node)
-                elif not is_anonymous(part, index):
-                    unmatched.append(part)
+        nodes, unmatched = [], []
+        how = "metadata" if layer.metadata else "name"
+        for part in layer.metadata or parsed.parts:
+            node = resolve(part, index)
+            if node is not None:
+                nodes.append(node)
+            elif not is_anonymous(part, index):
+                unmatched.append(part)
+        if not layer.metadata:
             for first, last in parsed.ranges:
                 members = _range_members(first, last, index)
                 if members is None:

@@ -12,6 +12,8 @@ from backendiff.backends.trt import TrtAdapter
 
 from backendiff.specs import parse_spec
 
+from .test_trt import _FakeConfig
+
 
 def rows(n, start=0, shape=(3, 4, 4)):
     return [{"x": np.full((1, *shape), start + i, np.float64)} for i in range(n)]
@@ -133,29 +135,14 @@ def test_calibration_cache_name_depends_on_network_data_version_and_gpu():
 
 
 # -- int8 build with a fake builder ----------------------------------------------------------
-class _Config:
-    def __init__(self):
-        self.calls = []
-
-    def set_flag(self, flag):
-        self.calls.append(("set", flag))
-
-    def clear_flag(self, flag):
-        self.calls.append(("clear", flag))
-
-    def set_memory_pool_limit(self, *a):
-        self.calls.append(("pool", *a))
+class _Config(_FakeConfig):
+    """test_trt's fake builder config, plus what an int8 build with a profile calls."""
 
     def add_optimization_profile(self, profile):
         self.calls.append(("profile", profile))
 
     def set_calibration_profile(self, profile):
         self.calls.append(("calibration_profile", profile))
-
-    def __setattr__(self, key, value):
-        if key != "calls":
-            self.calls.append(("attr", key, value))
-        object.__setattr__(self, key, value)
 
 
 def _int8_trt(inputs, seen):
