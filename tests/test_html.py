@@ -77,6 +77,13 @@ def test_bad_report_file_is_a_one_line_error(tmp_path):
 CHROMIUM = shutil.which("chromium")
 
 
+def _launch(playwright):
+    """Headless Debian chromium, offline."""
+    return playwright.chromium.launch(executable_path=CHROMIUM, args=[
+        "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+        "--disable-sync", "--no-first-run"])
+
+
 @needs("ort", "openvino", "tvm")
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make browser installs it as root)")
 def test_html_opens_in_headless_chromium(run, tmp_path):
@@ -86,9 +93,7 @@ def test_html_opens_in_headless_chromium(run, tmp_path):
 
     errors, requests = [], []
     with sync_api.sync_playwright() as p:
-        browser = p.chromium.launch(executable_path=CHROMIUM, args=[
-            "--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-            "--disable-sync", "--no-first-run"])
+        browser = _launch(p)
         try:
             page = browser.new_page(viewport={"width": 1300, "height": 900})
             page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
@@ -156,3 +161,40 @@ def test_a_report_missing_newer_fields_still_renders(run, tmp_path):
                                       "--md", str(tmp_path / "old.md")])
     assert result.exception is None or isinstance(result.exception, SystemExit), result.output
     assert "Task: classification" in (tmp_path / "old.html").read_text()
+
+
+@needs("ort")
+@pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make browser installs it as root)")
+def test_sweep_scoreboard_opens_and_links_to_each_cell_report(tmp_path, cache_dir):
+    """The sweep's page in a real browser: no errors, nothing fetched, the heat map and the
+    scatter drawn, and a scoreboard link opens that cell's own report."""
+    import subprocess
+    import sys
+
+    sync_api = pytest.importorskip("playwright.sync_api", reason="playwright (the test extra) is not installed")
+    out = tmp_path / "sweep"
+    p = subprocess.run([sys.executable, "-m", "backendiff", "sweep", "zoo:digits-cnn-narrow", "-b", "ort,ort:int8",
+                        "--runs", "3", "--warmup", "0", "--workers", "2", "--out", str(out), "--cache-dir",
+                        str(cache_dir), "-q"], capture_output=True, text=True)
+    assert p.returncode == 0, p.stderr
+    errors, requests = [], []
+    with sync_api.sync_playwright() as pw:
+        browser = _launch(pw)
+        try:
+            page = browser.new_page(viewport={"width": 1300, "height": 900})
+            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+            page.on("pageerror", lambda e: errors.append(str(e)))
+            page.on("request", lambda r: requests.append(r.url))
+            page.goto((out / "sweep.html").as_uri())
+            boxes = [svg.bounding_box() for svg in page.query_selector_all(".chart svg")]
+            links = page.query_selector_all("#sweep-table a")
+            page.click("#sweep-table a >> nth=1")                # the ort:int8 cell
+            page.wait_for_selector("#verdict")
+            opened, verdict = page.url, page.inner_text("#verdict")
+        finally:
+            browser.close()
+    assert errors == []
+    assert requests[0] == (out / "sweep.html").as_uri() and requests[1:] == [opened]
+    assert len(boxes) == 2 and all(b and b["width"] > 300 and b["height"] > 150 for b in boxes)
+    assert len(links) == 2 and opened == (out / "cells" / "zoo-digits-cnn-narrow__ort-int8.html").as_uri()
+    assert verdict in ("pass", "fail")
