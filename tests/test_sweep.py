@@ -3,6 +3,7 @@ and the Ray executor (same scoreboard, resumption, a crashing backend reported).
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -319,3 +320,44 @@ def test_ray_address_nobody_listens_on_fails_fast():
         s.bind(("127.0.0.1", 0))
         s.listen()
         check_ray_address(f"127.0.0.1:{s.getsockname()[1]}")
+
+
+def _marked_processes(mark: bytes) -> list[int]:
+    """Live processes whose environment holds ``mark``."""
+    out = []
+    for env in Path("/proc").glob("[0-9]*/environ"):
+        try:
+            if mark in env.read_bytes().split(b"\0"):
+                out.append(int(env.parent.name))
+        except OSError:
+            pass
+    return out
+
+
+@needs("ort")
+def test_interrupted_sweep_keeps_finished_cells_and_resumes(tmp_path, cache_dir):
+    """Ctrl-C (SIGINT to the driver): exit 130, the cells finished so far stay stored, no
+    worker is left behind, and the rerun runs only the rest."""
+    import signal
+    import time
+
+    out = tmp_path / "interrupted"
+    cmd = [sys.executable, "-m", "backendiff", "sweep", MODEL, "zoo:tiny-transformer", "zoo:digits-cnn",
+           "-b", "ort", "--runs", "200", "--warmup", "0", "--workers", "1", "--out", str(out),
+           "--cache-dir", str(cache_dir), "-q"]
+    mark = f"BACKENDIFF_TEST_MARK={out}".encode()     # inherited by every process the sweep starts
+    env = dict(os.environ, BACKENDIFF_TEST_MARK=str(out))
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+    cells = out / "store" / "cells"
+    deadline = time.time() + 120
+    while time.time() < deadline and len(list(cells.glob("*.json"))) < 1:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and "rerun to resume" in err and "Traceback" not in err
+    done = len(list(cells.glob("*.json")))
+    assert 1 <= done < 3
+    time.sleep(1.0)
+    assert _marked_processes(mark) == []                        # no worker survived the driver
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    assert p.returncode == 0 and f"3 cells: {3 - done} run, {done} resumed" in p.stdout
