@@ -63,7 +63,7 @@ def compare(model, inputs=None, backends=None, *, config: CompareConfig | None =
     samples, inputs_from, specs_used = resolve_inputs(loaded, inputs, config)
     cache = Cache((config.cache_dir or default_cache_dir()) if config.use_cache else None)
     handle = ModelHandle(loaded, samples, cache)
-    handle.set_calibration_source(lambda: calibration_samples(config, samples, specs_used))
+    handle.set_calibration_source(lambda: calibration_samples(config, samples, specs_used, loaded.zoo_name))
 
     progress("running the reference")
     reference = handle.reference()
@@ -343,16 +343,38 @@ def check_against_declared(samples, declared: list[InputSpec] | None, names: lis
             raise BadInput(f"input {spec.name} has dtype {a.dtype.name} but the model expects {spec.dtype}")
 
 
-def calibration_samples(config: CompareConfig, samples, specs: list[InputSpec]) -> tuple[list[dict], dict]:
-    """int8 calibration data: ``--calib`` files, else the user's own ``--inputs``, else
+def calibration_samples(config: CompareConfig, samples, specs: list[InputSpec],
+                        zoo_name: str | None = None) -> tuple[list[dict], dict]:
+    """int8 calibration data: ``--calib`` files, else the user's own ``--inputs``, else a zoo
+    model's own training data (``--calib-samples`` batches shaped like the inputs), else
     seeded random batches drawn like the inputs (with another seed than the inputs)."""
     if config.calib_files:
         calib = [s for path in config.calib_files for s in load_calibration_npz(path, samples[0])]
         return calib, {"source": "file", "files": [str(p) for p in config.calib_files]}
     if config.input_files:
         return list(samples), {"source": "inputs"}
+    zoo = zoo_calibration(zoo_name, samples[0], config.calib_samples)
+    if zoo is not None:
+        return zoo
     seed = config.seed + 1
     return random_samples(specs, seed, config.calib_samples), {"source": "random", "seed": seed}
+
+
+def zoo_calibration(zoo_name: str | None, sample: dict, batches: int) -> tuple[list[dict], dict] | None:
+    """A zoo model's calibration data from its training split, in batches shaped like
+    ``sample`` (one input); None for models that declare none."""
+    if zoo_name is None:
+        return None
+    from .models import ZOO
+
+    entry = ZOO.get(zoo_name)
+    if entry is None or entry.calibration is None or len(sample) != 1:
+        return None
+    (name, ref), = sample.items()
+    batch = ref.shape[0]
+    data = np.asarray(entry.calibration(batch * batches), dtype=ref.dtype)
+    calib = [{name: freeze(data[i:i + batch])} for i in range(0, len(data) - batch + 1, batch)]
+    return calib, {"source": "zoo", "split": f"zoo:{zoo_name} training split"}
 
 
 def resolve_inputs(loaded: LoadedModel, inputs, config: CompareConfig) -> tuple[list[dict], str, list[InputSpec]]:

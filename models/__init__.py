@@ -29,6 +29,7 @@ class ZooEntry:
     data: Callable | None = None  # () -> (inputs, labels): its held-out evaluation data
     task_params: dict = field(default_factory=dict)  # keyword arguments of the task's metric
     sysnoise: Callable | None = None  # () -> (sysnoise.Source, sysnoise.Pipeline): its training pipeline
+    calibration: Callable | None = None  # (n) -> n inputs (first input) from its *training* split: int8 calibration
 
     def task_data(self):
         """The held-out data as backendiff.tasks.TaskData (None without a task)."""
@@ -54,6 +55,34 @@ def _digits_heldout():
 
     _, _, x_test, y_test = load_digits_split()
     return x_test, y_test
+
+
+def _digits_calibration(n: int):
+    """n training digits (a seeded choice: never the held-out split the task scores)."""
+    import numpy as np
+
+    from .train_digits import load_digits_split
+
+    x_train = load_digits_split()[0]
+    return x_train[np.random.default_rng(0).permutation(len(x_train))[:n]]
+
+
+def _keypoints_calibration(n: int):
+    """n figures rendered like the training split (its seed), never the held-out ones."""
+    from .keypoints_data import make_split
+    from .train_mspn import TRAIN_SEED
+
+    return make_split(n, TRAIN_SEED)[0]
+
+
+def _photo_patches_calibration(n: int):
+    """n training crops (seeded positions in the left 70%) through the model's pipeline."""
+    import numpy as np
+
+    from .photo_patches_data import cut, inputs, train_boxes
+
+    boxes = train_boxes(-(-n // 10), seed=1)               # class by class: shuffled, then n of them
+    return inputs(cut(boxes[np.random.default_rng(1).permutation(len(boxes))[:n]]))
 
 
 def _digits(width: int, cls: str = "DigitsCNN"):
@@ -150,22 +179,24 @@ ZOO: dict[str, ZooEntry] = {
     for e in [
         ZooEntry("digits-cnn", "CNN trained on scikit-learn digits (conv/BN/ReLU, ceil-mode max-pool), width 16",
                  _digits(16), (InputSpec("x", (8, 1, 8, 8), "float32", 0.0, 1.0),), "digits_cnn_w16.pt",
-                 "classification", _digits_heldout, sysnoise=_digits_pipeline),
+                 "classification", _digits_heldout, sysnoise=_digits_pipeline, calibration=_digits_calibration),
         ZooEntry("digits-cnn-narrow", "the same CNN at width 4",
                  _digits(4), (InputSpec("x", (8, 1, 8, 8), "float32", 0.0, 1.0),), "digits_cnn_w4.pt",
-                 "classification", _digits_heldout, sysnoise=_digits_pipeline),
+                 "classification", _digits_heldout, sysnoise=_digits_pipeline, calibration=_digits_calibration),
         ZooEntry("digits-cnn-embed", "digits-cnn's trained features as L2-normalised embeddings (retrieval of "
                  "same-digit neighbours)", _digits(16, "DigitsEmbedding"),
                  (InputSpec("x", (8, 1, 8, 8), "float32", 0.0, 1.0),), "digits_cnn_w16.pt",
-                 "embeddings", _digits_heldout),
+                 "embeddings", _digits_heldout, calibration=_digits_calibration),
         ZooEntry("mspn-tiny", "2-stage MSPN-style pose net (bilinear align_corners=True top-down paths, cross-stage "
                  "aggregation) trained on rendered stick figures, 11 keypoints", _mspn,
                  (InputSpec("image", (8, 3, 64, 48), "float32", 0.0, 1.0),), "mspn_tiny.pt",
-                 "pose", _keypoints_heldout, _keypoint_params(), sysnoise=_keypoints_pipeline),
+                 "pose", _keypoints_heldout, _keypoint_params(), sysnoise=_keypoints_pipeline,
+                 calibration=_keypoints_calibration),
         ZooEntry("photo-patches", "CNN trained to tell which of ten real photographs (bundled in scikit-learn and "
                  "scikit-image) a 64x64 patch comes from, at 32x32 after JPEG q90 and a Pillow bilinear resize",
                  _photo_patches, (InputSpec("x", (8, 3, 32, 32), "float32", 0.0, 1.0),), "photo_patches.pt",
-                 "classification", _photo_patches_heldout, sysnoise=_photo_patches_pipeline),
+                 "classification", _photo_patches_heldout, sysnoise=_photo_patches_pipeline,
+                 calibration=_photo_patches_calibration),
         ZooEntry("mini-pose", "MSPN-style down/up path: bilinear upsampling (align_corners True and False), "
                  "heatmap head (random weights)", _seeded("MiniPose"), (InputSpec("image", (1, 3, 64, 48)),)),
         ZooEntry("tiny-transformer", "2-layer pre-norm transformer encoder: LayerNorm, multi-head attention, "

@@ -67,7 +67,26 @@ def test_precision_read_back(report):
         assert report.backend("openvino").precision["runtime"] == "fp32"
     if available("tvm"):
         assert report.backend("tvm:fp16").info["runtime_precisions"].get("fp16", 0) > 0
-    assert report.calibration["source"] == "random" and report.calibration["samples"] == 16
+    # a zoo model with training data calibrates on it; the others on seeded random batches
+    source = "zoo" if report.model["source"] == "zoo:digits-cnn" else "random"
+    assert report.calibration["source"] == source and report.calibration["samples"] == 16
+
+
+def test_zoo_calibration_is_training_data_shaped_like_the_inputs():
+    from backendiff.compare import zoo_calibration
+    from backendiff.models.train_digits import load_digits_split
+
+    sample = {"x": np.zeros((8, 1, 8, 8), np.float32)}
+    calib, info = zoo_calibration("digits-cnn", sample, 5)
+    assert info == {"source": "zoo", "split": "zoo:digits-cnn training split"}
+    assert len(calib) == 5 and all(c["x"].shape == (8, 1, 8, 8) and c["x"].dtype == np.float32 for c in calib)
+    x_train, _, x_test, _ = load_digits_split()
+    train = {r.tobytes() for r in x_train}
+    rows = [r for c in calib for r in c["x"]]
+    assert len({r.tobytes() for r in rows}) == 40 and all(r.tobytes() in train for r in rows)
+    assert not {r.tobytes() for r in rows} & {r.tobytes() for r in x_test}.difference(train)
+    assert zoo_calibration("tiny-transformer", {"tokens": np.zeros((2, 16, 32), np.float32)}, 4) is None
+    assert zoo_calibration(None, sample, 4) is None
 
 
 def Overflow():
