@@ -77,6 +77,15 @@ def test_bad_report_file_is_a_one_line_error(tmp_path):
 CHROMIUM = shutil.which("chromium")
 
 
+def _watched_page(browser, errors: list, requests: list):
+    """A new page whose console errors, page errors and requested URLs are collected."""
+    page = browser.new_page(viewport={"width": 1300, "height": 900})
+    page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
+    page.on("pageerror", lambda e: errors.append(str(e)))
+    page.on("request", lambda r: requests.append(r.url))
+    return page
+
+
 def _launch(playwright):
     """Headless Debian chromium, offline."""
     return playwright.chromium.launch(executable_path=CHROMIUM, args=[
@@ -95,10 +104,7 @@ def test_html_opens_in_headless_chromium(run, tmp_path):
     with sync_api.sync_playwright() as p:
         browser = _launch(p)
         try:
-            page = browser.new_page(viewport={"width": 1300, "height": 900})
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.on("request", lambda r: requests.append(r.url))
+            page = _watched_page(browser, errors, requests)
             page.goto(run["html"].as_uri())
             boxes = [svg.bounding_box() for svg in page.query_selector_all(".chart svg")]
             page.screenshot(path=str(tmp_path / "report.png"), full_page=True)
@@ -181,10 +187,7 @@ def test_sweep_scoreboard_opens_and_links_to_each_cell_report(tmp_path, cache_di
     with sync_api.sync_playwright() as pw:
         browser = _launch(pw)
         try:
-            page = browser.new_page(viewport={"width": 1300, "height": 900})
-            page.on("console", lambda m: errors.append(m.text) if m.type == "error" else None)
-            page.on("pageerror", lambda e: errors.append(str(e)))
-            page.on("request", lambda r: requests.append(r.url))
+            page = _watched_page(browser, errors, requests)
             page.goto((out / "sweep.html").as_uri())
             boxes = [svg.bounding_box() for svg in page.query_selector_all(".chart svg")]
             links = page.query_selector_all("#sweep-table a")
