@@ -73,8 +73,9 @@ def _plain_attributes(module) -> list[tuple[str, str]]:
 
 def module_key(module) -> str:
     """Content key of an nn.Module: weights and buffers, structure (repr), every submodule's
-    plain attributes, and the source files defining its module classes (so an edited
-    ``forward`` or helper in the same file changes the key). Code in other files that
+    plain attributes, and the source files defining its module classes, their paths and
+    contents (an edited ``forward`` or helper in the same file changes the key, and so does
+    another checkout, whose file:line locations differ). Code in other files that
     ``forward`` calls is not covered: ``--no-cache`` after editing such code."""
     import torch
 
@@ -96,6 +97,7 @@ def module_key(module) -> str:
         if path and not path.startswith(torch_root):  # torch's own code is keyed by its version
             files.add(path)
     for path in sorted(files):
+        h.update(path.encode())    # where: the report's file:line locations come from the export
         try:
             h.update(Path(path).read_bytes())
         except OSError:

@@ -1,4 +1,6 @@
 """A second identical run takes exported and compiled artifacts from the cache."""
+import sys
+
 import pytest
 
 import backendiff
@@ -32,3 +34,27 @@ def test_changed_weights_change_the_key(tmp_path):
     with torch.no_grad():
         m.classifier.bias[0] += 1
     assert module_key(m) != k
+
+
+def test_the_same_code_in_another_checkout_is_another_key(tmp_path, monkeypatch):
+    """Identical model files at two paths: other keys, since the export's file:line locations
+    (which reports show) differ; the same file twice: the same key."""
+    from backendiff.loading import module_key
+
+    code = "from torch import nn\n\nclass Net(nn.Module):\n    def __init__(self):\n        super().__init__()\n" \
+           "        self.fc = nn.Linear(3, 2)\n\n    def forward(self, x):\n        return self.fc(x)\n\n" \
+           "def build():\n    import torch\n    torch.manual_seed(0)\n    return Net(), (torch.randn(1, 3),)\n"
+    for where in ("a", "b"):
+        (tmp_path / where).mkdir()
+        (tmp_path / where / "net.py").write_text(code)
+    import importlib.util
+
+    def built(where: str):
+        spec = importlib.util.spec_from_file_location("net", tmp_path / where / "net.py")
+        mod = importlib.util.module_from_spec(spec)
+        monkeypatch.setitem(sys.modules, "net", mod)            # imported as a package's module is
+        spec.loader.exec_module(mod)
+        return mod.build()[0]
+
+    a, b = module_key(built("a")), module_key(built("b"))     # as a zoo entry's modules are keyed
+    assert a != b and module_key(built("a")) == a
