@@ -322,7 +322,6 @@ def sysnoise_cmd(model, backends, json_path, html_path, no_cache, cache_dir, iso
     else:
         with console.status("backendiff sysnoise: starting") as status:
             result = measure(model, names, config, progress=lambda m: status.update(f"backendiff: {m}"))
-    result = json.loads(json.dumps(result, default=list))     # what the JSON holds is what is rendered
     if json_path is not None:
         json_path.write_text(json.dumps(result, indent=2) + "\n")
     if html_path is not None:
@@ -393,11 +392,9 @@ def sweep_cmd(models, sweep_file, backends, options, out_dir, store_dir, force, 
     """Sweep MODELS (zoo names, files, factories) x backend specs into one scoreboard, with
     latency; finished cells are stored and skipped on a rerun. Exit 0 when every cell ran,
     3 when some could not."""
-    from dataclasses import replace
-
     from .html import render_html, render_sweep_html
     from .render import print_scoreboard
-    from .sweep import (CellStore, cell_page, exit_code, import_plugins, load_sweep_file, make_plan, run_sweep,
+    from .sweep import (CellStore, SweepPlan, cell_page, exit_code, load_sweep_file, make_plan, run_sweep,
                         split_specs)
 
     if executor != "ray" and ray_address:
@@ -409,37 +406,20 @@ def sweep_cmd(models, sweep_file, backends, options, out_dir, store_dir, force, 
             raise BadInput(f"--option {item!r}: expected KEY=VALUE")
         extra[key.strip()] = _option_value(value.strip())
     specs = [s for text in backends for s in split_specs(text)]
-    if sweep_file is not None:
-        plan = load_sweep_file(sweep_file)
-        if models:
-            plan = replace(plan, models=make_plan(models, plan.specs).models)
-        if specs:
-            plan = replace(plan, specs=make_plan(["x"], specs).specs)
-        if extra:
-            plan = replace(plan, options={**plan.options, **make_plan(["x"], plan.specs, extra).options})
-    else:
-        if not models:
-            raise BadInput("sweep needs models (zoo:NAME, files) or --file SWEEP.toml")
-        plan = make_plan(models, specs or ["ort", "openvino", "tvm"], extra)
-    if plugins:
-        import_plugins(plugins)
-    plan = replace(plan, **{k: v for k, v in {"threads": threads, "runs": runs, "warmup": warmup}.items() if v is not None},
-                   plugins=tuple(plan.plugins) + tuple(plugins))
+    if sweep_file is None and not models:
+        raise BadInput("sweep needs models (zoo:NAME, files) or --file SWEEP.toml")
+    base = load_sweep_file(sweep_file) if sweep_file is not None else SweepPlan(models=(), specs=("ort", "openvino", "tvm"))
+    # the command line over the file: models, specs and options replace or join its own
+    plan = make_plan(models or base.models, specs or base.specs, {**base.options, **extra},
+                     warmup=base.warmup if warmup is None else warmup, runs=base.runs if runs is None else runs,
+                     threads=base.threads if threads is None else threads, resources=base.resources,
+                     plugins=tuple(base.plugins) + tuple(plugins))
     out_dir.mkdir(parents=True, exist_ok=True)
     _check_writable(out_dir / "sweep.json")
     store = CellStore(store_dir or out_dir / "store")
     console = Console(stderr=True)
-    pages = {}
-
-    def write_page(record):
-        if record.get("report"):
-            path = out_dir / cell_page(record)
-            path.parent.mkdir(parents=True, exist_ok=True)
-            path.write_text(render_html(record["report"]), encoding="utf-8")
-            pages[record["model"] + "|" + record["spec"]] = cell_page(record)
-
     kwargs = dict(executor=executor, workers=workers, ray_address=ray_address, force=force,
-                  cache_dir=str(cache_dir) if cache_dir else None, on_record=write_page)
+                  cache_dir=str(cache_dir) if cache_dir else None)
     try:
         if quiet or not console.is_terminal:
             board = run_sweep(plan, store, **kwargs)
@@ -449,12 +429,14 @@ def sweep_cmd(models, sweep_file, backends, options, out_dir, store_dir, force, 
     except KeyboardInterrupt:
         click.echo(f"backendiff: interrupted; the finished cells are in {store.root} (rerun to resume)", err=True)
         sys.exit(130)
+    pages = {}                   # each cell's own report beside the scoreboard (a resumed one's kept)
     for record in board["cells"]:
-        if record["model"] + "|" + record["spec"] not in pages and record.get("report"):
-            if (out_dir / cell_page(record)).exists():
-                pages[record["model"] + "|" + record["spec"]] = cell_page(record)
-            else:
-                write_page(record)
+        if record.get("report"):
+            page = out_dir / cell_page(record)
+            if not (record.get("resumed") and page.exists()):
+                page.parent.mkdir(parents=True, exist_ok=True)
+                page.write_text(render_html(record["report"]), encoding="utf-8")
+            pages[record["model"] + "|" + record["spec"]] = cell_page(record)
     for model, row in board["matrix"].items():
         for spec, cell in row.items():
             cell["report"] = pages.get(model + "|" + spec)

@@ -120,13 +120,11 @@ def compare(model, inputs=None, backends=None, *, config: CompareConfig | None =
 def sysnoise_block(model: str, names: list[str], config: CompareConfig, progress) -> dict:
     """The SysNoise table on the run's backends (base names, each once), as JSON data; a
     failure of the measurement is its error, the comparison above is kept."""
-    import json
-
     from .sysnoise import measure
 
     bases = list(dict.fromkeys(names))
     try:
-        return json.loads(json.dumps(measure(model, bases, config, progress), default=list))
+        return measure(model, bases, config, progress)
     except BadInput:
         raise
     except Exception as e:  # noqa: BLE001 - the backends' results stand without the table

@@ -19,13 +19,9 @@ STATUS_CLASS = {"ok": "ok", "diverged": "bad", "failed": "bad", "crashed": "bad"
 
 def worst(outputs: list[dict]) -> dict:
     """The worst metrics over a backend's outputs (as ``BackendResult.worst`` on the dict)."""
-    if not outputs:
-        return {}
-    ms = [o["metrics"] for o in outputs]
-    sq = [m["sqnr_db"] for m in ms if m.get("sqnr_db") is not None]
-    return {"max_abs": max(m["max_abs"] for m in ms), "max_rel": max(m["max_rel"] for m in ms),
-            "cosine": min(m["cosine"] for m in ms), "sqnr_db": min(sq) if sq else None,
-            "nonfinite": sum(m["nonfinite"] for m in ms)}
+    from .metrics import worst_of_outputs
+
+    return worst_of_outputs(outputs)
 
 
 def _metrics_cells(m: dict) -> dict:

@@ -102,3 +102,15 @@ def worst_of(per_sample: list[dict]) -> dict:
         "sqnr_db": min(sq) if sq else None,
         "nonfinite": sum(m["nonfinite"] for m in per_sample),
     }
+
+
+def worst_of_outputs(outputs: list[dict]) -> dict:
+    """The worst metrics over a backend's outputs (dicts with ``metrics``): largest errors,
+    smallest cosine and SQNR, NaN/Inf summed; {} without outputs."""
+    if not outputs:
+        return {}
+    ms = [o["metrics"] for o in outputs]
+    sq = [m["sqnr_db"] for m in ms if m.get("sqnr_db") is not None]
+    return {"max_abs": max(m["max_abs"] for m in ms), "max_rel": max(m["max_rel"] for m in ms),
+            "cosine": min(m["cosine"] for m in ms), "sqnr_db": min(sq) if sq else None,
+            "nonfinite": sum(m["nonfinite"] for m in ms)}

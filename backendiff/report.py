@@ -52,17 +52,9 @@ class BackendResult:
 
     def worst(self) -> dict:
         """The worst metrics over all outputs (for one-row summaries)."""
-        if not self.outputs:
-            return {}
-        ms = [o.metrics for o in self.outputs]
-        sq = [m["sqnr_db"] for m in ms if m.get("sqnr_db") is not None]
-        return {
-            "max_abs": max(m["max_abs"] for m in ms),
-            "max_rel": max(m["max_rel"] for m in ms),
-            "cosine": min(m["cosine"] for m in ms),
-            "sqnr_db": min(sq) if sq else None,
-            "nonfinite": sum(m["nonfinite"] for m in ms),
-        }
+        from .metrics import worst_of_outputs
+
+        return worst_of_outputs([{"metrics": o.metrics} for o in self.outputs])
 
 
 @dataclass

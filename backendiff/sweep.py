@@ -18,12 +18,14 @@ import json
 import os
 import re
 import time
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
 from .cache import content_key, write_atomic
 from .errors import BadInput
+from .loading import sha256_file
+from .metrics import worst_of_outputs
 
 SCHEMA = "backendiff.sweep/1"
 CELL_SCHEMA = "backendiff.sweep-cell/1"
@@ -160,7 +162,7 @@ def check_resources(resources: dict) -> dict:
     return {str(k): dict(v) for k, v in resources.items()}
 
 
-def load_sweep_file(path: str | Path, **overrides) -> SweepPlan:
+def load_sweep_file(path: str | Path) -> SweepPlan:
     """A TOML sweep file::
 
         backends = ["ort", "ort:int8", "openvino", "openvino:int8", "tvm"]
@@ -216,10 +218,9 @@ def load_sweep_file(path: str | Path, **overrides) -> SweepPlan:
     unknown = sorted(set(latency) - {"warmup", "runs", "threads"})
     if unknown:
         raise BadInput(f"sweep file {path}: unknown [latency] key(s) {', '.join(unknown)}")
-    plan = make_plan(models, backends, check_options(doc.get("options") or {}, f"sweep file {path}: [options]", base),
+    return make_plan(models, backends, check_options(doc.get("options") or {}, f"sweep file {path}: [options]", base),
                      warmup=latency.get("warmup", 5), runs=latency.get("runs", 20), threads=latency.get("threads", 1),
                      resources=doc.get("resources") or {}, plugins=doc.get("plugins") or ())
-    return replace(plan, **{k: v for k, v in overrides.items() if v is not None})
 
 
 # -- one cell ---------------------------------------------------------------------------
@@ -267,15 +268,13 @@ def compare_config(options: dict, warmup: int, runs: int, cache_dir: str | None)
 def file_digest(path: str | Path) -> str:
     """SHA-256 of a file, or of a folder's files (relative names and contents, sorted)."""
     path = Path(path)
-    h = hashlib.sha256()
-    if path.is_dir():
-        for p in sorted(q for q in path.rglob("*") if q.is_file()):
-            h.update(str(p.relative_to(path)).encode() + b"\0")
-            h.update(hashlib.sha256(p.read_bytes()).digest())
-    elif path.is_file():
-        h.update(path.read_bytes())
-    else:
+    if path.is_file():
+        return sha256_file(path)
+    if not path.is_dir():
         raise BadInput(f"sweep: {path} does not exist")
+    h = hashlib.sha256()
+    for p in sorted(q for q in path.rglob("*") if q.is_file()):
+        h.update(f"{p.relative_to(path)}\0{sha256_file(p)}".encode())
     return h.hexdigest()
 
 
@@ -414,12 +413,6 @@ class LocalExecutor:
                 receiver.close()
 
 
-def parse_spec_name(spec: str) -> str:
-    from .specs import parse_spec
-
-    return parse_spec(spec).name
-
-
 def needs_gpu(spec: str) -> bool:
     """TensorRT, and ONNX Runtime on its CUDA or TensorRT provider (``ort:cuda``,
     ``ort:fp16,ep=trt``), run on an NVIDIA GPU."""
@@ -435,9 +428,10 @@ def cell_resources(spec: str, threads: int, resources: dict) -> dict:
     """Ray task options of a cell: CPUs for its threads, a GPU for GPU backends, and custom
     resources declared for its spec or its backend name (the spec's entry wins)."""
     from .registry import ALIASES
+    from .specs import parse_spec
 
-    name = ALIASES.get(parse_spec_name(spec), parse_spec_name(spec))
-    wants = dict(resources.get(name, {}))
+    name = parse_spec(spec).name
+    wants = dict(resources.get(ALIASES.get(name, name), {}))
     wants.update(resources.get(spec, {}))
     out = {"num_cpus": float(wants.pop("CPU", threads)), "num_gpus": float(wants.pop("GPU", 1 if needs_gpu(spec) else 0))}
     if wants:
@@ -554,8 +548,7 @@ def keep_record(record: dict) -> bool:
 
 def run_sweep(plan: SweepPlan, store: CellStore, *, executor="local", workers: int | None = None,
               ray_address: str | None = None, force: bool = False, cache_dir: str | None = None,
-              progress: Callable[[str], None] = lambda m: None,
-              on_record: Callable[[dict], None] = lambda r: None) -> dict:
+              progress: Callable[[str], None] = lambda m: None) -> dict:
     """Run every cell not already stored (all with ``force``); return the scoreboard data."""
     workers = workers or default_workers()
     t0 = time.perf_counter()
@@ -577,7 +570,6 @@ def run_sweep(plan: SweepPlan, store: CellStore, *, executor="local", workers: i
     def done(record: dict) -> None:
         store.put(record)
         records[record["key"]] = record
-        on_record(record)
         progress(f"{len(records)}/{len(planned)} cells: {record['model']} on {record['spec']}: {record['status']}")
 
     if todo:
@@ -619,11 +611,9 @@ def summarize_cell(record: dict, metric: str | None = None) -> dict:
     b = report["backends"][0]
     if b.get("error") and "error" not in out:
         out["error"] = b["error"].get("message")
-    metrics = [o["metrics"] for o in b.get("outputs", [])]
-    sq = [m["sqnr_db"] for m in metrics if m.get("sqnr_db") is not None]
-    if metrics:
-        out["sqnr_db"] = min(sq) if sq else None
-        out["max_abs"] = max(m["max_abs"] for m in metrics)
+    worst = worst_of_outputs(b.get("outputs", []))
+    if worst:
+        out["sqnr_db"], out["max_abs"] = worst["sqnr_db"], worst["max_abs"]
     score = task_score(b.get("task") or {}, metric)
     if score is not None:
         out["task"] = score

@@ -12,6 +12,7 @@ the same backend's clean run. Small pure functions build the inputs; ``measure``
 from __future__ import annotations
 
 import copy
+import json
 from dataclasses import dataclass, field, replace
 
 import numpy as np
@@ -328,10 +329,11 @@ def measure(model: str, backends: list[str], config, progress=lambda m: None) ->
             if "value" in cell and row["noise"] != "clean" and "value" in col.get("clean", {}):
                 cell["delta"] = delta(col["clean"]["value"], cell["value"])
             row["cells"][base] = cell
-    return {"schema": SCHEMA, "model": f"zoo:{entry.name}", "task": source.task,
-            "metric": _metric_name(source.task, source.params),
-            "samples": int(len(source.labels)), "pipeline": pipeline.describe(),
-            "opencv": have_cv, "backends": backends, "rows": rows}
+    table = {"schema": SCHEMA, "model": f"zoo:{entry.name}", "task": source.task,
+             "metric": _metric_name(source.task, source.params),
+             "samples": int(len(source.labels)), "pipeline": pipeline.describe(),
+             "opencv": have_cv, "backends": backends, "rows": rows}
+    return json.loads(json.dumps(table, default=list))      # plain JSON data: what is saved is what is rendered
 
 
 def _metric_name(task: str, params: dict) -> str:

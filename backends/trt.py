@@ -29,7 +29,6 @@ fused layer computes (``trt_layers``).
 from __future__ import annotations
 
 import ctypes
-import hashlib
 import re
 from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping
@@ -38,6 +37,7 @@ import numpy as np
 
 from backendiff.cache import content_key, write_atomic
 from backendiff.errors import BackendUnavailable, BadInput
+from backendiff.loading import sha256_file as file_sha256
 from backendiff.specs import BackendSpec
 
 from . import trt_layers as L
@@ -435,14 +435,6 @@ def calibrator_class(trt: Any) -> type:
 
 
 # -- engine cache -------------------------------------------------------------------------
-def file_sha256(path: Path | str) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def engine_key(onnx_sha256: str, variant: str, options: Iterable[tuple[str, str]] | Mapping[str, str],
                trt_version: str, device: str, capability: tuple[int, int], extra: Any = None) -> str:
     """The content hash an engine is cached under: the ONNX bytes, the variant, the options,
