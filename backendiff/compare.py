@@ -74,10 +74,14 @@ def compare(model, inputs=None, backends=None, *, config: CompareConfig | None =
         handle.task = task
         handle.task_reference = task_outputs(lambda s: handle.reference_on(s), task, samples[0])
         task_info = reference_task(task, handle.task_reference)
-    baseline = None
+    golden, baseline = None, None
     if config.golden:
         golden, why_not = handle.golden()
         baseline = golden_baseline(handle.output_names, reference, golden, why_not)
+    if handle.has_torch and handle.loaded.content_key is None:
+        progress("exporting (the cache key is the exported program)")
+    handle.key  # noqa: B018 - keyed now, before any worker forks, by what the runtimes consume
+    cache = handle.cache          # a temporary one when the model cannot be keyed (no export)
 
     versions = {}
     for cls, _, _ in specs:
@@ -117,6 +121,18 @@ def compare(model, inputs=None, backends=None, *, config: CompareConfig | None =
     return Report(**fields, backends=results, timings=timings)
 
 
+def model_key(model, config: CompareConfig | None = None) -> str | None:
+    """The content key of ``model`` as ``compare`` with ``config`` keys its artifacts (its
+    inputs resolved, the model exported); None when it cannot be exported, so that nothing
+    of it may be cached or resumed. Bad input raises BadInput."""
+    config = config or CompareConfig()
+    loaded = load_model(model, weights=config.weights, trust_pickle=config.trust_pickle)
+    samples, _, _ = resolve_inputs(loaded, None, config)
+    handle = ModelHandle(loaded, samples, Cache(None))
+    key = handle.key
+    return key if handle.cacheable else None
+
+
 def sysnoise_block(model: str, names: list[str], config: CompareConfig, progress) -> dict:
     """The SysNoise table on the run's backends (base names, each once), as JSON data; a
     failure of the measurement is its error, the comparison above is kept."""
@@ -146,7 +162,8 @@ def report_fields(loaded, handle, samples, inputs_from, config, requested, basel
         model={
             "source": loaded.source,
             "format": loaded.format,
-            "key": loaded.content_key,
+            "key": handle.key,
+            "cached": handle.cache.enabled,
             "inputs": [s.to_dict() for s in specs_of(samples[0])],
             "inputs_from": inputs_from,
             "samples": len(samples),

@@ -35,7 +35,11 @@ class LoadedModel:
 
     source: str
     format: str
-    content_key: str
+    # a hash of what the runtimes consume: the file's bytes for self-contained archives
+    # (.pt2, TorchScript, .onnx with its external data), the ExportedProgram for an
+    # in-memory program; None for Python modules (zoo, factories, pickles), which are keyed
+    # by their export (``model.ModelHandle.key``), never by their Python source
+    content_key: str | None
     module: Any = None              # torch.nn.Module (eager), or a ScriptModule
     exported: Any = None            # torch.export.ExportedProgram
     onnx_path: Path | None = None
@@ -51,57 +55,6 @@ def sha256_file(path: Path) -> str:
     with open(path, "rb") as f:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
-    return h.hexdigest()
-
-
-_PRIMITIVE = (bool, int, float, str, type(None))
-
-
-def _plain_attributes(module) -> list[tuple[str, str]]:
-    """A module's non-tensor settings (``align_corners``, ``ceil_mode``, ``eps``, ...), which
-    ``repr`` does not always show but ``forward`` may read."""
-    out = []
-    for key, value in sorted(vars(module).items()):
-        if key.startswith("_") or key == "training":
-            continue
-        if isinstance(value, _PRIMITIVE) or (
-            isinstance(value, (tuple, list)) and all(isinstance(v, _PRIMITIVE) for v in value)
-        ):
-            out.append((key, repr(value)))
-    return out
-
-
-def module_key(module) -> str:
-    """Content key of an nn.Module: weights and buffers, structure (repr), every submodule's
-    plain attributes, and the source files defining its module classes, their paths and
-    contents (an edited ``forward`` or helper in the same file changes the key, and so does
-    another checkout, whose file:line locations differ). Code in other files that
-    ``forward`` calls is not covered: ``--no-cache`` after editing such code."""
-    import torch
-
-    h = hashlib.sha256()
-    h.update(repr(module).encode())
-    for name, t in module.state_dict().items():
-        h.update(name.encode())
-        if isinstance(t, torch.Tensor):
-            t = t.detach().cpu().contiguous()
-            h.update(str(t.dtype).encode() + str(tuple(t.shape)).encode())
-            h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
-    files, torch_root = set(), str(Path(torch.__file__).parent)
-    for name, m in module.named_modules():
-        h.update(f"{name}:{type(m).__module__}.{type(m).__qualname__}:{_plain_attributes(m)}".encode())
-        try:
-            path = inspect.getsourcefile(type(m))
-        except TypeError:
-            path = None
-        if path and not path.startswith(torch_root):  # torch's own code is keyed by its version
-            files.add(path)
-    for path in sorted(files):
-        h.update(path.encode())    # where: the report's file:line locations come from the export
-        try:
-            h.update(Path(path).read_bytes())
-        except OSError:
-            pass
     return h.hexdigest()
 
 
@@ -125,7 +78,7 @@ def load_model(source, *, weights: str | Path | None = None, trust_pickle: bool 
     if isinstance(source, torch.nn.Module):
         if weights is not None:
             _load_weights(source, weights)
-        return LoadedModel(source="<nn.Module>", format="module", content_key=module_key(source),
+        return LoadedModel(source="<nn.Module>", format="module", content_key=None,
                            module=source.eval(), input_names=forward_input_names(source))
     if not isinstance(source, (str, Path)):
         raise BadInput(f"cannot load a model from a {type(source).__name__}")
@@ -177,19 +130,64 @@ def _from_exported(ep, source: str, fmt: str, key: str | None) -> LoadedModel:
                 break
             specs.append(InputSpec(n, shape, str(val.dtype).replace("torch.", "")))
     if key is None:
-        key = exported_key(ep)
+        key = program_key(ep)
     return LoadedModel(source=source, format=fmt, content_key=key, exported=ep, module=ep.module(),
                        example_args=example, input_specs=specs or None, input_names=names)
 
 
-def exported_key(ep) -> str:
-    """Content key of an in-memory ExportedProgram: its graph code and its weights."""
+def _hash_tensor(h, name: str, t) -> None:
     import torch
 
-    h = hashlib.sha256(str(ep.graph_module.code).encode())
-    for name, t in ep.state_dict.items():
-        if isinstance(t, torch.Tensor):
-            h.update(name.encode() + t.detach().contiguous().view(-1).view(torch.uint8).numpy().tobytes())
+    h.update(name.encode() + b"\0")
+    if isinstance(t, torch.Tensor):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{t.dtype}{tuple(t.shape)}".encode())
+        if t.numel():
+            h.update(t.view(-1).view(torch.uint8).numpy().tobytes())
+    else:  # a script object or other constant: its type and repr
+        h.update(f"{type(t).__module__}.{type(t).__qualname__}:{t!r}".encode())
+
+
+def program_key(ep) -> str:
+    """Content key of an ExportedProgram: what every runtime consumes, never Python source.
+
+    Every graph's code (the ops, their arguments and the constants written into it, so a
+    stored callable, a lambda, a helper in another file or a changed constant all show), each
+    node's module path and source location (the report's names and file:line come from
+    them), the signature (parameters, buffers, constants, user inputs and outputs), the
+    input/output tree, the dynamic-shape ranges, and every weight, buffer and lifted
+    constant by value."""
+    h = hashlib.sha256()
+    for name, gm in ep.graph_module.named_modules():
+        graph = getattr(gm, "graph", None)
+        if graph is None:
+            continue
+        h.update(f"graph {name}\n{gm.code}".encode())
+        for node in graph.nodes:
+            stack = node.meta.get("nn_module_stack") or {}
+            h.update(f"{node.name}|{node.meta.get('stack_trace') or ''}|"
+                     f"{[v for v in stack.values()]}".encode())
+    h.update(str(ep.graph_signature).encode())
+    h.update(str(getattr(ep, "call_spec", "")).encode())
+    h.update(str(sorted((str(k), str(v)) for k, v in ep.range_constraints.items())).encode())
+    for name, t in sorted(ep.state_dict.items()):
+        _hash_tensor(h, "state:" + name, t)
+    for name, t in sorted(ep.constants.items()):
+        _hash_tensor(h, "const:" + name, t)
+    return h.hexdigest()
+
+
+def onnx_key(path: Path, model=None) -> str:
+    """Content key of an ONNX file and of the external data files its tensors name."""
+    h = hashlib.sha256(sha256_file(path).encode())
+    if model is not None:
+        files = set()
+        for init in list(model.graph.initializer):
+            if init.data_location == 1:  # onnx.TensorProto.EXTERNAL
+                files.update(e.value for e in init.external_data if e.key == "location")
+        for name in sorted(files):
+            data = path.parent / name
+            h.update(name.encode() + (sha256_file(data) if data.is_file() else "missing").encode())
     return h.hexdigest()
 
 
@@ -260,7 +258,7 @@ def _load_torch_file(path: Path, trust_pickle: bool) -> LoadedModel:
         raise BadInput(f"cannot unpickle {path}: {first_line(e) or type(e).__name__}") from None
     if not isinstance(obj, torch.nn.Module):
         raise BadInput(f"{path} holds a {type(obj).__name__}, not an nn.Module")
-    return LoadedModel(source=str(path), format="pickle", content_key=sha256_file(path), module=obj.eval(),
+    return LoadedModel(source=str(path), format="pickle", content_key=None, module=obj.eval(),
                        input_names=forward_input_names(obj))
 
 
@@ -286,7 +284,7 @@ def _load_onnx(path: Path) -> LoadedModel:
             specs.append(InputSpec(vi.name, tuple(dims), dtype))
         else:
             specs = None
-    return LoadedModel(source=str(path), format="onnx", content_key=sha256_file(path), onnx_path=path.resolve(),
+    return LoadedModel(source=str(path), format="onnx", content_key=onnx_key(path, model), onnx_path=path.resolve(),
                        input_specs=specs, input_names=names)
 
 
@@ -356,7 +354,7 @@ def _load_factory(text: str, weights) -> LoadedModel:
         _load_weights(made, weights)
     made.eval()
     specs = getattr(made, "example_input_specs", None)
-    return LoadedModel(source=text, format="factory", content_key=module_key(made), module=made,
+    return LoadedModel(source=text, format="factory", content_key=None, module=made,
                        example_args=example, input_specs=list(specs) if specs else None,
                        input_names=forward_input_names(made))
 
@@ -371,5 +369,5 @@ def _load_zoo(name: str, weights) -> LoadedModel:
     if weights is not None:
         _load_weights(module, weights)
     module.eval()
-    return LoadedModel(source=f"zoo:{name}", format="zoo", content_key=module_key(module), module=module,
+    return LoadedModel(source=f"zoo:{name}", format="zoo", content_key=None, module=module,
                        input_specs=list(entry.inputs), input_names=[s.name for s in entry.inputs], zoo_name=name)

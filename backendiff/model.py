@@ -62,14 +62,13 @@ def flatten_outputs(out, as_float32: bool = False) -> tuple[list[str], list[np.n
 
 class ModelHandle:
     def __init__(self, loaded: LoadedModel, samples: list[dict[str, np.ndarray]], cache: Cache):
-        import torch
-
         self.loaded = loaded
         self.samples = samples
         self.cache = cache
         self.input_names = list(samples[0].keys())
-        sig = [(n, list(a.shape), a.dtype.name) for n, a in samples[0].items()]
-        self.key = content_key("model", loaded.content_key, sig, torch.__version__)
+        self._signature = [(n, list(a.shape), a.dtype.name) for n, a in samples[0].items()]
+        self._key: str | None = None
+        self.cacheable = True        # False when nothing of this model can be keyed by content
         self.timings: dict[str, float] = {}
         self.output_names: list[str] = []
         self._exported = loaded.exported
@@ -82,6 +81,33 @@ class ModelHandle:
         self._calibration_source = None
         self._calibration: list[dict[str, np.ndarray]] | None = None
         self.calibration_info: dict | None = None
+
+    @property
+    def key(self) -> str:
+        """The content key of everything cached for this model: a hash of what the runtimes
+        consume, never of Python source. Self-contained files (.pt2, TorchScript, .onnx) are
+        keyed by their bytes; Python modules by their ExportedProgram (graph, module paths and
+        source locations, signature, weights, buffers, constants), so this exports the model
+        on first use. A model that does not export gets a key of its own for this run only
+        and its artifacts go to a temporary folder: nothing of it is cached or reused."""
+        if self._key is None:
+            import torch
+
+            base = self.loaded.content_key
+            if base is None:
+                try:
+                    from .loading import program_key
+
+                    base = program_key(self.exported_program())
+                except ExportFailed:
+                    import uuid
+
+                    base = f"uncacheable-{uuid.uuid4().hex}"
+                    self.cacheable = False
+                    if self.cache.enabled:
+                        self.cache = Cache(None)
+            self._key = content_key("model", base, self._signature, torch.__version__)
+        return self._key
 
     # -- calibration data (int8) --------------------------------------------------------
     def set_calibration_source(self, make) -> None:
