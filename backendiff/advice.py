@@ -38,8 +38,9 @@ def ordered_by_layers(rows: list[dict], modules: list[str]) -> list[str]:
 
 
 def _score(result) -> float:
-    sq = [o.metrics.get("sqnr_db") for o in result.outputs]
-    return min(300.0 if s is None else s for s in sq) if sq else float("-inf")
+    from .metrics import sqnr_value
+
+    return min(sqnr_value(o.metrics) for o in result.outputs) if result.outputs else float("-inf")
 
 
 def advise(spec: BackendSpec, result, modules: list[str], trial) -> dict | None:

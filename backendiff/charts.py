@@ -10,14 +10,13 @@ import io
 import re
 
 IDENTICAL_DB = 150.0      # where SQNR is undefined because the tensors are identical
-FLOOR_DB = -20.0          # all-noise (-inf, written -999) is drawn here
+FLOOR_DB = -20.0          # all noise, or no SQNR at all (NaN/Inf patterns differ), is drawn here
 
 
 def _sqnr(metrics: dict) -> float:
-    v = metrics.get("sqnr_db")
-    if v is None:
-        return IDENTICAL_DB
-    return max(min(float(v), IDENTICAL_DB), FLOOR_DB)
+    from .metrics import sqnr_value
+
+    return max(min(sqnr_value(metrics, identical=IDENTICAL_DB, undefined=FLOOR_DB), IDENTICAL_DB), FLOOR_DB)
 
 
 def _svg(fig) -> str:

@@ -1,7 +1,8 @@
 """The command line: a thin layer over ``backendiff.compare`` and the report renderers.
 
 Exit codes: 0 every backend agrees; 1 a backend diverged; 2 bad usage or input (one
-line, no traceback); 3 a requested backend could not run.
+line, no traceback); 3 a requested backend could not run; 4 nothing diverged but a
+comparison was vacuous (the reference output carries no signal).
 """
 from __future__ import annotations
 
@@ -96,7 +97,16 @@ def _check_writable(path: Path) -> None:
 @click.option("--md", "md_path", type=click.Path(path_type=Path), help="Also write a Markdown summary (CI job summary, PR comment).")
 @click.option("--no-cache", is_flag=True, help="Export and compile afresh; cache nothing.")
 @click.option("--cache-dir", type=click.Path(path_type=Path), help="Cache folder (default ~/.cache/backendiff).")
-@click.option("--no-golden", is_flag=True, help="Skip the float64 golden run.")
+@click.option("--no-golden", is_flag=True,
+              help="Skip the float64 golden run (and with it the fp64 judge of fp32 backends).")
+@click.option("--fp64-factor", type=click.FloatRange(min=1.0), default=2.0, show_default=True, metavar="X",
+              help="An fp32 backend outside tolerance agrees when its RMSE against fp64 is within X times "
+                   "PyTorch fp32's own.")
+@click.option("--min-sqnr", type=float, metavar="DB",
+              help="SQNR floor: an output below it diverges even inside atol/rtol (default by precision: "
+                   "fp32 40, fp16 25, bf16 20, int8 10).")
+@click.option("--min-cosine", type=click.FloatRange(-1.0, 1.0), metavar="C",
+              help="Cosine floor, as --min-sqnr (default by precision: fp32 0.9999, fp16 0.995, bf16 0.99, int8 0.9).")
 @click.option("--layerwise/--no-layerwise", default=None,
               help="Per-layer divergence and where it starts, for every backend that can give intermediates "
                    "(default: only for backends that diverged).")
@@ -130,7 +140,8 @@ def _check_writable(path: Path) -> None:
               help="Also measure the SysNoise table on these backends (zoo models that declare their pipeline).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress display.")
 def compare(model, backends, input_specs, input_files, calib_files, calib_samples, seed, samples, weights, trust_pickle, atol, rtol,
-            json_path, no_json, html_path, md_path, nan_strict, isolate, timeout, no_cache, cache_dir, no_golden, layerwise, isolate_layers, bisect, advise, task, no_task, data_file,
+            json_path, no_json, html_path, md_path, nan_strict, isolate, timeout, no_cache, cache_dir, no_golden, fp64_factor,
+            min_sqnr, min_cosine, layerwise, isolate_layers, bisect, advise, task, no_task, data_file,
             preprocess, max_task_drop, sysnoise, quiet):
     """Compare MODEL on each backend against PyTorch eager fp32.
 
@@ -158,7 +169,7 @@ def compare(model, backends, input_specs, input_files, calib_files, calib_sample
         input_specs=tuple(parse_input_spec(s) for s in input_specs), input_files=tuple(input_files),
         calib_files=tuple(calib_files), calib_samples=calib_samples,
         weights=weights, trust_pickle=trust_pickle, rtol=rtol, atol=atol, cache_dir=cache_dir,
-        use_cache=not no_cache, golden=not no_golden,
+        use_cache=not no_cache, golden=not no_golden, fp64_factor=fp64_factor, min_sqnr=min_sqnr, min_cosine=min_cosine,
         layerwise={None: "auto", True: "always", False: "never"}[layerwise], isolate_layers=isolate_layers, bisect=bisect, advise=advise,
         task="off" if no_task else ("auto" if task is None else "on"),
         task_name=None if task in (None, "on") else task, data_file=data_file, preprocess=preprocess,
@@ -386,19 +397,22 @@ def decoders_cmd(quality, as_json):
 @click.option("--warmup", type=click.IntRange(min=0), help="Untimed warm-up runs per cell [file or 5].")
 @click.option("--plugin", "plugins", multiple=True, metavar="MODULE", help="Import in every worker first (custom backends).")
 @click.option("--cache-dir", type=click.Path(path_type=Path), help="Cache folder (default ~/.cache/backendiff).")
+@click.option("--render-only", is_flag=True,
+              help="Run nothing: redraw the scoreboard of the last run of this sweep (same models, backends, "
+                   "options) from the store; cells missing there are shown as not run (exit 3).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress display.")
 def sweep_cmd(models, sweep_file, backends, options, out_dir, store_dir, force, executor, workers, ray_address, threads,
-              runs, warmup, plugins, cache_dir, quiet):
+              runs, warmup, plugins, cache_dir, render_only, quiet):
     """Sweep MODELS (zoo names, files, factories) x backend specs into one scoreboard, with
     latency; finished cells are stored and skipped on a rerun. Exit 0 when every cell ran,
-    3 when some could not."""
-    from .html import render_html, render_sweep_html
+    3 when some could not (or the scoreboard could not be written)."""
     from .render import print_scoreboard
-    from .sweep import (CellStore, SweepPlan, cell_page, exit_code, load_sweep_file, make_plan, run_sweep,
-                        split_specs)
+    from .sweep import CellStore, SweepPlan, exit_code, load_sweep_file, make_plan, render_from_store, run_sweep, split_specs
 
     if executor != "ray" and ray_address:
         raise BadInput("--ray-address needs --executor ray")
+    if render_only and force:
+        raise BadInput("--render-only runs nothing: it cannot --force a rerun")
     extra = {}
     for item in options:
         key, sep, value = item.partition("=")
@@ -421,7 +435,9 @@ def sweep_cmd(models, sweep_file, backends, options, out_dir, store_dir, force, 
     kwargs = dict(executor=executor, workers=workers, ray_address=ray_address, force=force,
                   cache_dir=str(cache_dir) if cache_dir else None)
     try:
-        if quiet or not console.is_terminal:
+        if render_only:
+            board = render_from_store(plan, store)
+        elif quiet or not console.is_terminal:
             board = run_sweep(plan, store, **kwargs)
         else:
             with console.status("backendiff sweep: starting") as status:
@@ -429,22 +445,67 @@ def sweep_cmd(models, sweep_file, backends, options, out_dir, store_dir, force, 
     except KeyboardInterrupt:
         click.echo(f"backendiff: interrupted; the finished cells are in {store.root} (rerun to resume)", err=True)
         sys.exit(130)
-    pages = {}                   # each cell's own report beside the scoreboard (a resumed one's kept)
-    for record in board["cells"]:
-        if record.get("report"):
-            page = out_dir / cell_page(record)
-            if not (record.get("resumed") and page.exists()):
-                page.parent.mkdir(parents=True, exist_ok=True)
-                page.write_text(render_html(record["report"]), encoding="utf-8")
-            pages[record["model"] + "|" + record["spec"]] = cell_page(record)
+    for line in (board.get("run") or {}).get("unstored", []):
+        click.echo(f"backendiff: warning: a finished cell could not be stored: {line}", err=True)
+    failed = _write_scoreboard(board, out_dir, print_scoreboard)
+    if failed:
+        again = " ".join(shlex.quote(a) for a in sys.argv[1:] if a not in ("--render-only", "--force"))
+        click.echo(f"backendiff: the scoreboard could not be fully written ({'; '.join(failed)}); every finished "
+                   f"cell is in {store.root}: `backendiff {again} --render-only` redraws it", err=True)
+        return 3
+    return exit_code(board)
+
+
+def _write_scoreboard(board: dict, out_dir: Path, print_scoreboard) -> list[str]:
+    """Each cell's report page, sweep.json, sweep.html and the terminal table: each part
+    written as far as it goes; returns what failed (one short line each)."""
+    from .errors import first_line
+    from .html import render_html, render_sweep_html
+    from .sweep import cell_page, json_safe
+
+    failed: list[str] = []
+
+    def attempt(what: str, write) -> bool:
+        try:
+            write()
+            return True
+        except Exception as e:  # noqa: BLE001 - the store holds the cells; say what is missing, go on
+            failed.append(f"{what}: {type(e).__name__}: {first_line(e)}"[:300])
+            return False
+
+    records = {r["key"]: r for r in board["cells"]}
+    pages, bad_pages = {}, []    # each cell's own report beside the scoreboard (a resumed one's kept)
     for model, row in board["matrix"].items():
         for spec, cell in row.items():
-            cell["report"] = pages.get(model + "|" + spec)
-    (out_dir / "sweep.json").write_text(json.dumps(board, indent=1, allow_nan=False) + "\n")
-    (out_dir / "sweep.html").write_text(render_sweep_html(board, pages), encoding="utf-8")
-    print_scoreboard(board, _stdout_console())
-    _stdout_console().print(f"scoreboard: {out_dir / 'sweep.json'}, {out_dir / 'sweep.html'}", highlight=False)
-    return exit_code(board)
+            record = records.get(cell.get("key"))
+            if record is None or not isinstance(record.get("report"), dict):
+                continue
+            if cell["key"] not in pages:
+                name = cell_page({"model": model, "spec": spec})
+                page = out_dir / name
+
+                def write(page=page, record=record):
+                    if not (record.get("resumed") and page.exists()):
+                        page.parent.mkdir(parents=True, exist_ok=True)
+                        page.write_text(render_html(record["report"]), encoding="utf-8")
+                try:
+                    write()
+                    pages[cell["key"]] = name
+                except Exception as e:  # noqa: BLE001
+                    bad_pages.append(f"{model} on {spec}: {type(e).__name__}: {first_line(e)}")
+                    pages[cell["key"]] = None
+            cell["report"] = pages[cell["key"]]
+    if bad_pages:
+        failed.append(f"{len(bad_pages)} cell page(s), first {bad_pages[0]}"[:300])
+    links = {f"{m}|{s}": c["report"] for m, row in board["matrix"].items() for s, c in row.items() if c.get("report")}
+    attempt("sweep.json", lambda: (out_dir / "sweep.json").write_text(
+        json.dumps(json_safe(board), indent=1, allow_nan=False) + "\n"))
+    attempt("sweep.html", lambda: (out_dir / "sweep.html").write_text(render_sweep_html(board, links), encoding="utf-8"))
+    attempt("the terminal table", lambda: print_scoreboard(board, _stdout_console()))
+    written = [p for p in ("sweep.json", "sweep.html") if not any(f.startswith(p) for f in failed)]
+    if written:
+        _stdout_console().print(f"scoreboard: {', '.join(str(out_dir / p) for p in written)}", highlight=False)
+    return failed
 
 
 def _option_value(text: str):

@@ -25,9 +25,10 @@ from .diagnose import explain
 from .isolation import parse_limits, run_isolated
 from .latency import measure as measure_latency
 from .partial import PartialLog
-from .report import CRASHED, DIVERGED, FAILED, OK, UNAVAILABLE, BackendResult, OutputResult, Report
+from .report import CRASHED, DIVERGED, FAILED, OK, UNAVAILABLE, VACUOUS, BackendResult, OutputResult, Report
 from .specs import BackendSpec, parse_specs
 from .tolerance import tolerance_for
+from .verdict import FP64_FACTOR, Floor, floor_for, judge_output
 
 
 def compare(model, inputs=None, backends=None, *, config: CompareConfig | None = None, **options) -> Report:
@@ -74,7 +75,7 @@ def compare(model, inputs=None, backends=None, *, config: CompareConfig | None =
         handle.task = task
         handle.task_reference = task_outputs(lambda s: handle.reference_on(s), task, samples[0])
         task_info = reference_task(task, handle.task_reference)
-    golden, baseline = None, None
+    baseline = None
     if config.golden:
         golden, why_not = handle.golden()
         baseline = golden_baseline(handle.output_names, reference, golden, why_not)
@@ -448,8 +449,12 @@ def golden_baseline(names, reference, golden, why_not) -> dict:
     return {"name": "torch fp32 vs fp64", "available": True, "outputs": outputs}
 
 
-def compare_outputs(names, reference, actual, tol, strict_nonfinite: bool = False) -> list[OutputResult]:
-    """Per output, the metrics (worst over samples) and whether it is within tolerance."""
+def compare_outputs(names, reference, actual, tol, strict_nonfinite: bool = False, *, precision: str = "fp32",
+                    floor: Floor | None = None, golden=None, fp64_factor: float = FP64_FACTOR) -> list[OutputResult]:
+    """Per output, the metrics (worst over samples), whether it is within the elementwise
+    tolerance, and its verdict (``verdict.judge_output``: vacuous reference, SQNR/cosine
+    floor of ``precision``, the fp64 judge where ``golden`` is given)."""
+    floor = floor or floor_for(precision)
     results = []
     for i, name in enumerate(names):
         per, viol, within = [], 0, True
@@ -467,11 +472,24 @@ def compare_outputs(names, reference, actual, tol, strict_nonfinite: bool = Fals
             per.append(m)
             viol += v
             within = within and v == 0
+        metrics = M.worst_of(per) if per else {}
+        refs, acts = [r[i] for r in reference], [a[i] for a in actual]
+        golds = [g[i] for g in golden] if golden is not None else None
+        v = judge_output(metrics, within, refs, acts, golds, precision=precision, atol=tol.atol, floor=floor,
+                         factor=fp64_factor)
         results.append(OutputResult(
-            name=name, shape=shape, metrics=M.worst_of(per) if per else {}, within_tolerance=within,
+            name=name, shape=shape, metrics=metrics, within_tolerance=within,
             violations=viol, reference_shape=ref_shape if ref_shape != shape else None,
+            status=v.status, reason=v.reason, judge=v.judge,
         ))
     return results
+
+
+def output_status(outputs: list[OutputResult]) -> str:
+    """A backend's status from its outputs' verdicts: diverged if any diverged, else vacuous
+    if any carried no signal, else ok."""
+    statuses = {o.status for o in outputs}
+    return DIVERGED if DIVERGED in statuses else VACUOUS if VACUOUS in statuses else OK
 
 
 def precision_record(requested: str, info: dict) -> dict:
@@ -585,8 +603,13 @@ def run_backend(cls, shown: str, spec: BackendSpec, handle: ModelHandle, referen
         result.error = {"stage": "compare", "type": "OutputMismatch",
                         "message": f"the backend returned {len(actual[0])} outputs, the reference {len(handle.output_names)}"}
         return result
-    result.outputs = compare_outputs(handle.output_names, reference, actual, tol, config.nan_strict)
-    result.status = OK if all(o.within_tolerance for o in result.outputs) else DIVERGED
+    floor = floor_for(adapter.precision, config.min_sqnr, config.min_cosine)
+    result.floor = floor.to_dict()
+    golden = handle.golden_outputs() if config.golden and adapter.precision == "fp32" else None
+    result.outputs = compare_outputs(handle.output_names, reference, actual, tol, config.nan_strict,
+                                     precision=adapter.precision, floor=floor, golden=golden,
+                                     fp64_factor=config.fp64_factor)
+    result.status = output_status(result.outputs)
     if getattr(handle, "task", None) is not None:
         result.task = task_result(handle.task, handle.task_reference, task_actual)
         if "error" not in result.task and config.max_task_drop is not None and -result.task["delta"] > config.max_task_drop:

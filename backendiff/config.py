@@ -24,6 +24,9 @@ class CompareConfig:
     cache_dir: Path | None = None               # None: the default cache folder
     use_cache: bool = True
     golden: bool = True
+    fp64_factor: float = 2.0                    # fp32 backends within this x PyTorch fp32's RMSE vs fp64 agree
+    min_sqnr: float | None = None               # SQNR floor (dB) over the precision's default
+    min_cosine: float | None = None             # cosine floor over the precision's default
     # per-layer divergence where the backend can give it: "auto" for backends that diverged,
     # "always", or "never"
     layerwise: str = "auto"

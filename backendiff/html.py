@@ -10,11 +10,11 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import charts
-from .render import fmt, top_suspects
+from .render import fmt, fmt_sqnr, nonfinite_cell, output_notes, top_suspects
 
 TEMPLATES = Path(__file__).parent / "templates"
 STATUS_CLASS = {"ok": "ok", "diverged": "bad", "failed": "bad", "crashed": "bad", "timeout": "bad",
-                "unavailable": "na", "baseline": "na"}
+                "unavailable": "na", "baseline": "na", "vacuous": "warn"}
 
 
 def worst(outputs: list[dict]) -> dict:
@@ -26,8 +26,8 @@ def worst(outputs: list[dict]) -> dict:
 
 def _metrics_cells(m: dict) -> dict:
     return {"max_abs": fmt(m.get("max_abs")), "max_rel": fmt(m.get("max_rel")),
-            "cosine": fmt(m.get("cosine"), "cos"), "sqnr_db": fmt(m.get("sqnr_db"), "db"),
-            "nonfinite": str(m.get("nonfinite", 0)) if m else ""}
+            "cosine": fmt(m.get("cosine"), "cos"), "sqnr_db": fmt_sqnr(m),
+            "nonfinite": nonfinite_cell(m)}
 
 
 def _source(path: str | None) -> str:
@@ -76,8 +76,8 @@ def _backend_view(b: dict) -> dict:
         iso_metrics = iso.get("metrics", iso) if isinstance(iso, dict) else {}
         suspects.append({"module": r.get("module") or "<top>", "op": r.get("op_type"), "node": r.get("node"),
                          "source": _source(r.get("source")), "growth": fmt(r.get("growth")),
-                         "sqnr": fmt(r["metrics"].get("sqnr_db"), "db"), "max_abs": fmt(r["metrics"].get("max_abs")),
-                         "isolated": fmt(iso_metrics.get("sqnr_db"), "db") if iso_metrics else "",
+                         "sqnr": fmt_sqnr(r["metrics"]), "max_abs": fmt(r["metrics"].get("max_abs")),
+                         "isolated": fmt_sqnr(iso_metrics) if iso_metrics else "",
                          "born": bool(r.get("nonfinite_born")), "fused": r.get("fused_into") or ""})
     fd = b.get("first_divergence")
     first = None
@@ -109,8 +109,10 @@ def _backend_view(b: dict) -> dict:
                   "where": [{"module": w.get("module"), "op": w.get("op"), "source": _source(w.get("source"))}
                             for w in err.get("where", [])]} if err else None,
         "outputs": [{"name": o["name"], "shape": "×".join(map(str, o.get("shape", []))), **_metrics_cells(o["metrics"]),
-                     "ok": o.get("within_tolerance", True), "violations": o.get("violations", 0)}
+                     "ok": o.get("within_tolerance", True), "violations": o.get("violations", 0),
+                     "status": o.get("status", "ok"), "reason": o.get("reason") or ""}
                     for o in b.get("outputs", [])],
+        "notes": output_notes(b.get("outputs", []), b.get("tolerance")),
         "layers": len(layers), "fused": fused, "fusion_unknown": info.get("fusion") == "unknown",
         "layers_error": info.get("layers_error", ""),
         "first": first, "born": (born.get("module") or "<top>") if born else None, "suspects": suspects,
@@ -167,9 +169,51 @@ def render_sysnoise_html(result: dict) -> str:
     return _env(lenient=False).get_template("sysnoise.html.j2").render(result=result, chart=charts.sysnoise_bars(result))
 
 
+SWEEP_CLASS = {"ok": "ok", "diverged": "diverged", "vacuous": "vacuous", "not run": "muted"}
+
+
 def render_sweep_html(board: dict, pages: dict[str, str]) -> str:
     """The sweep's scoreboard page: heat map, table linking each cell to ``pages[model|spec]``
-    (its own report, relative to the page), and a latency/accuracy scatter per model."""
-    scatters = [svg for svg in (charts.latency_scatter(board, m) for m in board["models"]) if svg]
-    return _env().get_template("sweep.html.j2").render(board=board, pages=pages, heatmap=charts.sweep_heatmap(board),
-                                                       scatters=scatters)
+    (its own report, relative to the page), and a latency/accuracy scatter per model. The
+    charts draw the numbers of cells that ran ok or diverged only (a vacuous, failed or
+    missing cell is grey, never agreement); a chart that cannot be drawn is replaced by
+    its error, the table is always there."""
+    from .sweep import cell_lines
+
+    def listed(value) -> list[str]:
+        return [str(v) for v in value] if isinstance(value, (list, tuple)) else []
+
+    models, specs = listed(board.get("models")), listed(board.get("specs"))
+    matrix = board.get("matrix") if isinstance(board.get("matrix"), dict) else {}
+    pages = pages or {}
+    same = {i.get("model"): i.get("same_as") for i in board.get("identical") or () if isinstance(i, dict)}
+    rows, shown = [], {}
+    for m in models:
+        row = matrix.get(m) if isinstance(matrix.get(m), dict) else {}
+        cells, shown[m] = [], {}
+        for s in specs:
+            c = row.get(s) if isinstance(row.get(s), dict) else {}
+            status = c.get("status") if isinstance(c.get("status"), str) else "not run"
+            cells.append({"status": status, "cls": SWEEP_CLASS.get(status, "bad"), "href": pages.get(f"{m}|{s}"),
+                          "lines": [] if status == "not run" else [{"text": t, "kind": k} for t, k in cell_lines(c)]})
+            if status != "not run":
+                shown[m][s] = dict(c) if status in ("ok", "diverged") else {"status": status}
+        rows.append({"model": m, "same_as": same.get(m), "cells": cells})
+    view = {"models": models, "specs": specs, "matrix": shown}
+    failures = []
+    try:
+        heatmap = charts.sweep_heatmap(view) if models and specs else ""
+    except Exception as e:  # noqa: BLE001 - the table below still shows every cell
+        heatmap = ""
+        failures.append(f"the heat map could not be drawn: {type(e).__name__}: {e}")
+    scatters = []
+    for m in models:
+        try:
+            svg = charts.latency_scatter(view, m)
+        except Exception as e:  # noqa: BLE001
+            failures.append(f"the latency chart of {m} could not be drawn: {type(e).__name__}: {e}")
+            continue
+        if svg:
+            scatters.append(svg)
+    return _env().get_template("sweep.html.j2").render(board=board, rows=rows, specs=specs, heatmap=heatmap,
+                                                       scatters=scatters, chart_failures=failures)

@@ -133,8 +133,7 @@ def instrumentation_changes(nodes: list[str], names: list[str], deployed, instru
         if v is None or np.shape(v) != np.shape(d) or np.shape(d) != np.shape(r):
             continue
         dm, vm = M.tensor_metrics(d, r), M.tensor_metrics(v, r)
-        dsq = 300.0 if dm["sqnr_db"] is None else dm["sqnr_db"]
-        vsq = 300.0 if vm["sqnr_db"] is None else vm["sqnr_db"]
+        dsq, vsq = M.sqnr_value(dm), M.sqnr_value(vm)
         if dm["nonfinite"] != vm["nonfinite"] or abs(dsq - vsq) > CHANGE_DB:
             out.append({"output": name, "node": node, "deployed_nonfinite": dm["nonfinite"],
                         "instrumented_nonfinite": vm["nonfinite"], "deployed_sqnr_db": dm["sqnr_db"],

@@ -4,7 +4,7 @@ advice, the task, and the command to reproduce. Rendered from the report's JSON 
 from __future__ import annotations
 
 from .html import worst
-from .render import fmt
+from .render import fmt, fmt_sqnr, nonfinite_cell, output_notes
 
 
 def _cell(text: str) -> str:
@@ -39,13 +39,13 @@ def render_markdown(report: dict) -> str:
         w = worst(b.get("outputs", []))
         p = b.get("precision") or {}
         precision = f"{p.get('requested')}→{p.get('runtime')}" if p else ""
-        row = [f"`{b['spec']}`", b["status"], precision, fmt(w.get("max_abs")), fmt(w.get("sqnr_db"), "db"),
-               str(w.get("nonfinite", "")) if w else ""]
+        row = [f"`{b['spec']}`", b["status"], precision, fmt(w.get("max_abs")), fmt_sqnr(w),
+               nonfinite_cell(w)]
         t = b.get("task") or {}
         if task:
             ok = t and "error" not in t
             row += [f"{t['delta']:+.2f}" if ok else "", f"{100 * t['flip_rate']:.1f}%" if ok and "flip_rate" in t else ""]
-        notes = []
+        notes = output_notes(b.get("outputs", []), b.get("tolerance"))
         if b.get("error"):
             e = b["error"]
             notes.append(f"[{e.get('stage')}] {(e.get('message') or '').splitlines()[0][:140] if e.get('message') else ''}")

@@ -387,11 +387,20 @@ class ModelHandle:
 
         return [o.name for o in onnx.load(str(self._onnx), load_external_data=False).graph.output]
 
+    def golden_outputs(self) -> list[list[np.ndarray]] | None:
+        """The fp64 golden outputs (per sample), or None where there is none; run once."""
+        if not hasattr(self, "_golden"):
+            self._golden = self.golden()
+        return self._golden[0]
+
     def golden(self) -> tuple[list[list[np.ndarray]] | None, str | None]:
         """The same model in float64: the baseline that says how much error fp32 rounding
-        alone carries. Returns (outputs per sample, None) or (None, why not)."""
+        alone carries. Returns (outputs per sample, None) or (None, why not); run once."""
+        if hasattr(self, "_golden"):
+            return self._golden
         if not self.has_torch:
-            return None, "no float64 run for ONNX sources"
+            self._golden = (None, "no float64 run for ONNX sources")
+            return self._golden
         import torch
 
         t0 = time.perf_counter()
@@ -402,8 +411,9 @@ class ModelHandle:
                 for s in self.samples:
                     args = tuple(a.double() if a.is_floating_point() else a for a in _to_torch(s, self.input_names))
                     outs.append(flatten_outputs(module(*args))[1])
-            return outs, None
+            self._golden = (outs, None)
         except Exception as e:
-            return None, f"the model does not run in float64: {type(e).__name__}: {first_line(e)}"
+            self._golden = (None, f"the model does not run in float64: {type(e).__name__}: {first_line(e)}")
         finally:
             self.timings["golden_s"] = time.perf_counter() - t0
+        return self._golden

@@ -5,17 +5,19 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from .report import DIVERGED, OK, Report
+from dataclasses import asdict
+
+from .report import Report
 
 _STATUS_STYLE = {"ok": "green", "diverged": "bold red", "failed": "red", "unavailable": "yellow",
-                 "crashed": "bold red", "timeout": "red"}
+                 "crashed": "bold red", "timeout": "red", "vacuous": "bold yellow"}
 
 
 def fmt(value, kind: str = "g") -> str:
     if value is None:
-        return "∞" if kind == "db" else "-"
+        return "-"
     if kind == "db":
-        return "-∞" if value <= -999 else f"{value:.1f}"
+        return f"{value:.1f}"
     if kind == "cos":
         return f"{value:.6f}"
     if kind == "s":
@@ -23,6 +25,33 @@ def fmt(value, kind: str = "g") -> str:
     if value == 0:
         return "0"
     return f"{value:.2e}"
+
+
+def fmt_sqnr(m: dict | None) -> str:
+    """A metrics dict's SQNR: dB, ∞ where the two agree exactly on a non-zero signal, "-"
+    where there is none (no metrics, a zero reference, NaN/Inf patterns that differ)."""
+    if not m:
+        return ""
+    if m.get("sqnr_db") is not None:
+        return fmt(m["sqnr_db"], "db")
+    return "∞" if m.get("identical") and m.get("cosine") is not None else "-"
+
+
+def nonfinite_cell(m: dict | None) -> str:
+    """The NaN/Inf column: how many the backend produced, and how many sit where the
+    reference has another value (``3 · 2≠``)."""
+    if not m:
+        return ""
+    differ = m.get("nonfinite_mismatch") or 0
+    return f"{m.get('nonfinite', 0)}" + (f" · {differ}≠" if differ else "")
+
+
+def nonfinite_note(name: str, m: dict) -> str:
+    """Where the NaN/Inf patterns of an output differ from the reference's: how many, where."""
+    first = m.get("first_mismatch")
+    at = f" (first at [{', '.join(map(str, first))}]" + (f" of sample {m['first_mismatch_sample']}"
+                                                         if "first_mismatch_sample" in m else "") + ")" if first is not None else ""
+    return f"{name}: NaN/Inf differ from the reference at {m['nonfinite_mismatch']} elements{at}"
 
 
 COLUMNS = [("backend", "left"), ("status", "left"), ("max abs", "right"), ("max rel", "right"), ("cosine", "right"),
@@ -37,12 +66,13 @@ def _rows(report: Report) -> list[tuple[dict, str | None]]:
         ms = [o["metrics"] for o in report.baseline["outputs"]]
         sq = [m["sqnr_db"] for m in ms if m["sqnr_db"] is not None]
         rows.append(({"backend": "torch fp32 vs fp64", "status": "baseline", "max abs": fmt(max(m["max_abs"] for m in ms)),
-                      "max rel": fmt(max(m["max_rel"] for m in ms)), "cosine": fmt(min(m["cosine"] for m in ms), "cos"),
+                      "max rel": fmt(max(m["max_rel"] for m in ms)),
+                      "cosine": fmt(min((m["cosine"] for m in ms if m.get("cosine") is not None), default=None), "cos"),
                       "SQNR dB": fmt(min(sq) if sq else None, "db"), "NaN/Inf": str(sum(m["nonfinite"] for m in ms)),
                       "notes": "fp32 rounding alone"}, "dim"))
     for b in report.backends:
         row = {"backend": b.spec, "status": Text(b.status, style=_STATUS_STYLE.get(b.status, ""))}
-        if b.status in (OK, DIVERGED):
+        if b.ran:
             w, t, prec, notes = b.worst(), b.timings, b.precision or {}, []
             if prec.get("runtime") and prec.get("runtime") != prec.get("requested"):
                 counts = b.info.get("runtime_precisions") or {}
@@ -51,9 +81,7 @@ def _rows(report: Report) -> list[tuple[dict, str | None]]:
                     ran = f"{sum(counts.values())}"
                 notes.append(f"ran {prec['runtime']}" + (f" ({ran} ops)" if ran else "")
                              + ("" if prec.get("honoured", True) else f": {prec['requested']} not honoured"))
-            bad = [o.name for o in b.outputs if not o.within_tolerance]
-            if bad:
-                notes.append(f"{', '.join(bad)} outside rtol={b.tolerance['rtol']:g} atol={b.tolerance['atol']:g}")
+            notes += output_notes([asdict(o) for o in b.outputs], b.tolerance)
             changed = b.info.get("instrumentation_changed")
             if changed:
                 notes.append("the layer-wise (instrumented) run differs from the deployed model: "
@@ -64,9 +92,10 @@ def _rows(report: Report) -> list[tuple[dict, str | None]]:
                 notes.append(task_note(b.task))
             if b.cache == "hit":
                 notes.append("cached")
-            row.update({"max abs": fmt(w.get("max_abs")), "max rel": fmt(w.get("max_rel")),
-                        "cosine": fmt(w.get("cosine"), "cos"), "SQNR dB": fmt(w.get("sqnr_db"), "db"),
-                        "NaN/Inf": str(w.get("nonfinite", 0)),
+            differ = bool(w.get("nonfinite_mismatch"))     # the finite part's errors would read as agreement
+            row.update({"max abs": "-" if differ else fmt(w.get("max_abs")), "max rel": "-" if differ else fmt(w.get("max_rel")),
+                        "cosine": fmt(w.get("cosine"), "cos"), "SQNR dB": fmt_sqnr(w),
+                        "NaN/Inf": nonfinite_cell(w),
                         "convert/compile/infer s": " / ".join(fmt(t.get(k), "s") for k in ("convert_s", "compile_s", "infer_s")),
                         "notes": "; ".join(notes)})
         else:
@@ -75,6 +104,28 @@ def _rows(report: Report) -> list[tuple[dict, str | None]]:
             row["notes"] = note + (f" ({err['hint']})" if err.get("hint") else "")
         rows.append((row, None))
     return rows
+
+
+VACUOUS_NEXT = "--layerwise (earlier layers), --weights (trained weights) or --inputs (real data)"
+
+
+def output_notes(outputs: list[dict], tolerance: dict | None) -> list[str]:
+    """Why each output's verdict is what it is, where it is not a plain elementwise pass
+    (outputs as the report's dicts)."""
+    notes = []
+    for o in outputs:
+        label = o.get("name", "output") if len(outputs) > 1 else "output"
+        m, status, reason = o.get("metrics") or {}, o.get("status", "ok"), o.get("reason")
+        if m.get("nonfinite_mismatch"):
+            notes.append(nonfinite_note(label, m))
+        elif status == "vacuous":
+            notes.append(f"{label} vacuous: {reason}; next: {VACUOUS_NEXT}")
+        elif reason:
+            notes.append(f"{label}: {reason}")
+        elif status == "diverged" or not o.get("within_tolerance", True):
+            tol = tolerance or {}
+            notes.append(f"{label} outside rtol={tol.get('rtol', 0):g} atol={tol.get('atol', 0):g}")
+    return notes
 
 
 def backend_table(report: Report, width: int = 160) -> Table:
@@ -128,7 +179,9 @@ BARS = "▁▂▃▄▅▆▇█"
 def depth_line(rows: list[dict]) -> str:
     """Error against depth, one bar per layer, scaled to this backend's own range: the
     higher the bar, the lower the SQNR (the more error)."""
-    sq = [150.0 if r["metrics"].get("sqnr_db") is None else max(r["metrics"]["sqnr_db"], -50.0) for r in rows]
+    from .metrics import sqnr_value
+
+    sq = [max(sqnr_value(r["metrics"], identical=150.0, undefined=-50.0), -50.0) for r in rows]
     if not sq:
         return ""
     lo, hi = min(sq), max(sq)
@@ -161,7 +214,7 @@ def layer_lines(b) -> list[str]:
     for r in top_suspects(b.layers):
         src = f" · {r['source'].rsplit('/', 1)[-1]}" if r.get("source") else ""
         lines.append(f"  suspect {r['module'] or '<top>'} ({r['op_type']}){src} · growth {r['growth']:.3g} · "
-                     f"SQNR {fmt(r['metrics'].get('sqnr_db'), 'db')} dB")
+                     f"SQNR {fmt_sqnr(r['metrics'])} dB")
     sq = [r["metrics"].get("sqnr_db") for r in b.layers if r["metrics"].get("sqnr_db") is not None]
     span = f", SQNR {fmt(min(sq), 'db')}..{fmt(max(sq), 'db')} dB" if sq else ""
     fused = sum(1 for r in b.layers if r.get("fused_into"))
@@ -281,23 +334,17 @@ STATUS_STYLE = {"ok": "green", "diverged": "bold red"}
 
 
 def scoreboard_cell(cell: dict | None) -> Text:
-    """One cell of the terminal scoreboard: status, SQNR, task delta, median latency."""
-    if cell is None:
+    """One cell of the terminal scoreboard: status, SQNR, task delta, median latency, and
+    why a cell did not run or says nothing (vacuous)."""
+    from .sweep import cell_lines
+
+    if not isinstance(cell, dict) or cell.get("status") in (None, "not run"):
         return Text("not run", style="dim")
     status = str(cell.get("status"))
     out = Text(status, style=STATUS_STYLE.get(status, "yellow"))
-    if "sqnr_db" in cell:
-        out.append(f"\n{fmt(cell['sqnr_db'], 'db')} dB")
-    if cell.get("task"):
-        t = cell["task"]
-        out.append(f"\n{t['metric']} {t['delta']:+.2f}{t.get('unit') or ''}")
-        if t.get("flip_rate"):
-            out.append(f"\n{100 * t['flip_rate']:.1f}% {t.get('flip_label', 'flipped')}", style="magenta")
-    if cell.get("latency"):
-        lat = cell["latency"]
-        out.append(f"\n{lat['median_ms']:.3g} ms ±{(lat['p90_ms'] - lat['p10_ms']) / 2:.2g}", style="cyan")
-    if cell.get("error") and status not in ("ok", "diverged"):
-        out.append(f"\n{cell['error'][:60]}", style="dim")
+    styles = {"flip": "magenta", "latency": "cyan", "note": "dim", "error": "dim"}
+    for text, kind in cell_lines(cell):
+        out.append("\n" + (text[:60] if kind in ("note", "error") else text), style=styles.get(kind))
     return out
 
 
@@ -307,9 +354,14 @@ def scoreboard_table(board: dict) -> Table:
     table.add_column("model", no_wrap=True)
     for spec in board["specs"]:
         table.add_column(spec, no_wrap=True)
+    same = {i.get("model"): i.get("same_as") for i in board.get("identical") or () if isinstance(i, dict)}
     for model in board["models"]:
-        row = board["matrix"].get(model, {})
-        table.add_row(model, *(scoreboard_cell(row.get(s)) for s in board["specs"]))
+        row = board["matrix"].get(model)
+        row = row if isinstance(row, dict) else {}
+        label = Text(str(model))
+        if same.get(model):
+            label.append(f"\n= {same[model]}", style="dim")
+        table.add_row(label, *(scoreboard_cell(row.get(s)) for s in board["specs"]))
     return table
 
 
@@ -319,9 +371,16 @@ def print_scoreboard(board: dict, console: Console | None = None) -> None:
     lat = board["latency"]
     console.print(f"latency: median of {lat['runs']} runs after {lat['warmup']} warm-up, {lat['threads']} thread(s) "
                   "per backend, ± half the 10-90% spread", style="dim", highlight=False)
+    for i in board.get("identical") or ():
+        console.print(f"• {i['text']}", style="yellow", highlight=False)
     for f in board.get("findings", []):
         console.print(f"• {f['text']}", highlight=False)
     run = board.get("run")
-    if run:
-        console.print(f"{run['cells']} cells: {run['ran']} run, {run['resumed']} resumed from the store "
-                      f"({run['executor']} executor, {run['workers']} workers, {run['wall_s']:.1f} s)", highlight=False)
+    if run and run.get("render_only"):
+        missing = f", {run['missing']} not in the store (not run)" if run.get("missing") else ""
+        console.print(f"{run['cells']} cells re-rendered from the store, none run{missing}", highlight=False)
+    elif run:
+        shared = run["cells"] - run["ran"] - run["resumed"]
+        console.print(f"{run['cells']} cells: {run['ran']} run, {run['resumed']} resumed from the store"
+                      + (f", {shared} shared by identical entries" if shared else "")
+                      + f" ({run['executor']} executor, {run['workers']} workers, {run['wall_s']:.1f} s)", highlight=False)

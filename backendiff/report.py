@@ -12,6 +12,10 @@ SCHEMA = "backendiff.report/1"
 
 #: statuses of a backend result, and the exit code each leads to
 OK, DIVERGED, FAILED, UNAVAILABLE, CRASHED, TIMEOUT = "ok", "diverged", "failed", "unavailable", "crashed", "timeout"
+#: the backend ran and agrees only because the reference output carries no signal (all zeros,
+#: constant, or within atol of zero): not a pass, not a divergence
+VACUOUS = "vacuous"
+RAN = (OK, DIVERGED, VACUOUS)
 NOT_RUN = (FAILED, UNAVAILABLE, CRASHED, TIMEOUT)
 
 
@@ -23,6 +27,9 @@ class OutputResult:
     within_tolerance: bool
     violations: int = 0
     reference_shape: list[int] | None = None
+    status: str = "ok"            # this output's verdict: ok, diverged or vacuous (verdict.judge_output)
+    reason: str | None = None     # why, where it is not a plain elementwise pass
+    judge: dict | None = None     # the fp64 rule's numbers, where it was applied
 
 
 @dataclass
@@ -36,6 +43,7 @@ class BackendResult:
     route: str | None = None
     precision: dict = field(default_factory=dict)
     tolerance: dict | None = None
+    floor: dict | None = None     # the SQNR/cosine floor of the precision the backend ran in
     cache: str | None = None
     timings: dict = field(default_factory=dict)
     outputs: list[OutputResult] = field(default_factory=list)
@@ -48,7 +56,7 @@ class BackendResult:
 
     @property
     def ran(self) -> bool:
-        return self.status in (OK, DIVERGED)
+        return self.status in RAN
 
     def worst(self) -> dict:
         """The worst metrics over all outputs (for one-row summaries)."""
@@ -75,22 +83,29 @@ class Report:
 
     @property
     def verdict(self) -> str:
+        """pass, fail, vacuous (nothing diverged, but some comparison had no signal: never a
+        pass) or incomplete."""
         if self.partial and self.partial.get("missing"):
             return "incomplete"
         bad = [b for b in self.backends if b.status == DIVERGED or (b.status in NOT_RUN and b.spec in self.requested)]
-        return "fail" if bad or not any(b.ran for b in self.backends) else "pass"
+        if bad or not any(b.ran for b in self.backends):
+            return "fail"
+        return "vacuous" if any(b.status == VACUOUS for b in self.backends) else "pass"
 
     @property
     def exit_code(self) -> int:
         """0 all agree; 1 a backend diverged; 3 a requested backend could not run (or the run
-        was interrupted before every backend finished)."""
+        was interrupted before every backend finished); 4 nothing diverged but a comparison
+        was vacuous (the reference output carries no signal)."""
         if self.verdict == "incomplete":
             return 3
         if any(b.status in NOT_RUN and b.spec in self.requested for b in self.backends):
             return 3
         if any(b.status == DIVERGED for b in self.backends):
             return 1
-        return 0 if any(b.ran for b in self.backends) else 3
+        if not any(b.ran for b in self.backends):
+            return 3
+        return 4 if any(b.status == VACUOUS for b in self.backends) else 0
 
     def __bool__(self) -> bool:
         return self.verdict == "pass"
@@ -154,12 +169,11 @@ class Report:
 
 
 def _finite(value):
-    """JSON has no Inf/NaN: -Inf SQNR (all noise) becomes -999; NaN becomes None."""
+    """JSON has no Inf/NaN and the report no sentinels: a non-finite number becomes null (the
+    metrics say why: ``identical``, ``nonfinite_mismatch``)."""
     if isinstance(value, float):
-        if math.isnan(value):
+        if not math.isfinite(value):
             return None
-        if math.isinf(value):
-            return 999.0 if value > 0 else -999.0
         return value
     if isinstance(value, dict):
         return {k: _finite(v) for k, v in value.items()}

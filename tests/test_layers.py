@@ -226,7 +226,7 @@ def test_tvm_layers_from_the_instrumented_export():
 def test_terminal_layer_view():
     from backendiff.render import depth_line, layer_lines
 
-    rows = [{"metrics": {"sqnr_db": v}} for v in (None, 120.0, 80.0, 40.0)]
+    rows = [{"metrics": {"sqnr_db": v, "identical": v is None}} for v in (None, 120.0, 80.0, 40.0)]
     assert depth_line(rows) == "▁▃▅█"   # None (exact) is the top of the range
     x = torch.randn(4, 16, generator=torch.Generator().manual_seed(0))
     report = backendiff.compare(Overflow().eval(), inputs=(x,), backends=["torch:fp16"])

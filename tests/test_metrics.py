@@ -10,7 +10,18 @@ def test_identical_tensors():
     r = np.linspace(-1, 1, 50, dtype=np.float32)
     m = M.tensor_metrics(r, r)
     assert m == {"max_abs": 0.0, "mean_abs": 0.0, "max_rel": 0.0, "cosine": pytest.approx(1.0), "sqnr_db": None,
-                 "nonfinite": 0}
+                 "identical": True, "nonfinite": 0, "nonfinite_mismatch": 0, "first_mismatch": None}
+    assert M.sqnr_value(m) == 300.0
+
+
+def test_zero_vectors_have_no_cosine_and_no_sqnr():
+    """Two zero vectors do not agree with cosine 1: there is nothing to compare."""
+    z = np.zeros(8)
+    m = M.tensor_metrics(z, z)
+    assert m["cosine"] is None and m["sqnr_db"] is None
+    assert M.tensor_metrics(np.ones(8), z)["cosine"] is None          # the reference is zero
+    crushed = M.tensor_metrics(z, np.linspace(1, 2, 8))                # the backend underflowed to zero
+    assert crushed["cosine"] is None and crushed["sqnr_db"] == pytest.approx(0.0)
 
 
 def test_known_values():
@@ -35,10 +46,19 @@ def test_nonfinite_compared_by_position():
     assert M.violations(moved, r, 0, 0) == 2
     flipped = np.array([np.nan, 1.0, -np.inf, 2.0])
     assert M.violations(flipped, r, 1, 1) == 1
-    assert m["sqnr_db"] is None and M.tensor_metrics(moved, r)["sqnr_db"] == -math.inf
+    assert m["sqnr_db"] is None and m["identical"] and m["nonfinite_mismatch"] == 0
+    # where the patterns differ: how many and where, no number that reads as agreement
+    mm = M.tensor_metrics(moved, r)
+    assert mm["nonfinite_mismatch"] == 2 and mm["first_mismatch"] == [0]
+    assert mm["sqnr_db"] is None and mm["cosine"] is None and not mm["identical"]
+    assert M.sqnr_value(mm) == -300.0
+    grid = np.ones((2, 3))
+    bad = grid.copy()
+    bad[1, 2] = np.nan
+    assert M.tensor_metrics(bad, grid)["first_mismatch"] == [1, 2]
     # asked to be strict, the NaN/Inf that match the reference's count too
     metrics, viol, mismatch = M.compare_arrays(same, r, 0, 0, strict_nonfinite=True)
-    assert viol == 2 and mismatch and metrics["sqnr_db"] == -math.inf
+    assert viol == 2 and mismatch
 
 
 def test_violations_use_the_allclose_rule():
@@ -50,10 +70,16 @@ def test_violations_use_the_allclose_rule():
 
 def test_worst_of_keeps_the_worst_case():
     a = {"max_abs": 1.0, "mean_abs": 0.2, "max_rel": 0.1, "cosine": 0.9, "sqnr_db": 30.0, "nonfinite": 1}
-    b = {"max_abs": 0.5, "mean_abs": 0.4, "max_rel": 0.3, "cosine": 0.99, "sqnr_db": None, "nonfinite": 2}
+    b = {"max_abs": 0.5, "mean_abs": 0.4, "max_rel": 0.3, "cosine": 0.99, "sqnr_db": None, "identical": True,
+         "nonfinite": 2}
     w = M.worst_of([a, b])
     assert w == {"max_abs": 1.0, "mean_abs": pytest.approx(0.3), "max_rel": 0.3, "cosine": 0.9, "sqnr_db": 30.0,
-                 "nonfinite": 3}
+                 "identical": False, "nonfinite": 3, "nonfinite_mismatch": 0, "first_mismatch": None}
+    # a sample whose SQNR is undefined (NaN/Inf patterns differ) makes the worst case undefined
+    c = dict(b, identical=False, cosine=None, nonfinite_mismatch=4, first_mismatch=[0, 1])
+    w = M.worst_of([a, c])
+    assert w["sqnr_db"] is None and w["cosine"] is None and w["nonfinite_mismatch"] == 4
+    assert w["first_mismatch"] == [0, 1] and w["first_mismatch_sample"] == 1
 
 
 def test_shape_mismatch_raises():
