@@ -457,7 +457,7 @@ def compare_outputs(names, reference, actual, tol, strict_nonfinite: bool = Fals
     floor = floor or floor_for(precision)
     results = []
     for i, name in enumerate(names):
-        per, viol, within = [], 0, True
+        per, viol, within, nonfinite, acts = [], 0, True, False, []
         shape = list(np.shape(actual[0][i]))
         ref_shape = list(np.shape(reference[0][i]))
         for ref, act in zip(reference, actual):
@@ -468,15 +468,17 @@ def compare_outputs(names, reference, actual, tol, strict_nonfinite: bool = Fals
                     per = []
                     break
                 a = a.reshape(r.shape)  # a runtime that drops or adds unit dims
-            m, v, _ = M.compare_arrays(a, r, tol.rtol, tol.atol, strict_nonfinite)
+            m, v, bad = M.compare_arrays(a, r, tol.rtol, tol.atol, strict_nonfinite)
             per.append(m)
+            acts.append(a)
             viol += v
             within = within and v == 0
+            nonfinite = nonfinite or bad
         metrics = M.worst_of(per) if per else {}
-        refs, acts = [r[i] for r in reference], [a[i] for a in actual]
+        refs = [r[i] for r in reference]
         golds = [g[i] for g in golden] if golden is not None else None
         v = judge_output(metrics, within, refs, acts, golds, precision=precision, atol=tol.atol, floor=floor,
-                         factor=fp64_factor)
+                         factor=fp64_factor, nonfinite_violation=nonfinite)
         results.append(OutputResult(
             name=name, shape=shape, metrics=metrics, within_tolerance=within,
             violations=viol, reference_shape=ref_shape if ref_shape != shape else None,

@@ -116,13 +116,18 @@ class OutputVerdict:
 
 
 def judge_output(metrics: dict, within: bool, references: list, actuals: list, goldens: list | None, *,
-                 precision: str, atol: float, floor: Floor, factor: float = FP64_FACTOR) -> OutputVerdict:
+                 precision: str, atol: float, floor: Floor, factor: float = FP64_FACTOR,
+                 nonfinite_violation: bool = False) -> OutputVerdict:
     """The verdict of one output over all samples, from its elementwise result (``within``),
-    its worst metrics, and the raw arrays (the degenerate check and the fp64 judge)."""
+    its worst metrics, and the raw arrays (the degenerate check and the fp64 judge).
+    ``nonfinite_violation``: a NaN/Inf counted against the output (patterns that differ, or
+    any NaN/Inf under --nan-strict), which nothing excuses."""
     if not metrics:      # shapes differ: nothing comparable
         return OutputVerdict("diverged", "the output has another shape than the reference's")
     if metrics.get("nonfinite_mismatch"):
         return OutputVerdict("diverged", f"NaN/Inf differ from the reference at {metrics['nonfinite_mismatch']} elements")
+    if nonfinite_violation:
+        return OutputVerdict("diverged", f"{metrics.get('nonfinite', 0)} NaN/Inf in the output (--nan-strict)")
     floating = all(is_float(r) for r in references)
     low = below_floor(metrics, floor) if floating else None
     if low is not None and within:      # scale-free: a collapsed output diverges inside atol too

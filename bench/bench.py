@@ -187,6 +187,11 @@ def main() -> int:
         print(f"{label:<5} compare wall {r['wall_s']:.3f}s · runtimes' own {runtime:.3f}s · "
               f"ratio {ratio:.3f} (tool: {tool})\n")
     print(f"worst overhead ratio {worst:.3f} (target <= 1.15): {'OK' if worst <= 1.15 else 'OVER'}")
+    cold, warm = rows[0][1], rows[1][1]
+    export = warm["tool"].get("torch_export_s", 0.0)
+    print(f"warm / cold wall {warm['wall_s'] / cold['wall_s']:.2f} ({warm['wall_s']:.2f}s / {cold['wall_s']:.2f}s); "
+          f"the warm run's torch.export, which keys the cache: {export:.2f}s "
+          f"({100 * export / warm['wall_s']:.0f}% of the warm run)")
     if not args.skip_layerwise:
         layerwise_bench(args.layerwise_model, args.backends)
     if not args.skip_sweep:

@@ -86,7 +86,8 @@ def test_compare_writes_table_and_json(tmp_path):
     assert ort["spec"] == "ort" and ort["status"] == "ok" and ort["error"] is None
     assert set(ort["timings"]) == {"setup_s", "convert_s", "compile_s", "infer_s", "task_s"}
     assert ort["task"]["samples"] == 540 and ort["task"]["reference"] > 98.5
-    assert set(ort["outputs"][0]["metrics"]) == {"max_abs", "mean_abs", "max_rel", "cosine", "sqnr_db", "nonfinite"}
+    assert set(ort["outputs"][0]["metrics"]) == {"max_abs", "mean_abs", "max_rel", "cosine", "sqnr_db", "identical",
+                                                 "nonfinite", "nonfinite_mismatch", "first_mismatch"}
     assert data["environment"]["versions"]["onnxruntime"]
     # re-rendering the saved run gives the same table and exit code
     again = run("report", str(out))

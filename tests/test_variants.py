@@ -104,7 +104,7 @@ def test_fp16_overflow():
         if spec in specs:
             b = report.backend(spec)
             assert b.status == "diverged" and b.outputs[0].metrics["nonfinite"] > 0
-            assert b.outputs[0].metrics["sqnr_db"] == -np.inf
+            assert b.outputs[0].metrics["sqnr_db"] is None and b.outputs[0].metrics["nonfinite_mismatch"] > 0
     for spec in ("ort:fp16", "openvino:fp16"):
         if spec in specs:
             b = report.backend(spec)
