@@ -117,11 +117,11 @@ class Zeros(nn.Module):
         return self.fc(torch.relu(x))
 
 
-@needs("openvino", "ort")
+@needs("openvino", "ort", "tvm")
 def test_fp16_underflow_is_never_ok():
     x = (torch.randn(2, 16, generator=torch.Generator().manual_seed(1)),)
-    r = backendiff.compare(Tiny(), inputs=x, backends=["openvino:fp16", "ort", "torch:fp16"], use_cache=False,
-                           isolate=False)
+    r = backendiff.compare(Tiny(), inputs=x, backends=["openvino:fp16", "tvm:fp16", "ort:fp16", "ort", "torch:fp16"],
+                           use_cache=False, isolate=False)
     for b in r.backends:
         assert b.status in ("diverged", "vacuous"), (b.spec, b.status)
     fp16 = r.backend("openvino:fp16")
