@@ -15,7 +15,7 @@ def render_markdown(report: dict) -> str:
     model = report.get("model", {})
     backends = report.get("backends", [])
     task = report.get("task")
-    mark = "✅" if report.get("verdict") == "pass" else "❌"
+    mark = {"pass": "✅", "vacuous": "⚠️"}.get(report.get("verdict"), "❌")
     lines = [f"### backendiff · `{model.get('source', '?')}` {mark} {report.get('verdict')}", ""]
     inputs = ", ".join(f"`{i['name']}` {tuple(i['shape'])} {i['dtype']}" for i in model.get("inputs", []))
     ref = report.get("reference", {})
