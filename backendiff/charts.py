@@ -162,8 +162,8 @@ def sweep_heatmap(board: dict) -> str:
     for i, m in enumerate(models):
         for j, s in enumerate(specs):
             cell = board["matrix"].get(m, {}).get(s, {})
-            if cell.get("sqnr_db") is not None and cell.get("status") in ("ok", "diverged"):
-                grid[i, j] = min(max(float(cell["sqnr_db"]), FLOOR_DB), IDENTICAL_DB)
+            if cell.get("status") in ("ok", "diverged") and (cell.get("sqnr_db") is not None or cell.get("identical")):
+                grid[i, j] = _sqnr(cell)
     fig = Figure(figsize=(min(max(6.0, 1.45 * len(specs) + 2.5), 22.0), 0.62 * len(models) + 1.6))
     ax = fig.subplots()
     ax.set_facecolor("#d9d9d9")
@@ -208,7 +208,7 @@ def latency_scatter(board: dict, model: str) -> str | None:
     ax = fig.subplots()
     for spec, c in points:
         lat = c["latency"]
-        y = c["task"]["delta"] if use_task else _sqnr({"sqnr_db": c.get("sqnr_db")})
+        y = c["task"]["delta"] if use_task else _sqnr(c)
         ax.errorbar([lat["median_ms"]], [y], xerr=[[lat["median_ms"] - lat["p10_ms"]], [lat["p90_ms"] - lat["median_ms"]]],
                     fmt="o", ms=5, capsize=2, label=spec)
         ax.annotate(spec, (lat["median_ms"], y), textcoords="offset points", xytext=(4, 4), fontsize=7)

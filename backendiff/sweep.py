@@ -2,11 +2,15 @@
 
 Each (model, spec) cell is one ``compare`` of that model on that one spec, with the sweep's
 options, plus the latency of the compiled model measured in the backend's own worker. A
-finished cell is stored under a content key (the model's content, its inputs and data, the
-canonical spec, the options, the runtime versions), so a rerun or a resumed sweep skips it
-and ``--force`` redoes it. Cells run on an executor: ``local`` (worker processes on this
-machine) or ``ray`` (tasks on a Ray cluster, each asking for the resources its backend
-needs). A cell whose worker dies is stored as ``lost`` and the sweep goes on.
+finished cell is stored under a content key (the model's exported program as
+``compare.model_key`` gives it, its inputs and data, the canonical spec, the options, the
+runtime versions), so a rerun or a resumed sweep skips it and ``--force`` redoes it; two
+entries with the same key share their cells and are named identical. Each run also stores
+its plan (which key serves which model and spec), from which ``render_from_store`` redraws
+the scoreboard without running anything. Cells run on an executor: ``local`` (worker
+processes on this machine) or ``ray`` (tasks on a Ray cluster, each asking for the
+resources its backend needs). A cell whose worker dies is stored as ``lost`` and the sweep
+goes on.
 
 This module plans, keys and runs cells and turns stored cells into the scoreboard data;
 ``render.print_scoreboard`` and ``html.render_sweep_html`` draw it.
@@ -15,8 +19,10 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
+import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -26,11 +32,15 @@ from .cache import content_key, write_atomic
 from .errors import BadInput
 from .loading import sha256_file
 from .metrics import worst_of_outputs
+from .report import RAN, VACUOUS
 
 SCHEMA = "backendiff.sweep/1"
 CELL_SCHEMA = "backendiff.sweep-cell/1"
 LOST = "lost"          # the cell's worker died or its task was lost: no report
 ERROR = "error"        # backendiff raised inside the cell (a bad model or data)
+NOT_RUN = "not run"    # planned, but no record of it (never ran, lost from the store)
+# RAN (report): ok, diverged, vacuous (ran, but the reference output is degenerate: the
+# comparison says nothing); every other status makes the sweep's exit code 3
 
 # keys a sweep file (or --option) may set, for every model or per model -> CompareConfig field
 OPTION_KEYS = {
@@ -278,13 +288,14 @@ def file_digest(path: str | Path) -> str:
     return h.hexdigest()
 
 
-def model_identity(entry: ModelEntry, options: dict) -> str:
-    """The model's content key (weights and code for zoo models and factories, bytes for files)."""
-    from .loading import load_model
+def model_identity(entry: ModelEntry, options: dict, plan: SweepPlan, cache_dir: str | None = None) -> str | None:
+    """The model's content key as ``compare`` with the cell's options keys it: the exported
+    program the runtimes consume (with its inputs resolved), never its Python source. None
+    when the model cannot be exported: its cells are then never cached nor resumed. Bad
+    input (a missing file, bad options) raises BadInput."""
+    from .compare import model_key
 
-    weights = options.get("weights")
-    loaded = load_model(entry.model, weights=Path(weights) if weights else None)
-    return loaded.content_key
+    return model_key(entry.model, compare_config(options, plan.warmup, plan.runs, cache_dir))
 
 
 def cell_key(model_key: str, spec: str, options: dict, plan: SweepPlan, versions: dict) -> str:
@@ -305,11 +316,13 @@ def spec_versions(spec: str) -> dict:
     return adapter_class(parse_spec(spec).name).versions()
 
 
-def cell_payload(plan: SweepPlan, entry: ModelEntry, spec: str, key: str, cache_dir: str | None) -> dict:
-    """What a worker needs to run one cell: plain JSON-able data."""
+def cell_payload(plan: SweepPlan, entry: ModelEntry, spec: str, key: str, cache_dir: str | None,
+                 resumable: bool = True) -> dict:
+    """What a worker needs to run one cell: plain JSON-able data. A cell that is not
+    ``resumable`` (its model has no content key) runs without the artifact cache."""
     return {"key": key, "model": entry.model, "spec": spec, "run_spec": run_spec(spec, plan.threads),
             "options": cell_options(plan, entry), "threads": plan.threads, "warmup": plan.warmup,
-            "runs": plan.runs, "plugins": list(plan.plugins), "cache_dir": cache_dir}
+            "runs": plan.runs, "plugins": list(plan.plugins), "cache_dir": cache_dir, "resumable": resumable}
 
 
 def run_cell(payload: dict) -> dict:
@@ -327,6 +340,8 @@ def run_cell(payload: dict) -> dict:
     record = {"schema": CELL_SCHEMA, "key": payload["key"], "model": payload["model"], "spec": payload["spec"],
               "run_spec": payload["run_spec"], "worker": {"host": socket.gethostname(), "pid": os.getpid(),
                                                           "python": platform.python_version()}}
+    if not payload.get("resumable", True):
+        record["resumable"] = False
     try:
         import_plugins(payload.get("plugins") or ())
         import torch
@@ -335,6 +350,8 @@ def run_cell(payload: dict) -> dict:
         from .compare import compare
 
         config = compare_config(payload["options"], payload["warmup"], payload["runs"], payload.get("cache_dir"))
+        if not payload.get("resumable", True):
+            config = config.but(use_cache=False)       # a model without a content key: nothing of it is cached
         report = compare(payload["model"], backends=[payload["run_spec"]], config=config)
     except BadInput as e:
         record.update(status=ERROR, error={"type": "BadInput", "message": str(e)})
@@ -350,8 +367,12 @@ def run_cell(payload: dict) -> dict:
 
 
 def lost_record(payload: dict, message: str, **extra) -> dict:
-    return {"schema": CELL_SCHEMA, "key": payload["key"], "model": payload["model"], "spec": payload["spec"],
-            "run_spec": payload["run_spec"], "status": LOST, "error": {"type": "WorkerLost", "message": message, **extra}}
+    record = {"schema": CELL_SCHEMA, "key": payload["key"], "model": payload["model"], "spec": payload["spec"],
+              "run_spec": payload["run_spec"], "status": LOST,
+              "error": {"type": "WorkerLost", "message": message, **extra}}
+    if not payload.get("resumable", True):
+        record["resumable"] = False
+    return record
 
 
 # -- executors --------------------------------------------------------------------------
@@ -520,7 +541,8 @@ class RayExecutor:
 
 # -- the store --------------------------------------------------------------------------
 class CellStore:
-    """Finished cells as JSON files named by their content key."""
+    """Finished cells as JSON files named by their content key, and the plan of each sweep
+    (which cell key serves which model and spec) for re-rendering without running."""
 
     def __init__(self, root: str | Path):
         self.root = Path(root)
@@ -530,45 +552,97 @@ class CellStore:
 
     def get(self, key: str) -> dict | None:
         try:
-            return json.loads(self.path(key).read_text())
-        except (FileNotFoundError, json.JSONDecodeError):
+            record = json.loads(self.path(key).read_text())
+        except (OSError, ValueError):          # missing, unreadable, not JSON
             return None
+        return record if isinstance(record, dict) else None
 
     def put(self, record: dict) -> Path:
         path = self.path(record["key"])
         path.parent.mkdir(parents=True, exist_ok=True)
-        return write_atomic(path, lambda tmp: tmp.write_text(json.dumps(record, indent=1, allow_nan=False) + "\n"))
+        text = json.dumps(json_safe(record), indent=1, allow_nan=False) + "\n"
+        return write_atomic(path, lambda tmp: tmp.write_text(text))
+
+    def plan_path(self, plan_key: str) -> Path:
+        return self.root / "plans" / f"{plan_key}.json"
+
+    def put_plan(self, plan_key: str, planned: list[dict]) -> Path:
+        path = self.plan_path(plan_key)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        text = json.dumps({"schema": PLAN_SCHEMA, "cells": planned}, indent=1) + "\n"
+        return write_atomic(path, lambda tmp: tmp.write_text(text))
+
+    def get_plan(self, plan_key: str) -> list[dict] | None:
+        try:
+            doc = json.loads(self.plan_path(plan_key).read_text())
+            return [c for c in doc["cells"] if isinstance(c, dict) and isinstance(c.get("key"), str)]
+        except (OSError, ValueError, KeyError, TypeError):
+            return None
+
+
+PLAN_SCHEMA = "backendiff.sweep-plan/1"
+
+
+def plan_key(plan: SweepPlan) -> str:
+    """What names a sweep for ``--render-only``: its models with their options, its specs and
+    its latency settings (not the executor, resources or plugins, which do not change a cell)."""
+    return content_key("sweep-plan", [[m.model, cell_options(plan, m)] for m in plan.models], list(plan.specs),
+                       {"warmup": plan.warmup, "runs": plan.runs, "threads": plan.threads})
 
 
 def keep_record(record: dict) -> bool:
     """A cell worth keeping for a resume: it produced a report. Lost cells and backendiff
-    errors are rerun next time."""
-    return record.get("status") not in (LOST, ERROR)
+    errors are rerun next time, and so is a cell whose model has no content key."""
+    return record.get("status") not in (LOST, ERROR) and record.get("resumable", True) is not False
+
+
+def plan_cells(plan: SweepPlan, cache_dir: str | None = None,
+               progress: Callable[[str], None] = lambda m: None) -> list[dict]:
+    """Every planned cell: ``{"model", "spec", "key", "resumable"}``. A model that cannot be
+    exported gets cell keys no other run will ever have (a random nonce): its cells are
+    run every time and never served from the store."""
+    versions = {s: spec_versions(s) for s in plan.specs}
+    planned = []
+    for i, entry in enumerate(plan.models):
+        progress(f"keying {entry.model} ({i + 1}/{len(plan.models)})")
+        options = cell_options(plan, entry)
+        key = model_identity(entry, options, plan, cache_dir)
+        resumable = key is not None
+        if key is None:
+            key = f"unkeyed-{secrets.token_hex(16)}"
+        for spec in plan.specs:
+            planned.append({"model": entry.model, "spec": spec, "resumable": resumable,
+                            "key": cell_key(key, spec, options, plan, versions[spec])})
+    return planned
 
 
 def run_sweep(plan: SweepPlan, store: CellStore, *, executor="local", workers: int | None = None,
               ray_address: str | None = None, force: bool = False, cache_dir: str | None = None,
               progress: Callable[[str], None] = lambda m: None) -> dict:
-    """Run every cell not already stored (all with ``force``); return the scoreboard data."""
+    """Run every cell not already stored (all with ``force``); return the scoreboard data.
+    A cell key planned for several models (identical entries) runs once and serves each."""
     workers = workers or default_workers()
     t0 = time.perf_counter()
     progress("keying cells")
-    versions = {s: spec_versions(s) for s in plan.specs}
-    planned, todo, records = [], [], {}
-    for entry in plan.models:
-        options = cell_options(plan, entry)
-        model_key = model_identity(entry, options)
-        for spec in plan.specs:
-            key = cell_key(model_key, spec, options, plan, versions[spec])
-            planned.append((entry.model, spec, key))
-            stored = None if force else store.get(key)
-            if stored is not None and keep_record(stored):
-                records[key] = stored | {"resumed": True}
-            else:
-                todo.append(cell_payload(plan, entry, spec, key, cache_dir))
+    planned = plan_cells(plan, cache_dir, progress)
+    store.put_plan(plan_key(plan), planned)
+    entries = {m.model: m for m in plan.models}
+    todo, records, unstored, seen = [], {}, [], set()
+    for c in planned:
+        if c["key"] in seen:
+            continue                                   # an identical entry: its cell is already planned
+        seen.add(c["key"])
+        stored = None if force or not c["resumable"] else store.get(c["key"])
+        if stored is not None and keep_record(stored):
+            records[c["key"]] = stored | {"resumed": True}
+        else:
+            todo.append(cell_payload(plan, entries[c["model"]], c["spec"], c["key"], cache_dir, c["resumable"]))
 
     def done(record: dict) -> None:
-        store.put(record)
+        try:
+            store.put(record)
+        except (OSError, ValueError, TypeError) as e:   # the sweep goes on; the cell is still shown
+            unstored.append(f"{record.get('model')} on {record.get('spec')}: {type(e).__name__}: {e}")
         records[record["key"]] = record
         progress(f"{len(records)}/{len(planned)} cells: {record['model']} on {record['spec']}: {record['status']}")
 
@@ -576,51 +650,154 @@ def run_sweep(plan: SweepPlan, store: CellStore, *, executor="local", workers: i
         runner = (RayExecutor(ray_address, workers, plan.threads, plan.resources) if executor == "ray"
                   else LocalExecutor(workers))
         runner.run(todo, done, progress)
-    board = scoreboard(plan, [records[k] for _, _, k in planned if k in records])
+    board = scoreboard(plan, records, planned)
     board["run"] = {"executor": executor, "workers": workers, "ray_address": ray_address, "threads": plan.threads,
-                    "cells": len(planned), "ran": len(todo), "resumed": len(planned) - len(todo),
+                    "cells": len(planned), "ran": len(todo), "resumed": len({c["key"] for c in planned}) - len(todo),
+                    "wall_s": round(time.perf_counter() - t0, 3)}
+    if unstored:
+        board["run"]["unstored"] = unstored
+    return board
+
+
+def render_from_store(plan: SweepPlan, store: CellStore) -> dict:
+    """The scoreboard of the last run of ``plan`` from the store alone: no model is loaded,
+    exported or run. Cells missing from the store are "not run"."""
+    t0 = time.perf_counter()
+    planned = store.get_plan(plan_key(plan))
+    if planned is None:
+        raise BadInput(f"sweep --render-only: no run of this sweep in the store {store.root} (same models, "
+                       "backends, options and latency settings); run it without --render-only first")
+    records = {c["key"]: r for c in planned if (r := store.get(c["key"])) is not None}
+    board = scoreboard(plan, records, planned)
+    board["run"] = {"executor": None, "render_only": True, "workers": 0, "threads": plan.threads,
+                    "cells": len(planned), "ran": 0, "resumed": len({c["key"] for c in planned} & set(records)),
+                    "missing": sum(1 for c in planned if c["key"] not in records),
                     "wall_s": round(time.perf_counter() - t0, 3)}
     return board
 
 
 # -- the scoreboard ---------------------------------------------------------------------
+# Every cell record is summarized defensively: a record may come from a crashed worker, an
+# older backendiff, a hand-edited store or a backend that returned the wrong outputs, and the
+# scoreboard is still built (a field that is missing or not a finite number is left out).
+def _finite(value) -> float | int | None:
+    """``value`` if it is a finite number (not a bool), else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        return None
+    return value
+
+
+def _message(error) -> str | None:
+    """The message of an error dict (or an error given as text)."""
+    if isinstance(error, dict):
+        error = error.get("message") or error.get("type")
+    return error.strip() if isinstance(error, str) and error.strip() else None
+
+
+def json_safe(value):
+    """``value`` as strict JSON data: a number that is not finite -> null (as a report writes
+    it), keys as strings, anything else as its text."""
+    if value is None or isinstance(value, (bool, int, str)):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {str(k): json_safe(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [json_safe(v) for v in value]
+    return str(value)
+
+
 def task_score(task: dict, metric: str | None) -> dict | None:
     """The task number a cell is scored by: ``metric`` of the task's result where it has
-    one with its ``<metric>_reference`` (pose: ``ap``), else the task's headline metric."""
-    if "delta" not in task:
+    one with its ``<metric>_reference`` (pose: ``ap``), else the task's headline metric.
+    None without a finite delta (the task failed)."""
+    if not isinstance(task, dict) or _finite(task.get("delta")) is None:
         return None
-    out = {"metric": task.get("metric"), "reference": task.get("reference"), "value": task.get("value"),
-           "delta": task["delta"], "unit": task.get("unit", "")}
-    if metric and metric != task.get("metric") and f"{metric}_reference" in task and metric in task:
+    unit = task.get("unit") if isinstance(task.get("unit"), str) else ""
+    out = {"metric": str(task.get("metric") or "task"), "reference": _finite(task.get("reference")),
+           "value": _finite(task.get("value")), "delta": task["delta"], "unit": unit}
+    if (metric and metric != task.get("metric") and _finite(task.get(f"{metric}_reference")) is not None
+            and _finite(task.get(metric)) is not None):
         ref, value = float(task[f"{metric}_reference"]), float(task[metric])
-        out = {"metric": metric, "reference": ref, "value": value, "delta": value - ref, "unit": task.get("unit", "")}
-    if "flip_rate" in task:
-        out.update(flip_rate=task["flip_rate"], flip_label=task.get("flip_label", "flipped"))
+        out = {"metric": metric, "reference": ref, "value": value, "delta": value - ref, "unit": unit}
+    if _finite(task.get("flip_rate")) is not None:
+        label = task.get("flip_label")
+        out.update(flip_rate=task["flip_rate"], flip_label=label if isinstance(label, str) else "flipped")
     return out
 
 
+def _latency(lat) -> dict | None:
+    """A latency summary with a positive median and p10 <= median <= p90, or None."""
+    if not isinstance(lat, dict) or not (_finite(lat.get("median_ms")) or 0) > 0:
+        return None
+    median = lat["median_ms"]
+    p10, p90 = _finite(lat.get("p10_ms")), _finite(lat.get("p90_ms"))
+    return json_safe(lat) | {"median_ms": median, "p10_ms": min(median, median if p10 is None else p10),
+                             "p90_ms": max(median, median if p90 is None else p90)}
+
+
+def _vacuous_reason(b: dict, outputs: list[dict]) -> str | None:
+    """Why a cell is vacuous: the reason of its (first) vacuous output."""
+    for o in outputs:
+        if o.get("status") == VACUOUS and _message(o.get("reason")):
+            name = o.get("name") if len(outputs) > 1 and isinstance(o.get("name"), str) else None
+            return f"{name}: {_message(o['reason'])}" if name else _message(o["reason"])
+    return _message(b.get("error"))
+
+
 def summarize_cell(record: dict, metric: str | None = None) -> dict:
-    """One scoreboard entry from a cell record: status, worst SQNR and max |Δ|, the task's
-    metric and delta (and how many predictions changed), latency and throughput."""
-    out = {"status": record.get("status"), "key": record.get("key")}
-    if record.get("error"):
-        out["error"] = record["error"].get("message")
+    """One scoreboard entry from a cell record: status, worst SQNR and max |delta|, the task's
+    metric and delta (and how many predictions changed), latency and throughput. Never
+    raises: what a record lacks is left out; a cell that claims to have run but holds no
+    result of it is an ``error``, not a pass."""
+    record = record if isinstance(record, dict) else {}
+    status = record.get("status")
+    out = {"status": status if isinstance(status, str) and status else ERROR,
+           "key": record["key"] if isinstance(record.get("key"), str) else None}
+    message = _message(record.get("error"))
+    if message:
+        out["error"] = message
+    elif out["status"] != status:
+        out["error"] = "the cell's record has no status"
+    if record.get("resumable") is False:
+        out["resumable"] = False
     report = record.get("report")
-    if not report:
+    backends = report.get("backends") if isinstance(report, dict) else None
+    b = backends[0] if isinstance(backends, list) and backends and isinstance(backends[0], dict) else None
+    if b is None:
+        if out["status"] in RAN:
+            out.update(status=ERROR, error=out.get("error") or "the cell's record has no backend result")
         return out
-    b = report["backends"][0]
-    if b.get("error") and "error" not in out:
-        out["error"] = b["error"].get("message")
-    worst = worst_of_outputs(b.get("outputs", []))
-    if worst:
-        out["sqnr_db"], out["max_abs"] = worst["sqnr_db"], worst["max_abs"]
-    score = task_score(b.get("task") or {}, metric)
+    if "error" not in out and _message(b.get("error")):
+        out["error"] = _message(b.get("error"))
+    outputs = [o for o in b.get("outputs") or () if isinstance(o, dict)] if isinstance(b.get("outputs"), list) else []
+    worst = worst_of_outputs(outputs)
+    if out["status"] == "ok" and not worst:
+        out.update(status=ERROR, error=out.get("error") or "the cell's record has no compared output")
+    if "sqnr_db" in worst:                            # None: undefined, or +inf where identical
+        out["sqnr_db"] = _finite(worst["sqnr_db"])
+        if worst.get("identical") and out["sqnr_db"] is None:
+            out["identical"] = True
+    if _finite(worst.get("max_abs")) is not None:
+        out["max_abs"] = worst["max_abs"]
+    unmatched = [o for o in outputs if not (isinstance(o.get("metrics"), dict) and o["metrics"])]
+    if unmatched:
+        o = unmatched[0]
+        more = f" (and {len(unmatched) - 1} more)" if len(unmatched) > 1 else ""
+        out["note"] = (f"{o.get('name', '?')}: shape {json_safe(o.get('shape'))} vs reference "
+                       f"{json_safe(o.get('reference_shape'))}: not compared{more}")
+    if out["status"] == VACUOUS:
+        out["note"] = _vacuous_reason(b, outputs) or "the reference output is degenerate: the comparison says nothing"
+    score = task_score(b.get("task"), metric)
     if score is not None:
         out["task"] = score
-    if b.get("latency"):
-        out["latency"] = b["latency"]
-    if b.get("first_divergence"):
-        out["first_divergence"] = b["first_divergence"].get("module") or b["first_divergence"].get("layer")
+    latency = _latency(b.get("latency"))
+    if latency:
+        out["latency"] = latency
+    div = b.get("first_divergence")
+    if isinstance(div, dict) and isinstance(div.get("module") or div.get("layer"), str):
+        out["first_divergence"] = div.get("module") or div.get("layer")
     return out
 
 
@@ -639,24 +816,34 @@ def base_spec(spec: str, specs: Iterable[str]) -> str | None:
 
 
 def findings(matrix: dict, specs: list[str]) -> list[dict]:
-    """Each low-precision cell against its backend's fp32 cell: speed-up and what it costs."""
+    """Each low-precision cell against its backend's fp32 cell: speed-up and what it costs.
+    Only between two cells that ran and agreed (status ok): a vacuous, diverged or failed
+    cell is never recommended, nor measured against."""
     from .latency import speedup
 
     out = []
-    for model, row in matrix.items():
+    for model, row in (matrix or {}).items():
+        if not isinstance(row, dict):
+            continue
         for spec in specs:
             base = base_spec(spec, specs)
-            if base is None or spec not in row or base not in row:
+            cell, ref = row.get(spec), row.get(base) if base else None
+            if not (isinstance(cell, dict) and isinstance(ref, dict)) or cell.get("status") != "ok" \
+                    or ref.get("status") != "ok":
                 continue
-            cell, ref = row[spec], row[base]
             ratio = speedup(ref.get("latency"), cell.get("latency"))
-            if ratio is None:
+            if _finite(ratio) is None or ratio <= 0:
                 continue
             item = {"model": model, "spec": spec, "base": base, "speedup": ratio}
-            if cell.get("task") and ref.get("task"):
-                item.update(metric=cell["task"]["metric"], drop=round(ref["task"]["value"] - cell["task"]["value"], 4),
-                            unit=cell["task"].get("unit", ""))
-            if cell.get("sqnr_db") is not None:
+            ct, rt = cell.get("task"), ref.get("task")
+            if isinstance(ct, dict) and isinstance(rt, dict):
+                a, b = _finite(rt.get("value")), _finite(ct.get("value"))
+                if a is None or b is None:
+                    a, b = _finite(rt.get("delta")), _finite(ct.get("delta"))
+                if a is not None and b is not None:
+                    item.update(metric=str(ct.get("metric") or "task"), drop=round(a - b, 4),
+                                unit=ct.get("unit") if isinstance(ct.get("unit"), str) else "")
+            if _finite(cell.get("sqnr_db")) is not None:
                 item["sqnr_db"] = cell["sqnr_db"]
             out.append(item)
     return out
@@ -675,26 +862,102 @@ def finding_text(f: dict) -> str:
     return f"{f['spec']} on {f['model']} is {faster} than {f['base']} for {cost}"
 
 
-def scoreboard(plan: SweepPlan, records: list[dict]) -> dict:
-    """The sweep's JSON: the matrix model -> spec -> summary, findings, and every cell."""
-    matrix: dict[str, dict[str, dict]] = {m.model: {} for m in plan.models}
-    metrics = {m.model: m.metric for m in plan.models}
-    for r in records:
-        matrix.setdefault(r["model"], {})[r["spec"]] = summarize_cell(r, metrics.get(r["model"]))
-    found = findings(matrix, list(plan.specs))
-    env = next((r["report"]["environment"] for r in records if r.get("report")), {})
-    return {"schema": SCHEMA, "models": [m.model for m in plan.models], "specs": list(plan.specs),
+def identical_text(model: str, same_as: str) -> str:
+    return f"{model} is identical to {same_as} (same exported program and options): one cell serves both"
+
+
+def scoreboard(plan: SweepPlan, records, planned: list | None = None) -> dict:
+    """The sweep's JSON: the matrix model -> spec -> summary, findings, identical entries and
+    every cell record. The matrix is built from the ``planned`` cells (``{"model", "spec",
+    "key"}`` dicts or ``(model, spec, key)`` triples): a record serves every (model, spec)
+    planned with its key, and a planned cell without a record is "not run". ``records``: a
+    list of cell records or a dict key -> record."""
+    if isinstance(records, dict):
+        by_key = {k: r for k, r in records.items() if isinstance(r, dict)}
+    else:
+        by_key = {r["key"]: r for r in records or () if isinstance(r, dict) and isinstance(r.get("key"), str)}
+    if planned is None:                # every record where it says it belongs
+        planned = [(r.get("model"), r.get("spec"), k) for k, r in by_key.items()]
+    where: dict[tuple, dict] = {}
+    for c in planned:
+        c = c if isinstance(c, dict) else dict(zip(("model", "spec", "key"), c))
+        where.setdefault((c.get("model"), c.get("spec")), c)
+    specs = list(plan.specs)
+    matrix: dict[str, dict[str, dict]] = {}
+    for m in plan.models:
+        row = matrix[m.model] = {}
+        for s in specs:
+            c = where.get((m.model, s)) or {}
+            key = c.get("key") if isinstance(c.get("key"), str) else None
+            if key in by_key:
+                row[s] = summarize_cell(by_key[key], m.metric) | {"key": key}
+            else:
+                row[s] = {"status": NOT_RUN, "key": key}
+            if c.get("resumable") is False:
+                row[s]["resumable"] = False
+    identical, first = [], {}
+    for m in plan.models:
+        keys = tuple(matrix[m.model][s]["key"] for s in specs)
+        if None not in keys:
+            same_as = first.setdefault(keys, m.model)
+            if same_as != m.model:
+                identical.append({"model": m.model, "same_as": same_as, "text": identical_text(m.model, same_as)})
+    found = findings(matrix, specs)
+    used = [k for k in dict.fromkeys(c["key"] for row in matrix.values() for c in row.values()) if k in by_key]
+    env = next((r["report"]["environment"] for r in (by_key[k] for k in used)
+                if isinstance(r.get("report"), dict) and isinstance(r["report"].get("environment"), dict)), {})
+    return {"schema": SCHEMA, "models": [m.model for m in plan.models], "specs": specs,
             "latency": {"warmup": plan.warmup, "runs": plan.runs, "threads": plan.threads},
-            "environment": env, "matrix": matrix, "findings": [f | {"text": finding_text(f)} for f in found],
-            "cells": records}
+            "environment": json_safe(env), "matrix": matrix, "identical": identical,
+            "findings": [f | {"text": finding_text(f)} for f in found], "cells": [json_safe(by_key[k]) for k in used]}
 
 
 def exit_code(board: dict) -> int:
-    """0: every cell ran (agreeing or not); 3: some cell could not run."""
-    from .report import DIVERGED, OK
+    """0: every planned cell ran (agreeing, diverging or vacuous); 3: some cell could not
+    run, or has no record at all ("not run")."""
+    try:
+        statuses = [board["matrix"][m][s].get("status") for m in board["models"] for s in board["specs"]]
+    except (KeyError, TypeError, AttributeError):
+        return 3
+    return 0 if statuses and all(s in RAN for s in statuses) else 3
 
-    statuses = [c.get("status") for row in board["matrix"].values() for c in row.values()]
-    return 0 if statuses and all(s in (OK, DIVERGED) for s in statuses) else 3
+
+def _sqnr_text(cell: dict) -> str:
+    """SQNR in dB; ∞ where the outputs are identical; "-" where it is undefined (a zero
+    reference, NaN/Inf patterns that differ)."""
+    if _finite(cell.get("sqnr_db")) is not None:
+        return f"{cell['sqnr_db']:.1f} dB"
+    return "∞ dB" if cell.get("identical") else "SQNR -"
+
+
+def cell_lines(cell) -> list[tuple[str, str]]:
+    """What a scoreboard cell shows under its status, as ``(text, kind)`` lines (kind:
+    sqnr, task, flip, latency, note, error), for the terminal and the HTML alike. Agreement
+    numbers (SQNR, task delta) only for cells that ran ok or diverged: a vacuous cell shows
+    why it says nothing, never a pass."""
+    if not isinstance(cell, dict):
+        return []
+    status, lines = cell.get("status"), []
+    if status in ("ok", "diverged"):
+        if "sqnr_db" in cell:
+            lines.append((_sqnr_text(cell), "sqnr"))
+        t = cell.get("task")
+        if isinstance(t, dict) and _finite(t.get("delta")) is not None:
+            unit = t.get("unit") if isinstance(t.get("unit"), str) else ""
+            lines.append((f"{t.get('metric')} {t['delta']:+.2f}{unit}", "task"))
+            if _finite(t.get("flip_rate")):
+                lines.append((f"{100 * t['flip_rate']:.1f}% {t.get('flip_label') or 'flipped'}", "flip"))
+    lat = cell.get("latency")
+    if status in RAN and isinstance(lat, dict) and (_finite(lat.get("median_ms")) or 0) > 0:
+        med = lat["median_ms"]
+        p10, p90 = _finite(lat.get("p10_ms")), _finite(lat.get("p90_ms"))
+        spread = (med if p90 is None else p90) - (med if p10 is None else p10)
+        lines.append((f"{med:.3g} ms ±{abs(spread) / 2:.2g}", "latency"))
+    if isinstance(cell.get("note"), str):
+        lines.append((cell["note"], "note"))
+    if isinstance(cell.get("error"), str) and status not in ("ok", "diverged"):
+        lines.append((cell["error"], "error"))
+    return lines
 
 
 def slug(text: str) -> str:
@@ -703,4 +966,4 @@ def slug(text: str) -> str:
 
 def cell_page(record: dict) -> str:
     """The file name of a cell's own HTML report, beside the scoreboard."""
-    return f"cells/{slug(record['model'])}__{slug(record['spec'])}.html"
+    return f"cells/{slug(str(record['model']))}__{slug(str(record['spec']))}.html"

@@ -154,8 +154,8 @@ def test_base_spec_and_findings():
     assert base_spec("openvino:int8", specs) is None                 # no fp32 openvino with the same options
     assert base_spec("ort", specs) is None
     lat = lambda ms: {"median_ms": ms, "p10_ms": ms, "p90_ms": ms}    # noqa: E731
-    matrix = {"m": {"ort": {"latency": lat(2.0), "task": {"metric": "top1", "value": 98.0, "delta": 0.0}},
-                    "ort:int8": {"latency": lat(1.0), "sqnr_db": 30.0,
+    matrix = {"m": {"ort": {"status": "ok", "latency": lat(2.0), "task": {"metric": "top1", "value": 98.0, "delta": 0.0}},
+                    "ort:int8": {"status": "ok", "latency": lat(1.0), "sqnr_db": 30.0,
                                  "task": {"metric": "top1", "value": 97.7, "delta": -0.3, "unit": "%"}}}}
     [f] = findings(matrix, ["ort", "ort:int8"])
     assert f["speedup"] == 2.0 and f["drop"] == pytest.approx(0.3)
