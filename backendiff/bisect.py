@@ -51,6 +51,42 @@ def cut_candidates(model, layer_nodes: list[str]) -> list[str]:
     return [n for n in layer_nodes if n in values]
 
 
+def program_prefix(ep, cut: str):
+    """A copy of an ExportedProgram that returns only node ``cut``'s value, everything that
+    does not lead to it removed: the unmodified prefix of the program, for runtimes that
+    import the program itself."""
+    import copy
+
+    from torch.export.graph_signature import OutputKind, OutputSpec, TensorArgument
+
+    ep = copy.deepcopy(ep)
+    graph = ep.graph_module.graph
+    node = next(n for n in graph.nodes if n.name == cut)
+    out = next(n for n in graph.nodes if n.op == "output")
+    out.args = ((node,),)
+    graph.eliminate_dead_code()
+    ep.graph_module.recompile()
+    ep.graph_signature.output_specs[:] = [OutputSpec(kind=OutputKind.USER_OUTPUT, arg=TensorArgument(name=cut),
+                                                     target=None)]
+    return ep
+
+
+def bisect_program(run_prefix, ep, layer_nodes: list[str], reference: dict, out_of_tolerance) -> dict:
+    """Bisection over prefixes of an ExportedProgram (``program_prefix``); ``run_prefix(ep)``
+    compiles one as the deployed route does and returns its one value."""
+    import torch
+
+    values = {n.name for n in ep.graph.nodes if isinstance(n.meta.get("val"), torch.Tensor)}
+    candidates = [n for n in layer_nodes if n in values and n in reference]
+
+    def diverges(cut: str) -> bool:
+        return out_of_tolerance(run_prefix(program_prefix(ep, cut)), reference[cut])
+
+    index, probes = bisect(candidates, diverges)
+    return {"first_diverging_cut": candidates[index] if index is not None else None, "probes": probes,
+            "candidates": len(candidates)}
+
+
 def bisect_backend(adapter, deployed_onnx: Path, layer_nodes: list[str], sample: dict, reference: dict,
                    out_of_tolerance) -> dict:
     import onnx

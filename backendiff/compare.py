@@ -14,7 +14,7 @@ from . import metrics as M
 from .cache import Cache, content_key, default_cache_dir
 from .config import CompareConfig
 from .environment import environment
-from .errors import BackendUnavailable, BadInput, Failure
+from .errors import BackendUnavailable, BadInput, Failure, first_line
 from .inputs import (InputSpec, freeze, load_calibration_npz, load_npz, nonfinite_inputs, random_samples,
                      samples_sha256, specs_of)
 from .loading import LoadedModel, load_model
@@ -619,8 +619,20 @@ def run_backend(cls, shown: str, spec: BackendSpec, handle: ModelHandle, referen
             result.status = DIVERGED
     wanted = config.layerwise == "always" or (config.layerwise == "auto" and result.status == DIVERGED)
     enter_stage("analyse")
+    # the layer view and the advice are extra: their failure is recorded in this backend's
+    # result and loses nothing measured above, nor any other backend's result
     if wanted and adapter.layers_from and (handle.has_torch or adapter.runs_onnx):
-        localize(adapter, handle, result, tol, progress, actual[0], reference[0], config)
+        try:
+            localize(adapter, handle, result, tol, progress, actual[0], reference[0], config)
+        except BadInput:
+            raise
+        except Exception as e:  # noqa: BLE001
+            result.info["layers_error"] = f"{type(e).__name__}: {first_line(e)}"
     if config.advise and result.status == DIVERGED and spec.variant in cls.keep_variants and handle.has_torch:
-        result.advice = mixed_precision_advice(cls, shown, spec, handle, reference, config, result, progress)
+        try:
+            result.advice = mixed_precision_advice(cls, shown, spec, handle, reference, config, result, progress)
+        except BadInput:
+            raise
+        except Exception as e:  # noqa: BLE001
+            result.advice = {"found": False, "reason": f"the advice failed: {type(e).__name__}: {first_line(e)}"}
     return result

@@ -83,7 +83,9 @@ def _backend_view(b: dict) -> dict:
     first = None
     if fd:
         why = {"nonfinite": "the first NaN/Inf is born here", "growth": f"its error grows ×{fd.get('growth', 0) + 1:.3g} "
-               "over its inputs'", "tolerance": "the first layer past tolerance"}.get(fd.get("reason", "tolerance"), "")
+               "over its inputs'", "tolerance": "the first layer past tolerance",
+               "bisection": "the first unmodified prefix past tolerance, bisected through the deployed route",
+               }.get(fd.get("reason", "tolerance"), "")
         confirmed = ""
         if "confirmed" in fd:
             confirmed = "confirmed in isolation" if fd["confirmed"] else "not reproduced in isolation"

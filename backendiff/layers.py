@@ -131,6 +131,29 @@ def isolate_rows(rows: list[dict], reference: dict, isolated: dict, rtol: float,
         row["isolated"] = {"metrics": m, "within_tolerance": outside == 0, "nonfinite_born": born}
 
 
+def program_with_outputs(ep, names) -> tuple[object, list[str]]:
+    """A copy of an ExportedProgram whose graph also returns the tensor value of every node
+    in ``names`` (user outputs appended after the model's own), for runtimes that import the
+    program itself. Returns (program, the appended node names in output order)."""
+    import copy
+
+    import torch
+    from torch.export.graph_signature import OutputKind, OutputSpec, TensorArgument
+
+    ep = copy.deepcopy(ep)
+    graph = ep.graph_module.graph
+    out = next(n for n in graph.nodes if n.op == "output")
+    own = {a.name for a in out.args[0] if hasattr(a, "name")}
+    wanted = set(names)
+    added = [n for n in graph.nodes if n.op == "call_function" and n.name in wanted and n.name not in own
+             and isinstance(n.meta.get("val"), torch.Tensor)]
+    out.args = (tuple(out.args[0]) + tuple(added),)
+    ep.graph_module.recompile()
+    ep.graph_signature.output_specs.extend(
+        OutputSpec(kind=OutputKind.USER_OUTPUT, arg=TensorArgument(name=n.name), target=None) for n in added)
+    return ep, [n.name for n in added]
+
+
 def output_nodes(graph) -> list[str]:
     """Names of the FX nodes that produce the graph's outputs, in output order."""
     from torch.utils import _pytree as pytree

@@ -22,12 +22,13 @@ def localize(adapter, handle: ModelHandle, result: BackendResult, tol, progress,
     """Propagated mode: every layer's error on the first sample, and where divergence starts.
     Final outputs above stay measured on the unmodified compiled model; when the
     instrumented run's own outputs differ from them, the report says so."""
-    from .layers import first_divergence, fp64_rows, isolate_rows, layer_rows, mark_fused
+    from .layers import first_divergence, fp64_rows, layer_rows, mark_fused
 
     progress(f"{result.spec}: layer-wise comparison")
     t0 = time.perf_counter()
     try:
-        layers, reference = handle.reference_layers()
+        kind = adapter.layers_program(handle)
+        layers, reference = handle.reference_layers(kind)
         actual = adapter.layer_values(handle, handle.samples[0])
     except BadInput:
         raise
@@ -44,24 +45,18 @@ def localize(adapter, handle: ModelHandle, result: BackendResult, tol, progress,
     if present is None and groups is None:  # fused_into None then means "not known", not "not fused"
         result.info["fusion"] = "unknown: this backend (or variant) does not say what its deployed model fused"
     if config.golden:
-        fp64_rows(rows, reference, handle.reference_layers_fp64())
+        fp64_rows(rows, reference, handle.reference_layers_fp64(kind))
     if config.isolate_layers:
-        isolated = adapter.isolated_values(handle, handle.samples[0], reference)
-        if isolated is None:
-            result.info["isolated"] = "not supported by this backend yet"
-        else:
-            isolate_rows(rows, reference, isolated, tol.rtol, tol.atol)
-            result.info["isolated_from"] = ("every layer fed the reference values of its inputs, all layers in one "
-                                            "compiled model")
+        isolated_view(adapter, handle, result, rows, reference, tol, kind)
     result.layers = rows
     if config.bisect:
-        bisect_layers(adapter, handle, result, layers, reference, tol)
+        bisect_layers(adapter, handle, result, tol)
     if result.status == DIVERGED or any(row["nonfinite_born"] for row in rows):
         result.first_divergence = first_divergence(rows)
         if result.first_divergence and config.isolate_layers:
             confirm(result.first_divergence, rows)
     result.info["layers_from"] = adapter.layers_from
-    changed = instrumentation_changes(handle.output_layer_names(), handle.output_names, deployed, actual,
+    changed = instrumentation_changes(handle.output_layer_names(kind), handle.output_names, deployed, actual,
                                       reference_outputs)
     born = [row["module"] or row["node"] for row in rows if row["nonfinite_born"]]
     if born and not any((~np.isfinite(d)).any() for d in deployed if np.asarray(d).dtype.kind == "f"):
@@ -71,33 +66,73 @@ def localize(adapter, handle: ModelHandle, result: BackendResult, tol, progress,
         result.info["instrumentation_changed"] = changed
         if result.first_divergence:
             result.first_divergence["caveat"] = "instrumentation changed the result; see info.instrumentation_changed"
+    unexplained = result.status == DIVERGED and (changed or result.first_divergence is None)
+    if unexplained and not config.bisect:
+        # the instrumented run does not show the deployed divergence: bisect on our own,
+        # through the deployed route, over unmodified prefixes
+        progress(f"{result.spec}: bisecting (the layer-wise run does not reproduce the divergence)")
+        bisect_layers(adapter, handle, result, tol)
+        result.info.setdefault("bisection", {})["automatic"] = (
+            "the instrumented run does not reproduce the deployed divergence" if changed else
+            "no layer of the instrumented run is past tolerance")
+    adopt_bisection(result, rows)
     result.timings["layers_s"] = round(time.perf_counter() - t0, 6)
 
 
-def bisect_layers(adapter, handle: ModelHandle, result: BackendResult, layers, reference, tol) -> None:
-    """Bisection over unmodified prefixes of the deployed ONNX export (see bisect.py)."""
-    from .bisect import bisect_backend
-
-    if not adapter.runs_onnx:
-        result.info["bisection"] = {"error": "not supported by this backend yet"}
+def adopt_bisection(result: BackendResult, rows: list[dict]) -> None:
+    """Where the propagated view names no trustworthy start (none, or one seen only with
+    intermediates marked) and bisection found a cut, the cut is the first divergence."""
+    cut = (result.info.get("bisection") or {}).get("first_diverging_cut")
+    fd = result.first_divergence
+    if not isinstance(cut, dict) or (fd and not fd.get("caveat")):
         return
+    row = next((r for r in rows if r["node"] == cut["node"]), None)
+    result.first_divergence = {**cut, "index": row["index"] if row else None,
+                               "metrics": row["metrics"] if row else None, "reason": "bisection",
+                               "found_by": "bisection over unmodified prefixes of the deployed route"}
 
+
+def isolated_view(adapter, handle: ModelHandle, result: BackendResult, rows, reference, tol, kind: str) -> None:
+    """Isolated mode on the rows; its failure is recorded (``info.isolated_error``) and the
+    propagated rows stand without it."""
+    from .layers import isolate_rows
+
+    if kind != "onnx":
+        result.info["isolated"] = "not on this route yet (isolated layers run on the ONNX routes: route=onnx)"
+        return
+    try:
+        isolated = adapter.isolated_values(handle, handle.samples[0], reference)
+        if isolated is not None:
+            isolate_rows(rows, reference, isolated, tol.rtol, tol.atol)
+    except Exception as e:  # noqa: BLE001 - an extra view
+        result.info["isolated_error"] = f"{type(e).__name__}: {first_line(e)}"
+        return
+    if isolated is None:
+        result.info["isolated"] = "not supported by this backend yet"
+    else:
+        result.info["isolated_from"] = "every layer fed the reference values of its inputs, all layers in one compiled model"
+
+
+def bisect_layers(adapter, handle: ModelHandle, result: BackendResult, tol) -> None:
+    """Bisection over unmodified prefixes through the backend's deployed route (see bisect.py
+    and ``Adapter.bisect``)."""
     def out_of_tolerance(value, ref) -> bool:
         return np.shape(value) != np.shape(ref) or M.violations(value, ref, tol.rtol, tol.atol) > 0
 
     try:
-        found = bisect_backend(adapter, handle.onnx_path(), [layer.node for layer in layers], handle.samples[0],
-                               reference, out_of_tolerance)
+        found = adapter.bisect(handle, handle.samples[0], out_of_tolerance)
     except Exception as e:  # extra view: keep everything else
         result.info["bisection"] = {"error": f"{type(e).__name__}: {first_line(e)}"}
         return
+    if found is None:
+        result.info["bisection"] = {"error": "not supported by this backend yet"}
+        return
     cut = found["first_diverging_cut"]
-    by_node = {layer.node: layer for layer in layers}
+    by_node = {layer.node: layer for layer in handle.reference_layers(found.get("program", "onnx"))[0]}
     if cut is not None:
         layer = by_node[cut]
         found["first_diverging_cut"] = {"node": cut, "module": layer.module, "op_type": layer.op_type,
                                         "source": layer.source}
-    found["graph"] = "prefixes of the deployed ONNX export, each compiled unmodified with one output"
     result.info["bisection"] = found
 
 

@@ -335,9 +335,34 @@ class ModelHandle:
         info = json.loads(meta.read_text())
         return path, info["boundary"], info["uncut"]
 
-    def reference_layers(self):
-        """(layers, values): every FX node of the layer program and its fp32 reference value
-        on the first sample; computed once."""
+    def core_aten_program(self):
+        """The ExportedProgram decomposed to core ATen (``run_decompositions()`` with the
+        default table), as importers that decompose on their own see it (TVM's
+        ``from_exported_program``); made once per run."""
+        if not hasattr(self, "_core_aten"):
+            t0 = time.perf_counter()
+            self._core_aten = copy.deepcopy(self.exported_program()).run_decompositions()
+            self.timings["core_aten_s"] = time.perf_counter() - t0
+        return self._core_aten
+
+    def program(self, kind: str = "onnx"):
+        """The FX program layer rows are keyed on: ``onnx`` (decomposed as the ONNX exporter
+        decomposes: ``layer_program``) or ``core_aten`` (``core_aten_program``)."""
+        return self.core_aten_program() if kind == "core_aten" else self.layer_program()
+
+    def reference_layers(self, kind: str = "onnx"):
+        """(layers, values): every FX node of the ``kind`` program (``program``) and its fp32
+        reference value on the first sample; computed once per kind."""
+        if kind != "onnx":
+            memo = self.__dict__.setdefault("_reference_layers_by_kind", {})
+            if kind not in memo:
+                from .layers import graph_layers, record_nodes
+
+                t0 = time.perf_counter()
+                graph_module = self.program(kind).module()
+                memo[kind] = (graph_layers(graph_module), record_nodes(graph_module, self.example_args()))
+                self.timings[f"reference_layers_{kind}_s"] = time.perf_counter() - t0
+            return memo[kind]
         if not hasattr(self, "_reference_layers"):
             from .layers import graph_layers, onnx_layers, record_nodes
 
@@ -359,30 +384,31 @@ class ModelHandle:
             self._reference_layers = (layers, values)
         return self._reference_layers
 
-    def reference_layers_fp64(self) -> dict | None:
-        """Every layer's value in float64 (the layer program run in double), or None where the
-        model does not run in float64: what fp32 rounding alone does to each layer."""
-        if not hasattr(self, "_reference_layers_fp64"):
-            self._reference_layers_fp64 = None
+    def reference_layers_fp64(self, kind: str = "onnx") -> dict | None:
+        """Every layer's value in float64 (the ``kind`` program run in double), or None where
+        the model does not run in float64: what fp32 rounding alone does to each layer."""
+        memo = self.__dict__.setdefault("_reference_layers_fp64", {})
+        if kind not in memo:
+            memo[kind] = None
             if self.has_torch:
                 import torch
 
                 from .layers import record_nodes
 
                 try:
-                    graph_module = copy.deepcopy(self.layer_program().module()).double()
+                    graph_module = copy.deepcopy(self.program(kind).module()).double()
                     args = [a.double() if a.is_floating_point() else a for a in self.example_args()]
-                    self._reference_layers_fp64 = record_nodes(graph_module, args)
+                    memo[kind] = record_nodes(graph_module, args)
                 except (RuntimeError, TypeError, ValueError, torch.fx.proxy.TraceError):
                     pass
-        return self._reference_layers_fp64
+        return memo[kind]
 
-    def output_layer_names(self) -> list[str]:
+    def output_layer_names(self, kind: str = "onnx") -> list[str]:
         """The layers (FX nodes, or ONNX values) that are the model's outputs, in order."""
         if self.has_torch:
             from .layers import output_nodes
 
-            return output_nodes(self.layer_program().graph)
+            return output_nodes(self.program(kind).graph)
         import onnx
 
         return [o.name for o in onnx.load(str(self._onnx), load_external_data=False).graph.output]

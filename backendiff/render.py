@@ -204,8 +204,10 @@ def layer_lines(b) -> list[str]:
     fd = b.first_divergence
     if fd:
         where = f"{fd['module'] or '<top>'} ({fd['op_type']}, node {fd['node']})"
-        why = {"nonfinite": "first NaN/Inf born here", "growth": f"error grows x{fd['growth'] + 1:.3g} over its inputs",
-               "tolerance": "first layer past tolerance"}[fd.get("reason", "tolerance")]
+        why = {"nonfinite": "first NaN/Inf born here", "growth": f"error grows x{fd.get('growth', 0) + 1:.3g} over its inputs",
+               "tolerance": "first layer past tolerance",
+               "bisection": "first unmodified prefix past tolerance, bisected through the deployed route",
+               }.get(fd.get("reason", "tolerance"), "")
         caveat = " · seen only with intermediates marked: instrumentation changed the result" if fd.get("caveat") else ""
         if "confirmed" in fd:
             caveat += " · confirmed in isolation" if fd["confirmed"] else " · not reproduced in isolation"

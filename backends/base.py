@@ -162,6 +162,12 @@ class Adapter:
     #: how ``layer_values`` obtains intermediates (said in the report); None: not supported
     layers_from: str | None = None
 
+    def layers_program(self, model) -> str:
+        """The FX program whose node names key this adapter's layer values (``ModelHandle.program``):
+        ``onnx`` (decomposed as the ONNX exporter does: the ONNX routes) or ``core_aten``
+        (the ExportedProgram as an importer that runs the default decompositions sees it)."""
+        return "onnx"
+
     def layer_values(self, model, sample: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
         """Every FX node's output on this backend for one sample, keyed by node name
         (propagated mode), or None when this adapter cannot give them yet."""
@@ -190,6 +196,21 @@ class Adapter:
         path, boundary, _ = model.isolated_onnx()
         named = {name: reference[value] for name, value in boundary.items()}
         return self.run_onnx(self.lower_onnx(path), list(sample.values()), named)
+
+    def bisect(self, model, sample: dict[str, np.ndarray], out_of_tolerance) -> dict | None:
+        """Bisection over unmodified prefixes through this adapter's deployed route (see
+        ``backendiff.bisect``), keyed on the program of that route: {"first_diverging_cut":
+        node or None, "probes", "candidates", "graph": what was cut, "program": its kind}. None
+        when this adapter cannot run prefixes. Default: prefixes of the deployed ONNX file."""
+        if not self.runs_onnx:
+            return None
+        from backendiff.bisect import bisect_backend
+
+        layers, reference = model.reference_layers("onnx")
+        found = bisect_backend(self, model.onnx_path(), [layer.node for layer in layers], sample, reference,
+                               out_of_tolerance)
+        return found | {"graph": "prefixes of the deployed ONNX export, each compiled unmodified with one output",
+                        "program": "onnx"}
 
     def deployed_fusion(self) -> tuple[set[str] | None, dict[str, str] | None]:
         """What the deployed (unmodified) compiled model fused, by FX node name: (values it

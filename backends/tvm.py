@@ -104,9 +104,19 @@ class TvmAdapter(Adapter):
     options = {"route": ("export", "onnx"), "target": None, "opt": ("0", "1", "2", "3"), "accum": ("fp16", "fp32")}
     defaults = {"route": "export", "target": "llvm", "opt": "3"}
 
-    layers_from = ("TVM Relax on the ONNX export without the exporter's optimizer (whatever the route), every FX "
-                   "node's value marked as an output, same variant and opt level (marking outputs can change "
-                   "fusion; final outputs are measured on the unmodified model)")
+    @property
+    def layers_from(self) -> str:
+        if self.spec.option("route") == "onnx":
+            return ("TVM Relax imported from the ONNX export without the exporter's optimizer (the onnx route), "
+                    "every FX node's value marked as an output, same variant and opt level (marking outputs can "
+                    "change fusion; final outputs are measured on the unmodified model)")
+        return ("TVM Relax imported from the ExportedProgram (the deployed export route: the same core-ATen "
+                "decomposition, from_exported_program), every node's value returned as an output, same variant "
+                "and opt level (returning values can change fusion; final outputs are measured on the "
+                "unmodified model)")
+
+    def layers_program(self, model) -> str:
+        return "onnx" if self.route(model) == "onnx" else "core_aten"
 
     def run_onnx(self, path, originals, named):
         import onnx
@@ -128,8 +138,48 @@ class TvmAdapter(Adapter):
         return as_float32(dict(zip([o.name for o in graph.graph.output], outputs)))
 
     def layer_values(self, model, sample):
-        path, _ = model.instrumented_onnx()
-        return self.run_onnx(path, list(sample.values()), {})
+        if self.route(model) == "onnx":
+            path, _ = model.instrumented_onnx()
+            return self.run_onnx(path, list(sample.values()), {})
+        return self.run_export_layers(model, sample)
+
+    def _compile_program(self, program):
+        """An ExportedProgram already decomposed to core ATen, imported, lowered and compiled
+        as the deployed export route does (no second decomposition)."""
+        import tvm
+        from tvm.relax.frontend.torch import from_exported_program
+
+        mod = self._lower(from_exported_program(program, keep_params_as_input=False, run_ep_decomposition=False))
+        with tvm.transform.PassContext(opt_level=int(self.spec.option("opt", "3"))):
+            return TvmCompiled(tvm.compile(mod, target=tvm.target.Target(self.spec.option("target", "llvm"))))
+
+    def bisect(self, model, sample, out_of_tolerance):
+        if self.route(model) == "onnx":
+            return super().bisect(model, sample, out_of_tolerance)
+        from backendiff.bisect import bisect_program
+
+        layers, reference = model.reference_layers("core_aten")
+        found = bisect_program(lambda prefix: as_float32({"v": self._compile_program(prefix).run(sample)[0]})["v"],
+                               model.core_aten_program(), [layer.node for layer in layers], reference,
+                               out_of_tolerance)
+        return found | {"graph": ("prefixes of the core-ATen ExportedProgram (the deployed export route), each "
+                                  "imported and compiled unmodified with one output"), "program": "core_aten"}
+
+    def run_export_layers(self, model, sample):
+        """The deployed route with every node's value returned: the core-ATen program (what
+        ``from_exported_program`` decomposes the ExportedProgram to) with its nodes appended
+        to the outputs, imported without decomposing again, lowered and compiled as the
+        deployed model. Returns node name -> value (float32)."""
+        from backendiff.layers import program_with_outputs
+
+        layers, _ = model.reference_layers("core_aten")
+        program, added = program_with_outputs(model.core_aten_program(), [layer.node for layer in layers])
+        outputs = self._compile_program(program).run(sample)
+        own = model.output_layer_names("core_aten")
+        names = own + added
+        if len(outputs) != len(names):
+            raise RuntimeError(f"the instrumented Relax module returned {len(outputs)} values for {len(names)} nodes")
+        return as_float32(dict(zip(names, outputs)))
 
     def _lower(self, mod):
         """The variant's transformation of an imported module (fp16: ToMixedPrecision)."""

@@ -1,0 +1,75 @@
+"""A layer view that fails stays inside that backend's result: the outputs measured, the
+other backends and the report are kept (before, a failing --isolate-layers ended the run in
+a traceback with no report)."""
+import torch
+
+import backendiff
+
+from .conftest import needs
+
+
+class ConvNeXtish(torch.nn.Module):
+    """A ConvNeXt-style block: depthwise conv, channels-last permute, LayerNorm, MLP, permute
+    back, residual."""
+
+    def __init__(self, dim=16):
+        super().__init__()
+        torch.manual_seed(0)
+        self.stem = torch.nn.Conv2d(3, dim, 4, stride=4)
+        self.dw = torch.nn.Conv2d(dim, dim, 7, padding=3, groups=dim)
+        self.norm = torch.nn.LayerNorm(dim)
+        self.pw1 = torch.nn.Linear(dim, 4 * dim)
+        self.pw2 = torch.nn.Linear(4 * dim, dim)
+
+    def forward(self, x):
+        x = self.stem(x)
+        y = self.dw(x).permute(0, 2, 3, 1)
+        y = self.pw2(torch.nn.functional.gelu(self.pw1(self.norm(y)))).permute(0, 3, 1, 2)
+        return x + y
+
+
+INPUT = (torch.randn(1, 3, 32, 32, generator=torch.Generator().manual_seed(0)),)
+
+
+@needs("ort", "openvino")
+def test_permute_blocks_have_no_false_suspects_and_isolation_completes():
+    """fp32 layer rows around permutes stay with their neighbours (values compared in the
+    reference's layout), and --isolate-layers completes on every backend."""
+    report = backendiff.compare(ConvNeXtish(), inputs=INPUT, backends=["ort", "openvino", "tvm:fp32,route=onnx"],
+                                layerwise="always", isolate_layers=True, use_cache=False)
+    for b in report.backends:
+        assert b.status == "ok" and "isolated_error" not in b.info and "layers_error" not in b.info, b.spec
+        sq = [r["metrics"]["sqnr_db"] for r in b.layers if r["metrics"]["sqnr_db"] is not None]
+        assert sq and min(sq) > 100, (b.spec, sq)          # no row far below the rest
+        assert all("isolated" in r for r in b.layers), b.spec
+
+
+@needs("ort")
+def test_a_failing_isolated_view_is_recorded_not_raised(monkeypatch):
+    from backendiff.backends.ort import OrtAdapter
+
+    def boom(self, model, sample, reference):
+        raise ValueError("got [1,7,7,768] expecting [1,768,1,1]")
+
+    monkeypatch.setattr(OrtAdapter, "isolated_values", boom)
+    report = backendiff.compare(ConvNeXtish(), inputs=INPUT, backends=["ort", "torch"], layerwise="always",
+                                isolate_layers=True, use_cache=False, isolate=False)
+    ort = report.backend("ort")
+    assert ort.status == "ok" and ort.outputs and ort.layers            # the propagated rows stand
+    assert ort.info["isolated_error"] == "ValueError: got [1,7,7,768] expecting [1,768,1,1]"
+    assert report.backend("torch").status == "ok" and report.exit_code == 0
+
+
+@needs("ort")
+def test_any_layer_view_failure_keeps_the_backend_result(monkeypatch):
+    import backendiff.layers as L
+
+    def boom(*args, **kwargs):
+        raise RuntimeError("alignment failed")
+
+    monkeypatch.setattr(L, "mark_fused", boom)
+    report = backendiff.compare(ConvNeXtish(), inputs=INPUT, backends=["ort"], layerwise="always",
+                                use_cache=False, isolate=False)
+    ort = report.backend("ort")
+    assert ort.status == "ok" and ort.outputs[0].metrics["max_abs"] < 1e-4
+    assert ort.info["layers_error"] == "RuntimeError: alignment failed" and report.exit_code == 0
