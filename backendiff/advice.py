@@ -46,9 +46,10 @@ def _score(result) -> float:
 def advise(spec: BackendSpec, result, modules: list[str], trial) -> dict | None:
     """``trial(spec) -> BackendResult`` runs the variant for real. Returns the advice, or a
     record of why none was found."""
-    modules = modules[:MAX_CANDIDATES]
+    total, modules = len(modules), modules[:MAX_CANDIDATES]
     if not modules:
-        return {"found": False, "reason": "no module with compute ops to keep in fp32"}
+        return {"found": False, "reason": "no module with compute ops to keep in fp32 (no compute node of the "
+                                          "model the backend ran carries a PyTorch module name)"}
     trials = 0
     if result.layers:
         order, method = ordered_by_layers(result.layers, modules), "layer growth"
@@ -66,8 +67,21 @@ def advise(spec: BackendSpec, result, modules: list[str], trial) -> dict | None:
         if last.status == "ok":
             break
     else:
-        return {"found": False, "reason": "outputs stay outside tolerance even with every candidate in fp32",
-                "method": method, "trials": trials}
+        # what was run is every candidate kept at once, not an all-fp32 model: ops outside the
+        # candidates (functional ops of a parent module, say) still ran in low precision
+        tried = with_keep(spec, kept)
+        sqnr = _score(last)
+        record = {"spec": tried.text, "status": last.status, "sqnr_db": sqnr,
+                  "kept": (last.info or {}).get("kept")}
+        if last.error:
+            record["error"] = last.error.get("message")
+        reason = (f"with all {len(kept)} candidate modules kept in fp32 at once ({tried.text}) the outputs are "
+                  f"still {last.status} (worst output SQNR {sqnr:.1f} dB)"
+                  + (f"; only the first {len(modules)} of {total} candidates were tried" if total > len(modules)
+                     else "")
+                  + f"; ops outside those modules still ran in {spec.variant}, so this was not an all-fp32 run")
+        return {"found": False, "reason": reason, "method": method, "trials": trials, "candidates": len(modules),
+                "tried": record}
     for m in list(kept):
         if len(kept) == 1:
             break

@@ -178,13 +178,23 @@ def instrumentation_changes(nodes: list[str], names: list[str], deployed, instru
 
 def mixed_precision_advice(cls, shown, spec, handle, reference, config, result, progress) -> dict:
     """Which modules to keep in fp32 (see advice.py); each trial is a real run of the variant."""
+    from pathlib import Path
+
     import onnx
 
     from .advice import advise
     from .compare import run_backend
-    from .onnx_graph import compute_modules
+    from .onnx_graph import carry_modules, compute_modules, node_module
 
-    modules = compute_modules(onnx.load(str(handle.onnx_path()), load_external_data=False))
+    # candidates are modules with compute ops in the ONNX model the backend ran (ORT's converted
+    # model: its pre-processing fuses nodes), else in the export the backend converted
+    artifact = (result.info or {}).get("artifact")
+    source = artifact if artifact and str(artifact).endswith(".onnx") and Path(artifact).exists() \
+        else handle.onnx_path()
+    graph = onnx.load(str(source), load_external_data=False)
+    if str(source) != str(handle.onnx_path()) and not any(node_module(n) for n in graph.graph.node):
+        carry_modules(onnx.load(str(handle.onnx_path()), load_external_data=False), graph)  # an older artifact
+    modules = compute_modules(graph)
     quiet = config.but(layerwise="never", advise=False)
 
     def trial(candidate: BackendSpec) -> BackendResult:

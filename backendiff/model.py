@@ -345,10 +345,23 @@ class ModelHandle:
             self.timings["core_aten_s"] = time.perf_counter() - t0
         return self._core_aten
 
-    def program(self, kind: str = "onnx"):
+    def program(self, kind: str = "onnx", decompose=None):
         """The FX program layer rows are keyed on: ``onnx`` (decomposed as the ONNX exporter
-        decomposes: ``layer_program``) or ``core_aten`` (``core_aten_program``)."""
-        return self.core_aten_program() if kind == "core_aten" else self.layer_program()
+        decomposes: ``layer_program``), ``core_aten`` (``core_aten_program``), or another
+        kind an adapter names, made once from a copy of the ExportedProgram by its
+        ``decompose(ep) -> ExportedProgram`` (the decomposition its own importer runs)."""
+        if kind == "onnx":
+            return self.layer_program()
+        if kind == "core_aten":
+            return self.core_aten_program()
+        memo = self.__dict__.setdefault("_programs", {})
+        if kind not in memo:
+            if decompose is None:
+                raise KeyError(f"no program {kind!r} was made for this model")
+            t0 = time.perf_counter()
+            memo[kind] = decompose(copy.deepcopy(self.exported_program()))
+            self.timings[f"program_{kind}_s"] = time.perf_counter() - t0
+        return memo[kind]
 
     def reference_layers(self, kind: str = "onnx"):
         """(layers, values): every FX node of the ``kind`` program (``program``) and its fp32

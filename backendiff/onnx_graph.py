@@ -56,6 +56,119 @@ def compute_modules(model) -> list[str]:
     return out
 
 
+# -- keep=MODULE;MODULE: the modules a low-precision variant keeps in fp32 ---------------------
+NAME_SCOPES = "pkg.torch.onnx.name_scopes"
+
+
+def parse_keep(value: str | None) -> list[str]:
+    """``keep=a;b.0`` -> ['a', 'b.0'] (empty entries dropped)."""
+    return [m.strip() for m in (value or "").split(";") if m.strip()]
+
+
+def module_counts(model, modules) -> dict[str, int]:
+    """How many of the graph's nodes each of ``modules`` covers (its own and its submodules')."""
+    owners = [node_module(n) for n in model.graph.node]
+    return {m: sum(1 for o in owners if in_modules(o, [m])) for m in modules}
+
+
+def module_paths(model) -> list[str]:
+    """Every module path that owns a node, with its parents (``layer`` for ``layer.0.fc``),
+    in graph order: what ``keep=`` can name."""
+    out: dict[str, None] = {}
+    for n in model.graph.node:
+        parts = node_module(n).split(".") if node_module(n) else []
+        for i in range(1, len(parts) + 1):
+            out.setdefault(".".join(parts[:i]), None)
+    return list(out)
+
+
+def keep_candidates(model, missing=(), limit: int = 12) -> str:
+    """One line naming what ``keep=`` could match in ``model``: the modules with compute ops,
+    the top-level modules, and the closest paths to the ``missing`` ones."""
+    import difflib
+
+    paths = module_paths(model)
+    if not paths:
+        return "no node of the graph carries a PyTorch module name"
+
+    def listed(names):
+        return ", ".join(names[:limit]) + (f", … ({len(names)} in all)" if len(names) > limit else "")
+
+    parts = [f"modules with compute ops: {listed(compute_modules(model)) or 'none'}",
+             f"top level: {listed([p for p in paths if '.' not in p])}"]
+    close = [c for m in missing for c in difflib.get_close_matches(m, paths, n=3, cutoff=0.6)]
+    if close:
+        parts.append(f"closest: {', '.join(dict.fromkeys(close))}")
+    return "; ".join(parts)
+
+
+def check_keep(model, keep, what: str = "the export") -> dict[str, int]:
+    """Nodes of ``model`` per kept module; BadInput (one line, naming the candidates) when any
+    of them owns no node (a typo, or a module whose ops the exporter attributes elsewhere)."""
+    from .errors import BadInput
+
+    counts = module_counts(model, keep)
+    missing = [m for m, c in counts.items() if not c]
+    if missing:
+        raise BadInput(f"keep={';'.join(keep)}: no ONNX node of {what} belongs to {', '.join(missing)}; "
+                       + keep_candidates(model, missing))
+    return counts
+
+
+def set_module(node, scopes: str) -> None:
+    """Give ``node`` the exporter's module metadata ``scopes`` (replacing any it has)."""
+    for i in reversed(range(len(node.metadata_props))):
+        if node.metadata_props[i].key == NAME_SCOPES:
+            del node.metadata_props[i]
+    prop = node.metadata_props.add()
+    prop.key, prop.value = NAME_SCOPES, scopes
+
+
+def carry_modules(src, dst) -> int:
+    """Give the nodes of ``dst`` (``src`` rewritten by a tool that drops node metadata, such as
+    ONNX Runtime's optimizer in ``quant_pre_process``) the module of the ``src`` node each one
+    comes from, in place: the node of the same name; for a fused node ``FIRST/Fusion`` (ONNX
+    Runtime's naming), FIRST; else the node that produced the same output value; a node
+    still without one (a Reshape a fusion inserted) takes the module of the nodes it feeds,
+    or else of those that feed it, when they agree. Returns how many nodes have a module."""
+    def scopes(n):
+        return next((p.value for p in n.metadata_props if p.key == NAME_SCOPES), None)
+
+    by_name = {n.name: scopes(n) for n in src.graph.node if scopes(n)}
+    by_output = {o: scopes(n) for n in src.graph.node if scopes(n) for o in n.output}
+    nodes = list(dst.graph.node)
+    found: dict[int, str] = {}  # index in ``nodes`` -> scopes (protobuf wrappers have no stable id)
+    for k, n in enumerate(nodes):
+        own = scopes(n)
+        s = own or by_name.get(n.name) or by_name.get(n.name.split("/")[0])
+        s = s or next((by_output[o] for o in n.output if o in by_output), None)
+        if s:
+            found[k] = s
+            if s != own:
+                set_module(n, s)
+    producers = {o: k for k, n in enumerate(nodes) for o in n.output}
+    consumers: dict[str, list[int]] = {}
+    for k, n in enumerate(nodes):
+        for i in n.input:
+            consumers.setdefault(i, []).append(k)
+    for _ in range(3):  # inserted nodes next to each other (Reshape -> Gemm -> Reshape) settle in a few passes
+        changed = False
+        for k, n in enumerate(nodes):
+            if k in found:
+                continue
+            after = {found.get(c) for o in n.output for c in consumers.get(o, [])}
+            before = {found.get(producers[i]) for i in n.input if i in producers}
+            for side in (after, before):
+                if len(side) == 1 and None not in side:
+                    found[k] = side.pop()
+                    set_module(n, found[k])
+                    changed = True
+                    break
+        if not changed:
+            break
+    return len(found)
+
+
 def fx_node_of(node) -> str | None:
     """The FX node an ONNX node was translated from (``pkg.torch.onnx.fx_node``)."""
     import re

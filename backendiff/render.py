@@ -46,6 +46,14 @@ def nonfinite_cell(m: dict | None) -> str:
     return f"{m.get('nonfinite', 0)}" + (f" · {differ}≠" if differ else "")
 
 
+def sqnr_phrase(m: dict) -> str:
+    """``SQNR 42.0 dB``, or what stands in for it where it is undefined."""
+    if m.get("nonfinite_mismatch"):
+        return f"NaN/Inf at {m['nonfinite_mismatch']} elements where the reference has numbers"
+    shown = fmt_sqnr(m)
+    return f"SQNR {shown} dB" if shown not in ("-", "") else "no SQNR (zero reference)"
+
+
 def nonfinite_note(name: str, m: dict) -> str:
     """Where the NaN/Inf patterns of an output differ from the reference's: how many, where."""
     first = m.get("first_mismatch")
@@ -216,7 +224,7 @@ def layer_lines(b) -> list[str]:
     for r in top_suspects(b.layers):
         src = f" · {r['source'].rsplit('/', 1)[-1]}" if r.get("source") else ""
         lines.append(f"  suspect {r['module'] or '<top>'} ({r['op_type']}){src} · growth {r['growth']:.3g} · "
-                     f"SQNR {fmt_sqnr(r['metrics'])} dB")
+                     f"{sqnr_phrase(r['metrics'])}")
     sq = [r["metrics"].get("sqnr_db") for r in b.layers if r["metrics"].get("sqnr_db") is not None]
     span = f", SQNR {fmt(min(sq), 'db')}..{fmt(max(sq), 'db')} dB" if sq else ""
     fused = sum(1 for r in b.layers if r.get("fused_into"))

@@ -28,6 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from backendiff.errors import BackendUnavailable, BadInput
+from backendiff.onnx_graph import parse_keep
 from backendiff.specs import BackendSpec
 
 from .base import Adapter, Compiled, as_float32, feeds_in_order, positive_int
@@ -123,20 +124,73 @@ class OrtCompiled(Compiled):
 
 
 def lower_fp16(src: Path, dst: Path, keep: list[str] = ()) -> None:
-    """fp16 with fp32 inputs/outputs; the nodes of the ``keep`` modules stay fp32."""
+    """fp16 with fp32 inputs/outputs; the nodes of the ``keep`` modules stay fp32 (the
+    converter keeps node names and metadata, so the export's module names still hold)."""
     import onnx
     from onnxruntime.transformers.float16 import convert_float_to_float16
 
     from backendiff.onnx_graph import nodes_in_modules
 
     model = onnx.load(str(src))
+    blocked = nodes_in_modules(model, keep)
+    if blocked:
+        unshare_initializers(model, set(blocked))  # the kept nodes' weights stay fp32
     model = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=False,
-                                     node_block_list=nodes_in_modules(model, keep) or None)
+                                     node_block_list=blocked or None)
+    if blocked:
+        drop_fp16_round_trips(model, set(blocked))
     onnx.save(model, str(dst))
 
 
+def drop_fp16_round_trips(model, kept: set[str]) -> int:
+    """Remove the fp16 round trip the fp16 converter puts between two blocked nodes, in place:
+    it casts every blocked node's output to fp16 (``X_cast_to_fp16`` -> ``X``) and back to fp32
+    for the next blocked node (``X_cast_to_fp32``), so a kept module's values would be rounded
+    to fp16 (and overflow past 65504) between its ops. The fp32 consumers then read the fp32
+    value itself (and an fp32 weight, not its no-op Cast to fp32). Returns how many Casts to
+    fp32 were removed."""
+    from onnx import TensorProto
+
+    def to(node):
+        return next((a.i for a in node.attribute if a.name == "to"), None)
+
+    nodes = list(model.graph.node)
+    producer = {o: n for n in nodes for o in n.output}
+    outputs = {o.name for o in model.graph.output}
+    fp32_inits = {i.name for i in model.graph.initializer if i.data_type == TensorProto.FLOAT}
+    rename, dropped = {}, []
+    for n in nodes:  # Cast(fp16 -> fp32) of a Cast(fp32 -> fp16) of a kept node's output
+        if n.op_type != "Cast" or to(n) != TensorProto.FLOAT or n.output[0] in outputs:
+            continue
+        if n.input[0] in fp32_inits:  # the converter casts the kept nodes' fp32 weights to fp32
+            rename[n.output[0]] = n.input[0]
+            dropped.append(n)
+            continue
+        half = producer.get(n.input[0])
+        if half is None or half.op_type != "Cast" or to(half) != TensorProto.FLOAT16:
+            continue
+        source = producer.get(half.input[0])
+        if source is not None and source.name in kept:
+            rename[n.output[0]] = half.input[0]
+            dropped.append(n)
+    for n in dropped:
+        model.graph.node.remove(n)
+    for n in model.graph.node:
+        for k, name in enumerate(n.input):
+            if name in rename:
+                n.input[k] = rename[name]
+    # a Cast to fp16 that nothing reads any more stays: its output carries the FX value's
+    # name, which the layer view marks as an output
+    return len(dropped)
+
+
 def quantize_int8(src: Path, dst: Path, samples, per_channel: bool, keep: list[str] = ()) -> None:
-    """Static QDQ int8; the nodes of the ``keep`` modules stay in float."""
+    """Static QDQ int8; the nodes of the ``keep`` modules stay in float.
+
+    ``quant_pre_process`` runs ONNX Runtime's optimizer, which fuses nodes (MatMul+Add into
+    Gemm, ...) and drops every node's metadata, the exporter's module names included: they are
+    carried over from the export (``carry_modules``) before the kept modules' nodes are picked,
+    so the quantized model's nodes carry them too."""
     import onnx
     from onnxruntime.quantization import (
         CalibrationDataReader,
@@ -146,13 +200,22 @@ def quantize_int8(src: Path, dst: Path, samples, per_channel: bool, keep: list[s
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
 
-    from backendiff.onnx_graph import nodes_in_modules
+    from backendiff.onnx_graph import carry_modules, check_keep, nodes_in_modules
 
     pre = dst.with_name("pre_" + dst.name)
-    quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)  # keeps node names and metadata
-    pre_model = onnx.load(str(pre), load_external_data=False)
+    quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+    pre_model = onnx.load(str(pre), load_external_data=False)  # saved back to its folder: external data stays valid
+    export = onnx.load(str(src), load_external_data=False)
+    carry_modules(export, pre_model)
+    rename_new_initializers(export, pre_model)
+    onnx.save(pre_model, str(pre))
     names = [i.name for i in pre_model.graph.input]
-    exclude = nodes_in_modules(pre_model, keep)
+    exclude = []
+    if keep:
+        check_keep(pre_model, keep, "the model ONNX Runtime's quantization pre-processing made of the export")
+        exclude = nodes_in_modules(pre_model, keep)
+        if unshare_initializers(pre_model, set(exclude)):
+            onnx.save(pre_model, str(pre))
 
     class Reader(CalibrationDataReader):
         def __init__(self):
@@ -161,9 +224,73 @@ def quantize_int8(src: Path, dst: Path, samples, per_channel: bool, keep: list[s
         def get_next(self):
             return next(self._it, None)
 
-    quantize_static(str(pre), str(dst), Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
-                    weight_type=QuantType.QInt8, per_channel=per_channel, nodes_to_exclude=exclude or None)
-    pre.unlink(missing_ok=True)
+    try:
+        quantize_static(str(pre), str(dst), Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
+                        weight_type=QuantType.QInt8, per_channel=per_channel, nodes_to_exclude=exclude or None)
+    finally:
+        pre.unlink(missing_ok=True)
+
+
+def unshare_initializers(model, kept: set[str], suffix: str = ".kept") -> int:
+    """Give the ``kept`` nodes their own copy of every initializer they share with other nodes
+    (the exporter merges equal constants: two LayerNorms' weights of ones, tied weights), in
+    place; else the quantizer puts the shared weight behind a DequantizeLinear that the kept
+    node reads too. Returns how many initializers were copied."""
+    inits = {i.name: i for i in model.graph.initializer}
+    users: dict[str, set[bool]] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            if name in inits:
+                users.setdefault(name, set()).add(node.name in kept)
+    shared = {name for name, sides in users.items() if sides == {True, False}}
+    for name in shared:
+        copy = model.graph.initializer.add()
+        copy.CopyFrom(inits[name])
+        copy.name = name + suffix
+    for node in model.graph.node:
+        if node.name in kept:
+            for k, name in enumerate(node.input):
+                if name in shared:
+                    node.input[k] = name + suffix
+    return len(shared)
+
+
+def rename_new_initializers(export, pre_model, prefix: str = "pre_processing.") -> None:
+    """Prefix the initializers ``quant_pre_process`` created (``gemm_input_shape``, ...), in
+    place. Its optimizer leaves some MatMul+Add pairs unfused; where a kept module leaves
+    such a pair in float (no QDQ between them), the session's own optimizer fuses it and
+    names its new initializers the same way: ONNX Runtime then fails to load the model
+    ("AddInitializedOrtValue Attempt to replace the existing tensor")."""
+    known = {i.name for i in export.graph.initializer} | {o for n in export.graph.node for o in n.output}
+    renamed = {i.name: prefix + i.name for i in pre_model.graph.initializer if i.name not in known}
+    if not renamed:
+        return
+    for init in pre_model.graph.initializer:
+        init.name = renamed.get(init.name, init.name)
+    for node in pre_model.graph.node:
+        for k, name in enumerate(node.input):
+            if name in renamed:
+                node.input[k] = renamed[name]
+    for vi in pre_model.graph.value_info:
+        vi.name = renamed.get(vi.name, vi.name)
+
+
+def kept_nodes(artifact: Path, export: Path, keep: list[str]) -> dict[str, int]:
+    """How many nodes of the converted model each kept module covers (nodes left in fp32:
+    excluded from quantization, or blocked from the fp16 conversion)."""
+    import onnx
+
+    from backendiff.onnx_graph import carry_modules, module_counts, node_module
+
+    model = onnx.load(str(artifact), load_external_data=False)
+    if not any(node_module(n) for n in model.graph.node):  # a converter that dropped the names
+        carry_modules(onnx.load(str(export), load_external_data=False), model)
+    counts = module_counts(model, keep)
+    lost = [m for m, c in counts.items() if not c]
+    if lost:
+        raise RuntimeError(f"keep={';'.join(keep)}: no node of the converted model {artifact.name} belongs to "
+                           f"{', '.join(lost)} (module names were lost on the way), so nothing would be kept")
+    return counts
 
 
 class OrtAdapter(Adapter):
@@ -195,6 +322,11 @@ class OrtAdapter(Adapter):
             if "unknown variant" in str(e):
                 raise BadInput(f"{e} (or an execution provider: {', '.join(EP_VARIANTS)})") from None
             raise
+        if out.option("keep") is not None and not parse_keep(out.option("keep")):
+            raise BadInput("ort's keep= needs module paths separated by ';', e.g. keep=features.0;classifier")
+        if out.option("keep") is not None and out.variant not in cls.keep_variants:
+            raise BadInput(f"ort's keep= applies to {', '.join('ort:' + v for v in cls.keep_variants)} (those "
+                           "modules stay in fp32), e.g. ort:int8,keep=features.0")
         if out.option("ep") == "trt" and out.option("keep") and out.variant == "fp16":
             raise BadInput("ort's keep= does not apply with ep=trt and fp16 (TensorRT picks each layer's precision "
                            "itself); use trt:fp16,keep=... or ort:fp16,ep=cuda,keep=...")
@@ -297,19 +429,26 @@ class OrtAdapter(Adapter):
     def lower_onnx(self, path: Path) -> Path:
         if self.variant != "fp16" or self.ep == "trt":  # ep=trt: TensorRT's fp16 on the fp32 graph
             return path
-        lowered = path.with_name(path.stem + "_fp16.onnx")
+        lowered = path.with_name(path.stem + "_fp16" + self._keep_suffix + ".onnx")
         if not lowered.exists():
             tmp = path.with_name(f".tmp-{os.getpid()}-{lowered.name}")
-            lower_fp16(path, tmp)
+            lower_fp16(path, tmp, self.keep)
             os.replace(tmp, lowered)
         return lowered
+
+    @property
+    def _keep_suffix(self) -> str:
+        """File-name suffix of fp16 models lowered with ``keep`` (they sit next to the plain ones)."""
+        import hashlib
+
+        return "_keep-" + hashlib.sha256(";".join(self.keep).encode()).hexdigest()[:12] if self.keep else ""
 
     def layer_values(self, model, sample):
         path, _ = model.instrumented_onnx()
         if self.variant == "fp16" and self.ep != "trt":
             # as a deployment engineer would instrument it: the fp16 model, then its values
             # marked as outputs, in fp16 (the runtime must produce them in fp16)
-            path = path.with_name("instrumented_fp16.onnx")
+            path = path.with_name("instrumented_fp16" + self._keep_suffix + ".onnx")
             if not path.exists():
                 import onnx
 
@@ -317,30 +456,45 @@ class OrtAdapter(Adapter):
 
                 plain, names = model.layer_onnx()
                 tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-                lower_fp16(plain, tmp)
+                lower_fp16(plain, tmp, self.keep)  # the kept modules in fp32, as deployed
                 lowered = onnx.load(str(tmp))
                 mark_outputs(lowered, names)
                 onnx.save(lowered, str(tmp))
                 os.replace(tmp, path)
         return self.run_onnx(path, list(sample.values()), {})
 
+    @property
+    def keep(self) -> list[str]:
+        return parse_keep(self.spec.option("keep"))
+
     def convert(self, model, folder: Path):
+        import onnx
+
+        from backendiff.onnx_graph import check_keep
+
         path = model.onnx_path()
         self.cache_hit = model.onnx_from_cache
+        self.kept = None
+        if self.keep:  # a module that owns no node is a typo: said before anything is built
+            check_keep(onnx.load(str(path), load_external_data=False), self.keep)
         if self.variant == "fp32" or (self.ep == "trt" and self.variant == "fp16"):
             return path  # TensorRT's own fp16 (trt_fp16_enable) on the fp32 graph
-        out = folder / f"model_{self.variant}.onnx"
+        # with keep, a name of its own: before module names were carried across the
+        # quantization pre-processing, keep= built the same model as without it
+        out = folder / f"model_{self.variant}{'_kept' if self.keep else ''}.onnx"
         if out.exists():
             self.cache_hit = True
-            return out
-        self.cache_hit = False
-        tmp = folder / f".tmp-{os.getpid()}-{out.name}"
-        keep = [m for m in (self.spec.option("keep") or "").split(";") if m]
-        if self.variant == "fp16":
-            lower_fp16(path, tmp, keep)
         else:
-            quantize_int8(path, tmp, model.calibration(), self.spec.option("per_channel", "true") == "true", keep)
-        os.replace(tmp, out)
+            self.cache_hit = False
+            tmp = folder / f".tmp-{os.getpid()}-{out.name}"
+            if self.variant == "fp16":
+                lower_fp16(path, tmp, self.keep)
+            else:
+                quantize_int8(path, tmp, model.calibration(), self.spec.option("per_channel", "true") == "true",
+                              self.keep)
+            os.replace(tmp, out)
+        if self.keep:
+            self.kept = kept_nodes(out, path, self.keep)
         return out
 
     def compile(self, onnx_path, folder: Path) -> Compiled:
@@ -359,6 +513,9 @@ class OrtAdapter(Adapter):
         self._deployed = Path(onnx_path)
         compiled = OrtCompiled(session)
         compiled.info["opt"] = self.spec.option("opt", "all")
+        compiled.info["artifact"] = str(onnx_path)  # the model the session was made from
+        if getattr(self, "kept", None):
+            compiled.info["kept"] = dict(self.kept)  # nodes of that model each kept module covers
         if self.ep == "trt" and self.variant != "fp32":
             compiled.info["runtime_precision_note"] = ("TensorRT picks each layer's precision inside its "
                                                        "subgraphs; ONNX Runtime does not report it")

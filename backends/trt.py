@@ -217,7 +217,9 @@ def apply_config(trt: Any, config: Any, variant: str, opt_level: int | None = No
 
 
 def keep_modules(spec: BackendSpec) -> list[str]:
-    return [m for m in (spec.option("keep") or "").split(";") if m]
+    from backendiff.onnx_graph import parse_keep
+
+    return parse_keep(spec.option("keep"))
 
 
 def apply_keep(trt: Any, network: Any, keep_nodes, index: L.OnnxIndex) -> list[str]:
@@ -803,8 +805,7 @@ class TrtAdapter(Adapter):
             self._calibration = model.calibration()
             self._calibration_sha = (getattr(model, "calibration_info", None) or {}).get("sha256")
         keep = keep_modules(self.spec)
-        if keep:
-            check_keep(path, keep)
+        self._kept = check_keep(path, keep) if keep else None
         return path
 
     def _engine_options(self) -> list[tuple[str, str]]:
@@ -825,6 +826,8 @@ class TrtAdapter(Adapter):
         out.info = {"variant": self.variant, "tensorrt": trt.__version__, "device": device,
                     "compute_capability": f"{capability[0]}.{capability[1]}",
                     "opt_level": int(self.spec.option("opt_level", "3")), "engine": engine_file(key)}
+        if getattr(self, "_kept", None):
+            out.info["kept"] = dict(self._kept)  # ONNX nodes of the export each kept module covers
         info = engine_information(trt, engine)
         if info:
             try:
@@ -981,15 +984,10 @@ def _index(onnx_path: Path, fx_names=None) -> L.OnnxIndex:
     return L.onnx_index(onnx.load(str(onnx_path), load_external_data=False), fx_names)
 
 
-def check_keep(onnx_path: Path, keep: list[str]) -> None:
-    """BadInput when a ``keep`` module owns no node of the ONNX export (a typo, say)."""
+def check_keep(onnx_path: Path, keep: list[str]) -> dict[str, int]:
+    """ONNX nodes of the export per ``keep`` module; BadInput when one owns none (a typo, say)."""
     import onnx
 
-    from backendiff.onnx_graph import compute_modules, nodes_in_modules
+    from backendiff.onnx_graph import check_keep as check
 
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    missing = [m for m in keep if not nodes_in_modules(model, [m])]
-    if missing:
-        known = ", ".join(compute_modules(model)[:12]) or "none"
-        raise BadInput(f"keep={';'.join(keep)}: no ONNX node of the export belongs to {', '.join(missing)}; "
-                       f"modules with compute ops: {known}")
+    return check(onnx.load(str(onnx_path), load_external_data=False), keep)

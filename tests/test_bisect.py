@@ -29,7 +29,7 @@ def test_bisection_on_real_runtimes_agrees_with_the_propagated_view():
     ov, tvm16 = report.backends[0], report.backends[1]
     if ov.status == "diverged":  # bf16 by default on this CPU: the very first (conv+BN) layer
         cut = ov.info["bisection"]["first_diverging_cut"]
-        assert cut["module"] == "features.1" and ov.info["bisection"]["probes"] <= 5
+        assert cut["module"] in ("features.0", "features.1") and ov.info["bisection"]["probes"] <= 5
         assert ov.first_divergence["module"] in ("features.0", "features.1")
     cut = tvm16.info["bisection"]["first_diverging_cut"]
     # the default (export) route bisects prefixes of the program it imports, and agrees with its propagated view

@@ -129,7 +129,9 @@ def test_html_marks_where_a_nan_is_born_and_shows_the_advice(tmp_path):
                                       "--layerwise", "--no-json", "--html", str(nan), "-q"])
     assert result.exit_code == 1, result.output
     page = nan.read_text()
-    assert page.count("First NaN/Inf born at <code>up</code>") == 2 and "SQNR dB" in page
+    # tvm:fp16 overflows in 'up'; OpenVINO's fp16 model converted from the ExportedProgram (its
+    # deployed route) stays finite, and its layer view, taken on that route, says so
+    assert page.count("First NaN/Inf born at <code>up</code>") == 1 and "SQNR dB" in page
     advised = tmp_path / "advice.html"
     result = CliRunner().invoke(cli, ["compare", "zoo:digits-cnn", "--backends", "ort:int8", "--atol", "0.03",
                                       "--rtol", "0.03", "--no-json", "--html", str(advised), "-q"])
