@@ -275,6 +275,25 @@ def rename_new_initializers(export, pre_model, prefix: str = "pre_processing.") 
         vi.name = renamed.get(vi.name, vi.name)
 
 
+def qdq_values(model, names: list[str]) -> dict[str, str]:
+    """Where a QDQ model carries each named float tensor (qdq_loss_debug's matching): the
+    output of the DequantizeLinear that reads the QuantizeLinear of the tensor (the value the
+    quantized consumers see), else the tensor itself. Returns model value -> name."""
+    consumers: dict[str, list] = {}
+    for node in model.graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+    produced = {o for n in model.graph.node for o in n.output}
+    out = {}
+    for name in names:
+        if name not in produced:
+            continue
+        dq = next((d.output[0] for q in consumers.get(name, []) if q.op_type == "QuantizeLinear"
+                   for d in consumers.get(q.output[0], []) if d.op_type == "DequantizeLinear"), None)
+        out[dq or name] = name
+    return out
+
+
 def kept_nodes(artifact: Path, export: Path, keep: list[str]) -> dict[str, int]:
     """How many nodes of the converted model each kept module covers (nodes left in fp32:
     excluded from quantization, or blocked from the fp16 conversion)."""
@@ -370,7 +389,12 @@ class OrtAdapter(Adapter):
     @property
     def layers_from(self) -> str | None:
         if self.variant == "int8":
-            return None  # quantization renames the graph's values: not matched yet
+            if self.ep != "cpu":
+                return None
+            return ("the deployed QDQ int8 model itself, each FX node's value read where the quantized model "
+                    "carries it, as ONNX Runtime's qdq_loss_debug does: the DequantizeLinear output that stands for "
+                    "a quantized tensor, else the float tensor; marked as graph outputs (this can change which "
+                    "Q/DQ pairs ORT fuses into int8 kernels; final outputs are measured on the unmodified model)")
         return ("ONNX Runtime on the ONNX export without the exporter's optimizer, every FX node's value "
                 "marked as a graph output (this can change what ORT fuses and which casts it keeps; "
                 "final outputs are measured on the unmodified model)")
@@ -393,6 +417,27 @@ class OrtAdapter(Adapter):
             self._session(self._deployed, so)
             graph = onnx.load(so.optimized_model_filepath, load_external_data=False).graph
         return {o for n in graph.node for o in n.output} | {o.name for o in graph.output}, None
+
+    def int8_layer_values(self, model, sample):
+        """Layer values of the deployed QDQ int8 model (``qdq_values``), keyed by FX node."""
+        import tempfile
+
+        import onnx
+
+        deployed = getattr(self, "_deployed", None)
+        if deployed is None:
+            raise RuntimeError("the int8 model was not built in this process")
+        layers, _ = model.reference_layers("onnx")
+        quantized = onnx.shape_inference.infer_shapes(onnx.load(str(deployed)))
+        marks = qdq_values(quantized, [layer.node for layer in layers])
+        from backendiff.onnx_graph import mark_outputs
+
+        marked = set(mark_outputs(quantized, list(marks)))
+        with tempfile.TemporaryDirectory(prefix="backendiff-ort-int8-") as tmp:
+            path = Path(tmp) / "instrumented_int8.onnx"
+            onnx.save(quantized, str(path))
+            values = self.run_onnx(path, list(sample.values()), {})
+        return {marks[name]: value for name, value in values.items() if name in marked}
 
     def _options(self, level: str | None = None):
         """Session options of this spec: optimization level (``opt``, or ``level``), threads."""
@@ -444,6 +489,8 @@ class OrtAdapter(Adapter):
         return "_keep-" + hashlib.sha256(";".join(self.keep).encode()).hexdigest()[:12] if self.keep else ""
 
     def layer_values(self, model, sample):
+        if self.variant == "int8":
+            return self.int8_layer_values(model, sample)
         path, _ = model.instrumented_onnx()
         if self.variant == "fp16" and self.ep != "trt":
             # as a deployment engineer would instrument it: the fp16 model, then its values

@@ -346,3 +346,36 @@ def test_openvino_export_route_layers_come_from_the_converted_exported_program()
     assert "conv2d" in [r["node"] for r in onnx.layers]
     assert len(nodes) >= 8 and all(r["within_tolerance"] for r in export.layers)
     assert all(r["node"] != r["fused_into"] for r in export.layers)      # nothing fused into itself
+
+
+class Outlier(torch.nn.Module):
+    """One channel scaled 1000x by a module between two convs: per-tensor int8 of that
+    tensor crushes the other channels."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv1 = torch.nn.Conv2d(3, 8, 3, padding=1)
+        scale = torch.ones(1, 8, 1, 1)
+        scale[0, 0] = 1000.0
+        self.boost = torch.nn.Module()
+        self.boost.register_buffer("scale", scale)
+        self.conv2 = torch.nn.Conv2d(8, 8, 3, padding=1)
+        self.head = torch.nn.Conv2d(8, 4, 1)
+
+    def forward(self, x):
+        y = torch.relu(self.conv1(x)) * self.boost.scale
+        return self.head(torch.relu(self.conv2(y)))
+
+
+@needs("ort")
+@pytest.mark.parametrize("spec", ["ort:int8", "ort:int8,per_channel=false"])
+def test_ort_int8_layer_view_names_the_outlier(spec):
+    """The int8 layer view reads the deployed QDQ model (the DequantizeLinear output that
+    stands for each quantized tensor): it names the multiply that makes the outlier."""
+    x = (torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(0)),)
+    report = backendiff.compare(Outlier(), inputs=x, backends=[spec], use_cache=False, isolate=False, advise=False)
+    b = report.backends[0]
+    assert b.status == "diverged" and "DequantizeLinear" in b.info["layers_from"]
+    assert len(b.layers) >= 3 and "layers_error" not in b.info
+    assert b.first_divergence["op_type"] == "mul" and b.first_divergence["reason"] == "growth"
