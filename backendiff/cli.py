@@ -461,7 +461,8 @@ def _write_scoreboard(board: dict, out_dir: Path, print_scoreboard) -> list[str]
     written as far as it goes; returns what failed (one short line each)."""
     from .errors import first_line
     from .html import render_html, render_sweep_html
-    from .sweep import cell_page, json_safe
+    from .report import json_safe
+    from .sweep import cell_page
 
     failed: list[str] = []
 

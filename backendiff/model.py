@@ -60,6 +60,10 @@ def flatten_outputs(out, as_float32: bool = False) -> tuple[list[str], list[np.n
     return names, arrays
 
 
+#: the programs every model can be decomposed to without an adapter naming how
+DECOMPOSITIONS = {"core_aten": lambda ep: ep.run_decompositions()}
+
+
 class ModelHandle:
     def __init__(self, loaded: LoadedModel, samples: list[dict[str, np.ndarray]], cache: Cache):
         self.loaded = loaded
@@ -339,11 +343,7 @@ class ModelHandle:
         """The ExportedProgram decomposed to core ATen (``run_decompositions()`` with the
         default table), as importers that decompose on their own see it (TVM's
         ``from_exported_program``); made once per run."""
-        if not hasattr(self, "_core_aten"):
-            t0 = time.perf_counter()
-            self._core_aten = copy.deepcopy(self.exported_program()).run_decompositions()
-            self.timings["core_aten_s"] = time.perf_counter() - t0
-        return self._core_aten
+        return self.program("core_aten")
 
     def program(self, kind: str = "onnx", decompose=None):
         """The FX program layer rows are keyed on: ``onnx`` (decomposed as the ONNX exporter
@@ -352,10 +352,9 @@ class ModelHandle:
         ``decompose(ep) -> ExportedProgram`` (the decomposition its own importer runs)."""
         if kind == "onnx":
             return self.layer_program()
-        if kind == "core_aten":
-            return self.core_aten_program()
         memo = self.__dict__.setdefault("_programs", {})
         if kind not in memo:
+            decompose = decompose or DECOMPOSITIONS.get(kind)
             if decompose is None:
                 raise KeyError(f"no program {kind!r} was made for this model")
             t0 = time.perf_counter()
@@ -428,9 +427,7 @@ class ModelHandle:
 
     def golden_outputs(self) -> list[list[np.ndarray]] | None:
         """The fp64 golden outputs (per sample), or None where there is none; run once."""
-        if not hasattr(self, "_golden"):
-            self._golden = self.golden()
-        return self._golden[0]
+        return self.golden()[0]
 
     def golden(self) -> tuple[list[list[np.ndarray]] | None, str | None]:
         """The same model in float64: the baseline that says how much error fp32 rounding

@@ -10,7 +10,7 @@ import os
 from dataclasses import asdict
 from pathlib import Path
 
-from .report import BackendResult, OutputResult, Report, _finite
+from .report import BackendResult, OutputResult, Report, json_safe
 
 SUFFIX = ".partial.jsonl"
 
@@ -30,7 +30,7 @@ class PartialLog:
         if self.path is None:
             return
         with open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(_finite(record), allow_nan=False) + "\n")
+            f.write(json.dumps(json_safe(record), allow_nan=False) + "\n")
             f.flush()
             os.fsync(f.fileno())
 

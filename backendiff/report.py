@@ -138,7 +138,7 @@ class Report:
             "backends": [asdict(b) for b in self.backends],
             "verdict": self.verdict,
         }
-        return _finite(d)
+        return json_safe(d)
 
     def to_json(self, indent: int = 2) -> str:
         return json.dumps(self.to_dict(), indent=indent, allow_nan=False)
@@ -168,15 +168,16 @@ class Report:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
 
-def _finite(value):
-    """JSON has no Inf/NaN and the report no sentinels: a non-finite number becomes null (the
-    metrics say why: ``identical``, ``nonfinite_mismatch``)."""
-    if isinstance(value, float):
-        if not math.isfinite(value):
-            return None
+def json_safe(value):
+    """``value`` as strict JSON data without sentinels: a number that is not finite becomes
+    null (the metrics say why: ``identical``, ``nonfinite_mismatch``), keys become strings,
+    tuples lists, and anything else its text."""
+    if value is None or isinstance(value, (bool, int, str)):
         return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else None
     if isinstance(value, dict):
-        return {k: _finite(v) for k, v in value.items()}
+        return {str(k): json_safe(v) for k, v in value.items()}
     if isinstance(value, (list, tuple)):
-        return [_finite(v) for v in value]
-    return value
+        return [json_safe(v) for v in value]
+    return str(value)

@@ -32,7 +32,7 @@ from .cache import content_key, write_atomic
 from .errors import BadInput
 from .loading import sha256_file
 from .metrics import worst_of_outputs
-from .report import RAN, VACUOUS
+from .report import RAN, VACUOUS, json_safe
 
 SCHEMA = "backendiff.sweep/1"
 CELL_SCHEMA = "backendiff.sweep-cell/1"
@@ -692,20 +692,6 @@ def _message(error) -> str | None:
     if isinstance(error, dict):
         error = error.get("message") or error.get("type")
     return error.strip() if isinstance(error, str) and error.strip() else None
-
-
-def json_safe(value):
-    """``value`` as strict JSON data: a number that is not finite -> null (as a report writes
-    it), keys as strings, anything else as its text."""
-    if value is None or isinstance(value, (bool, int, str)):
-        return value
-    if isinstance(value, float):
-        return value if math.isfinite(value) else None
-    if isinstance(value, dict):
-        return {str(k): json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [json_safe(v) for v in value]
-    return str(value)
 
 
 def task_score(task: dict, metric: str | None) -> dict | None:
