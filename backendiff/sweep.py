@@ -383,6 +383,8 @@ def default_workers() -> int:
 def _cell_process(conn, payload: dict) -> None:
     try:
         conn.send(run_cell(payload))
+    except (BrokenPipeError, ConnectionResetError):
+        pass            # the driver is gone (interrupted): nobody is left to tell
     finally:
         conn.close()
 
@@ -417,15 +419,16 @@ class LocalExecutor:
                     running[receiver] = (proc, payload)
                     progress(f"running {payload['model']} on {payload['spec']} ({len(running)} at once)")
                 for receiver in wait(list(running)):
-                    proc, payload = running.pop(receiver)
+                    proc, payload = running[receiver]       # stays in `running` until joined
                     try:
                         record = receiver.recv()
                     except (EOFError, OSError):
                         proc.join()
                         message, sig = death_message(proc.exitcode, "the cell")
                         record = lost_record(payload, message, signal=sig, exitcode=proc.exitcode)
-                    receiver.close()
                     proc.join()
+                    del running[receiver]
+                    receiver.close()
                     on_done(record)
         finally:
             for receiver, (proc, _) in running.items():
