@@ -88,16 +88,26 @@ def bisect_program(run_prefix, ep, layer_nodes: list[str], reference: dict, out_
 
 
 def bisect_backend(adapter, deployed_onnx: Path, layer_nodes: list[str], sample: dict, reference: dict,
-                   out_of_tolerance) -> dict:
+                   out_of_tolerance, carriers=None) -> dict:
+    """Bisection over prefixes of an ONNX model run by ``adapter``. ``carriers(model)`` maps
+    a model value to the layer it stands for (a quantized model's DequantizeLinear output);
+    without it, values are named after their layers and each prefix is lowered as deployed
+    (``adapter.lower_onnx``)."""
     import onnx
 
     model = onnx.shape_inference.infer_shapes(onnx.load(str(deployed_onnx)))
-    candidates = cut_candidates(model, layer_nodes)
+    if carriers is None:
+        cut_of = {n: n for n in cut_candidates(model, layer_nodes)}
+        lower = adapter.lower_onnx
+    else:
+        cut_of = {node: value for value, node in carriers(model).items()}
+        lower = None
+    candidates = [n for n in layer_nodes if n in cut_of and n in reference]
     with tempfile.TemporaryDirectory(prefix="backendiff-bisect-") as tmp:
-        def diverges(cut: str) -> bool:
-            path = adapter.lower_onnx(prefix_model(model, cut, Path(tmp)))
-            value = adapter.run_onnx(path, list(sample.values()), {})[cut]
-            return out_of_tolerance(value, reference[cut])
+        def diverges(node: str) -> bool:
+            path = prefix_model(model, cut_of[node], Path(tmp))
+            value = adapter.run_onnx(lower(path) if lower else path, list(sample.values()), {})[cut_of[node]]
+            return out_of_tolerance(value, reference[node])
 
         index, probes = bisect(candidates, diverges)
     return {"first_diverging_cut": candidates[index] if index is not None else None, "probes": probes,

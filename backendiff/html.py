@@ -10,7 +10,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import charts
-from .render import fmt, fmt_sqnr, nonfinite_cell, output_notes, top_suspects
+from .render import fmt, fmt_sqnr, nonfinite_cell, output_notes, top_suspects, unmeasured_lines
 
 TEMPLATES = Path(__file__).parent / "templates"
 STATUS_CLASS = {"ok": "ok", "diverged": "bad", "failed": "bad", "crashed": "bad", "timeout": "bad",
@@ -91,7 +91,7 @@ def _backend_view(b: dict) -> dict:
             confirmed = "confirmed in isolation" if fd["confirmed"] else "not reproduced in isolation"
         first = {"module": fd.get("module") or "<top>", "op": fd.get("op_type"), "node": fd.get("node"),
                  "source": _source(fd.get("source")), "why": why, "confirmed": confirmed,
-                 "caveat": bool(fd.get("caveat"))}
+                 "caveat": bool(fd.get("caveat")), "bisected": fd.get("reason") == "bisection"}
     born = next((r for r in layers if r.get("nonfinite_born")), None)
     advice = b.get("advice")
     info = b.get("info") or {}
@@ -116,7 +116,8 @@ def _backend_view(b: dict) -> dict:
                     for o in b.get("outputs", [])],
         "notes": output_notes(b.get("outputs", []), b.get("tolerance")),
         "layers": len(layers), "fused": fused, "fusion_unknown": info.get("fusion") == "unknown",
-        "layers_error": info.get("layers_error", ""),
+        "layers_error": info.get("layers_error", ""), "layers_from": info.get("layers_from", ""),
+        "unmeasured": " ".join(unmeasured_lines(info.get("unmeasured_layers") or [], n=8)).strip(),
         "first": first, "born": (born.get("module") or "<top>") if born else None, "suspects": suspects,
         "chart": charts.depth_chart(b) if layers else "",
         "advice": advice,

@@ -240,6 +240,30 @@ def layer_rows(layers: list[Layer], reference: dict, actual: dict, rtol: float, 
     return rows
 
 
+def unmeasured_layers(layers: list[Layer], reference: dict, actual: dict) -> list[dict]:
+    """The layers with a floating-point reference value but no row: the backend's layer-wise
+    run has no value for them (computed inside a later op: a conv whose ReLU a quantizer
+    folded into its QuantizeLinear, an op a converter fused), or one of another shape
+    (a layout it did not bring back). Reported, never silently skipped."""
+    # a multi-output op (batch norm) is measured through the getitem that picks its output
+    seen_through = {layer.inputs[0] for layer in layers
+                    if layer.node.startswith("getitem") and layer.inputs and layer.node in actual}
+    out = []
+    for i, layer in enumerate(layers):
+        r, a = reference.get(layer.node), actual.get(layer.node)
+        if r is None or np.asarray(r).dtype.kind not in "fc" or layer.node in seen_through:
+            continue
+        if a is None:
+            why, into = "no value in the layer-wise run", downstream_present(layer.node, layers[i + 1:], set(actual))
+        elif np.shape(a) != np.shape(r):
+            why, into = f"not comparable: shape {list(np.shape(a))} vs the reference's {list(np.shape(r))}", None
+        else:
+            continue
+        out.append({"index": layer.index, "module": layer.module, "op_type": layer.op_type, "node": layer.node,
+                    "source": layer.source, "why": why, "fused_into": into})
+    return out
+
+
 def mark_fused(rows: list[dict], layers: list[Layer], present: set[str] | None,
                groups: dict[str, str] | None = None) -> None:
     """Say, per row, whether the deployed model computes that layer inside another one.

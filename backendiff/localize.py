@@ -22,7 +22,7 @@ def localize(adapter, handle: ModelHandle, result: BackendResult, tol, progress,
     """Propagated mode: every layer's error on the first sample, and where divergence starts.
     Final outputs above stay measured on the unmodified compiled model; when the
     instrumented run's own outputs differ from them, the report says so."""
-    from .layers import first_divergence, fp64_rows, layer_rows, mark_fused
+    from .layers import first_divergence, fp64_rows, layer_rows, mark_fused, unmeasured_layers
 
     progress(f"{result.spec}: layer-wise comparison")
     t0 = time.perf_counter()
@@ -36,6 +36,9 @@ def localize(adapter, handle: ModelHandle, result: BackendResult, tol, progress,
         result.info["layers_error"] = f"{type(e).__name__}: {first_line(e)}"
         return
     rows = layer_rows(layers, reference, actual, tol.rtol, tol.atol)
+    missing = unmeasured_layers(layers, reference, actual)
+    if missing:
+        result.info["unmeasured_layers"] = missing
     try:
         present, groups = adapter.deployed_fusion()
     except Exception as e:  # fusion info is extra: keep the rows
@@ -177,24 +180,29 @@ def instrumentation_changes(nodes: list[str], names: list[str], deployed, instru
 
 
 def mixed_precision_advice(cls, shown, spec, handle, reference, config, result, progress) -> dict:
-    """Which modules to keep in fp32 (see advice.py); each trial is a real run of the variant."""
+    """What to keep in fp32 (see advice.py); each trial is a real run of the variant."""
     from pathlib import Path
 
     import onnx
 
     from .advice import advise
     from .compare import run_backend
-    from .onnx_graph import carry_modules, compute_modules, node_module
+    from .onnx_graph import carry_modules, consumers, group_entries, keep_groups, node_module
 
-    # candidates are modules with compute ops in the ONNX model the backend ran (ORT's converted
-    # model: its pre-processing fuses nodes), else in the export the backend converted
+    # candidates are the groups of the ONNX model the backend ran (ORT's converted model: its
+    # pre-processing fuses nodes), else of the export the backend converted
     artifact = (result.info or {}).get("artifact")
     source = artifact if artifact and str(artifact).endswith(".onnx") and Path(artifact).exists() \
         else handle.onnx_path()
     graph = onnx.load(str(source), load_external_data=False)
     if str(source) != str(handle.onnx_path()) and not any(node_module(n) for n in graph.graph.node):
         carry_modules(onnx.load(str(handle.onnx_path()), load_external_data=False), graph)  # an older artifact
-    modules = compute_modules(graph)
+    entries = [e for e, _ in keep_groups(graph)]
+    first = []
+    if result.first_divergence:   # its group, then the groups of the ops that read its tensor
+        entry, node = group_entries(graph), result.first_divergence["node"]
+        first = [entry(n) for n in graph.graph.node if node in n.output]
+        first += [entry(n) for n in consumers(graph, node)]
     quiet = config.but(layerwise="never", advise=False)
 
     def trial(candidate: BackendSpec) -> BackendResult:
@@ -205,4 +213,5 @@ def mixed_precision_advice(cls, shown, spec, handle, reference, config, result, 
     needs = getattr(cls, "keep_requires", {})  # e.g. OpenVINO names modules through the ONNX route
     user = BackendSpec(user.name, user.variant, tuple((k, v) for k, v in user.options if k not in needs)
                        + tuple(needs.items()))
-    return advise(user, result, modules, trial)
+    return advise(user, result, entries, trial, first=first,
+                  everything=[e for e, _ in keep_groups(graph, layout=True)])

@@ -20,6 +20,10 @@ def mark_outputs(model, names) -> list[str]:
 
 
 COMPUTE_OPS = {"Conv", "ConvTranspose", "Gemm", "MatMul", "Attention", "LSTM", "GRU", "RNN"}
+#: ops that only move, reshape or type data: no low-precision arithmetic of their own
+LAYOUT_OPS = {"Constant", "Shape", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "Flatten", "Gather",
+              "Concat", "Split", "Slice", "Cast", "Identity", "Expand", "ConstantOfShape", "Range"}
+QDQ_OPS = {"QuantizeLinear", "DequantizeLinear", "DynamicQuantizeLinear"}
 
 
 def node_module(node) -> str:
@@ -41,9 +45,77 @@ def in_modules(module: str, modules) -> bool:
     return any(module == m or module.startswith(m + ".") for m in modules)
 
 
+#: ``keep=`` entries: ``MODULE`` (its ops and its submodules'), ``<MODULE>`` (the module's own
+#: functional ops: what its ``forward`` computes outside its submodules; ``<top>`` is the
+#: model's own), ``@NODE`` (the ops made from one FX node, e.g. a consumer of a tensor)
+TOP = "<top>"
+
+
+def keep_matches(node, entry: str) -> bool:
+    """Whether ONNX ``node`` belongs to the ``keep=`` entry (see ``TOP``)."""
+    if entry.startswith("@"):
+        return fx_node_of(node) == entry[1:] or entry[1:] in node.output
+    if entry.startswith("<") and entry.endswith(">"):
+        return node_module(node) == ("" if entry == TOP else entry[1:-1])
+    return in_modules(node_module(node), [entry])
+
+
 def nodes_in_modules(model, modules) -> list[str]:
-    """Names of the graph's nodes that belong to any of ``modules`` (or their submodules)."""
-    return [n.name for n in model.graph.node if in_modules(node_module(n), modules)]
+    """Names of the graph's nodes that belong to any of the ``keep=`` entries ``modules``."""
+    return [n.name for n in model.graph.node if any(keep_matches(n, m) for m in modules)]
+
+
+def row_matches(module: str, node: str, entry: str) -> bool:
+    """Whether a layer row (its module path and FX node) belongs to the ``keep=`` entry."""
+    if entry.startswith("@"):
+        return node == entry[1:]
+    if entry.startswith("<") and entry.endswith(">"):
+        return module == ("" if entry == TOP else entry[1:-1])
+    return in_modules(module, [entry])
+
+
+def keep_groups(model, layout: bool = False) -> list[tuple[str, list[str]]]:
+    """The graph's nodes partitioned by the module that runs them, in graph order: (keep=
+    entry, its node names). A leaf module is its own entry; a module with submodules
+    contributes its own functional ops as ``<MODULE>`` (``<top>`` for the model's). Nodes
+    without arithmetic of their own (reshapes, quantize/dequantize pairs) are left out
+    unless ``layout``; keeping every entry of ``keep_groups(model, layout=True)`` keeps the
+    whole graph."""
+    entry = group_entries(model)
+    groups: dict[str, list[str]] = {}
+    for n in model.graph.node:
+        if layout or (n.op_type not in LAYOUT_OPS and n.op_type not in QDQ_OPS):
+            groups.setdefault(entry(n), []).append(n.name)
+    return list(groups.items())
+
+
+def group_entries(model):
+    """``node -> keep= entry`` of ``keep_groups``: its module when that is a leaf, else
+    ``<MODULE>`` (``<top>`` without one)."""
+    owners = [node_module(n) for n in model.graph.node]
+    parents = {".".join(o.split(".")[:i]) for o in owners if o for i in range(len(o.split(".")))}
+
+    def entry(node) -> str:
+        owner = node_module(node)
+        return (f"<{owner}>" if owner else TOP) if owner in parents or not owner else owner
+    return entry
+
+
+def consumers(model, value: str) -> list:
+    """The nodes that read ``value``, through any QuantizeLinear -> DequantizeLinear pair a
+    quantizer put in between (their consumers read the quantized tensor)."""
+    readers: dict[str, list] = {}
+    for n in model.graph.node:
+        for i in n.input:
+            readers.setdefault(i, []).append(n)
+    out, frontier = [], [value]
+    while frontier:
+        for n in readers.get(frontier.pop(), []):
+            if n.op_type in QDQ_OPS:
+                frontier.extend(n.output)
+            elif n not in out:
+                out.append(n)
+    return out
 
 
 def compute_modules(model) -> list[str]:
@@ -66,9 +138,8 @@ def parse_keep(value: str | None) -> list[str]:
 
 
 def module_counts(model, modules) -> dict[str, int]:
-    """How many of the graph's nodes each of ``modules`` covers (its own and its submodules')."""
-    owners = [node_module(n) for n in model.graph.node]
-    return {m: sum(1 for o in owners if in_modules(o, [m])) for m in modules}
+    """How many of the graph's nodes each ``keep=`` entry covers."""
+    return {m: sum(1 for n in model.graph.node if keep_matches(n, m)) for m in modules}
 
 
 def module_paths(model) -> list[str]:

@@ -219,8 +219,11 @@ def layer_lines(b) -> list[str]:
         caveat = " · seen only with intermediates marked: instrumentation changed the result" if fd.get("caveat") else ""
         if "confirmed" in fd:
             caveat += " · confirmed in isolation" if fd["confirmed"] else " · not reproduced in isolation"
+        how = "bisected" if fd.get("reason") == "bisection" else "propagated view"
         lines.append(f"{b.spec}: divergence starts at {where}" + (f" · {fd['source']}" if fd.get("source") else "")
-                     + f" · {why}{caveat}")
+                     + f" · {why}{caveat} [{how}]")
+    if b.info.get("layers_from"):
+        lines.append(f"  layer values from {short_source(b.info['layers_from'])}")
     for r in top_suspects(b.layers):
         src = f" · {r['source'].rsplit('/', 1)[-1]}" if r.get("source") else ""
         lines.append(f"  suspect {r['module'] or '<top>'} ({r['op_type']}){src} · growth {r['growth']:.3g} · "
@@ -230,7 +233,27 @@ def layer_lines(b) -> list[str]:
     fused = sum(1 for r in b.layers if r.get("fused_into"))
     span += f", {fused} fused in the deployed model" if fused else ""
     lines.append(f"  error vs depth ({len(b.layers)} layers{span}; taller = more error): {depth_line(b.layers)}")
+    lines += unmeasured_lines(b.info.get("unmeasured_layers") or [])
     return lines
+
+
+def short_source(text: str) -> str:
+    """The first clause of an adapter's ``layers_from`` (which artifact the values came from)."""
+    import re
+
+    return re.split(r" \(|, ", text, maxsplit=1)[0]
+
+
+def unmeasured_lines(missing: list[dict], n: int = 3) -> list[str]:
+    """The layers the layer view could not measure, and why (fused away, another layout)."""
+    if not missing:
+        return []
+    fused = [m for m in missing if m.get("fused_into")]
+    shown = ", ".join(f"{m['module'] or '<top>'} ({m['op_type']})" + (f" → in {m['fused_into']}" if m.get("fused_into")
+                                                                       else f": {m['why']}") for m in missing[:n])
+    more = f", … {len(missing) - n} more" if len(missing) > n else ""
+    return [f"  {len(missing)} layers without a comparable value ({len(fused)} computed inside a later op): "
+            f"{shown}{more}"]
 
 
 def advice_lines(b) -> list[str]:

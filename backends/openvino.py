@@ -70,6 +70,37 @@ def openvino_decomposition(ep):
     return ep.run_decompositions(table)
 
 
+def ov_convert(program):
+    import openvino as ov
+
+    return ov.convert_model(program)
+
+
+def tensor_ports(converted, nodes: list[str], through_fake_quantize: bool = False) -> dict:
+    """node -> the output port of ``converted`` that carries its value: the tensor named
+    ``NODE:0`` (the ExportedProgram route) or ``NODE`` (the ONNX route). With
+    ``through_fake_quantize`` (an NNCF int8 model), a tensor that feeds a FakeQuantize is read
+    at the FakeQuantize's output: the value its quantized consumers see."""
+    wanted = {}
+    for node in nodes:
+        wanted.setdefault(f"{node}:0", node)
+        wanted.setdefault(node, node)
+    ports = {}
+    for op in converted.get_ordered_ops():
+        if op.get_type_name() in ("Result", "Constant", "Parameter"):
+            continue
+        for port in op.outputs():
+            node = next((wanted[n] for n in sorted(port.get_names()) if n in wanted), None)
+            if node is None or node in ports:
+                continue
+            if through_fake_quantize:
+                fq = [t.get_node() for t in port.get_target_inputs() if t.get_node().get_type_name() == "FakeQuantize"
+                      and t.get_index() == 0]
+                port = fq[0].output(0) if fq else port
+            ports[node] = port
+    return ports
+
+
 class OpenVinoAdapter(Adapter):
     name = "openvino"
     description = "OpenVINO CPU plugin, from the ExportedProgram (route=onnx: from the ONNX export)"
@@ -119,7 +150,10 @@ class OpenVinoAdapter(Adapter):
     @property
     def layers_from(self) -> str | None:
         if self.variant == "int8":
-            return None  # NNCF's quantized graph is not matched to FX nodes yet
+            return ("the deployed NNCF int8 model itself, each node's value read where the quantized model carries "
+                    "it: the FakeQuantize output that stands for a quantized tensor, else the tensor; added as "
+                    "outputs (add_outputs; this can change which FakeQuantize ops the CPU plugin fuses into int8 "
+                    "kernels; final outputs are measured on the unmodified model)")
         if self.spec.option("route") == "onnx":
             return ("OpenVINO on the ONNX export without the exporter's optimizer (the onnx route), every FX "
                     "node's value marked as an output, same device and precision settings (marking outputs can "
@@ -131,7 +165,7 @@ class OpenVinoAdapter(Adapter):
 
     def layers_program(self, model) -> str:
         if self.route(model) == "onnx":
-            return "onnx"
+            return "onnx"   # tensors named after FX nodes by the dynamo exporter
         model.program("openvino", decompose=openvino_decomposition)
         return "openvino"
 
@@ -167,10 +201,20 @@ class OpenVinoAdapter(Adapter):
         return as_float32(values)
 
     def layer_values(self, model, sample):
+        if self.variant == "int8":
+            return self._values_with_outputs(self._deployed_model(), model, sample)
         if self.route(model) == "onnx":
             path, _ = model.instrumented_onnx()
             return self.run_onnx(path, list(sample.values()), {})
-        return self.run_export_layers(model, sample)
+        return self._values_with_outputs(ov_convert(model.exported_program()), model, sample)
+
+    def _deployed_model(self):
+        import openvino as ov
+
+        deployed = getattr(self, "_deployed", None)
+        if deployed is None:
+            raise RuntimeError("the int8 model was not built in this process")
+        return ov.Core().read_model(str(deployed))
 
     def _compile_converted(self, converted, folder: str):
         """A converted model saved and compiled as the deployed one is (fp16: weights
@@ -182,60 +226,61 @@ class OpenVinoAdapter(Adapter):
                                        self.spec.option("device", "CPU"), self._config(None))
 
     def bisect(self, model, sample, out_of_tolerance):
-        if self.route(model) == "onnx" or self.variant == "int8":
-            return super().bisect(model, sample, out_of_tolerance)
         import tempfile
 
         import openvino as ov
 
-        from backendiff.bisect import bisect_program
+        from backendiff.bisect import bisect, bisect_program
 
-        layers, reference = model.reference_layers("openvino")
+        kind = self.layers_program(model)
+        layers, reference = model.reference_layers(kind)
 
-        def run_prefix(prefix):
+        def run(prefix):
             with tempfile.TemporaryDirectory(prefix="backendiff-ov-bisect-") as tmp:
-                compiled = self._compile_converted(ov.convert_model(prefix), tmp)
+                compiled = self._compile_converted(prefix, tmp)
                 result = compiled.create_infer_request().infer([np.asarray(a) for a in sample.values()])
                 return as_float32({"v": np.array(result[compiled.outputs[0]])})["v"]
 
-        found = bisect_program(run_prefix, model.program("openvino", decompose=openvino_decomposition),
+        if self.variant == "int8":   # prefixes of the quantized model, each ending at one tensor
+            deployed = self._deployed_model()
+            ports = tensor_ports(deployed, [layer.node for layer in layers], through_fake_quantize=True)
+            cuts = [layer.node for layer in layers if layer.node in ports and layer.node in reference]
+
+            def diverges(cut):
+                prefix = ov.Model([ports[cut]], deployed.get_parameters(), "prefix")
+                return out_of_tolerance(run(prefix), reference[cut])
+
+            index, probes = bisect(cuts, diverges)
+            return {"first_diverging_cut": cuts[index] if index is not None else None, "probes": probes,
+                    "candidates": len(cuts), "program": kind,
+                    "graph": "prefixes of the deployed NNCF int8 model, each ending at one tensor (its FakeQuantize "
+                             "where quantized), compiled unmodified with one output"}
+        if kind == "onnx":
+            return super().bisect(model, sample, out_of_tolerance)
+        found = bisect_program(lambda ep: run(ov_convert(ep)), model.program(kind, decompose=openvino_decomposition),
                                [layer.node for layer in layers], reference, out_of_tolerance)
         return found | {"graph": ("prefixes of the ExportedProgram as OpenVINO decomposes it (the deployed export "
                                   "route), each converted and compiled unmodified with one output"),
-                        "program": "openvino"}
+                        "program": kind}
 
-    def run_export_layers(self, model, sample):
-        """The deployed route with every node's value as an output: the model converted from
-        the ExportedProgram as deployed (its tensors are named ``<FX node>:0`` after
-        OpenVINO's own decomposition), each such tensor added with ``add_outputs``, saved and
-        compiled with the variant's settings. Returns node name -> value (float32)."""
+    def _values_with_outputs(self, converted, model, sample):
+        """The converted model as deployed with every layer's tensor added as an output
+        (``add_outputs``; quantized tensors through their FakeQuantize), saved and compiled
+        with the variant's settings. Returns node name -> value (float32)."""
         import tempfile
 
-        import openvino as ov
-
-        layers, _ = model.reference_layers("openvino")
-        wanted = {f"{layer.node}:0": layer.node for layer in layers}
-        converted = ov.convert_model(model.exported_program())
-        ports, seen = [], set()
-        for op in converted.get_ordered_ops():
-            if op.get_type_name() in ("Result", "Constant", "Parameter"):
-                continue
-            for port in op.outputs():
-                hit = next((wanted[n] for n in port.get_names() if n in wanted), None)
-                if hit is not None and hit not in seen:
-                    seen.add(hit)
-                    ports.append(port)
-        converted.add_outputs(ports)
+        kind = self.layers_program(model)
+        layers, _ = model.reference_layers(kind)
+        ports = tensor_ports(converted, [layer.node for layer in layers], through_fake_quantize=self.variant == "int8")
+        nodes = list(ports)
+        own = len(converted.outputs)
+        converted.add_outputs([ports[n] for n in nodes])
         with tempfile.TemporaryDirectory(prefix="backendiff-ov-layers-") as tmp:
             compiled = self._compile_converted(converted, tmp)
             results = compiled.create_infer_request().infer([np.asarray(a) for a in sample.values()])
-            values = {}
-            for port in compiled.outputs:
-                for name in port.get_names():
-                    if name in wanted:
-                        values[wanted[name]] = np.array(results[port])
-            own = model.output_layer_names("openvino")
-            for name, port in zip(own, compiled.outputs[:len(own)]):
+            outputs = list(compiled.outputs)
+            values = {node: np.array(results[port]) for node, port in zip(nodes, outputs[own:])}
+            for name, port in zip(model.output_layer_names(kind), outputs[:own]):
                 values.setdefault(name, np.array(results[port]))
         return as_float32(values)
 
@@ -255,6 +300,7 @@ class OpenVinoAdapter(Adapter):
         import openvino as ov
 
         xml = folder / "model.xml"
+        self._deployed = xml   # the int8 layer view and bisection read the deployed model
         if self.variant == "int8":
             self._ignored_scope(model)  # keep= checked (and its nodes counted) before the cache or NNCF
         if xml.exists() and (folder / "model.bin").exists():
@@ -263,7 +309,7 @@ class OpenVinoAdapter(Adapter):
         if self.route(model) == "onnx":
             converted = ov.convert_model(str(model.onnx_path()))
         else:
-            converted = ov.convert_model(model.exported_program())
+            converted = ov_convert(model.exported_program())
         if self.variant == "int8":
             import contextlib
             import io

@@ -432,12 +432,28 @@ class OrtAdapter(Adapter):
         marks = qdq_values(quantized, [layer.node for layer in layers])
         from backendiff.onnx_graph import mark_outputs
 
-        marked = set(mark_outputs(quantized, list(marks)))
+        mark_outputs(quantized, list(marks))
         with tempfile.TemporaryDirectory(prefix="backendiff-ort-int8-") as tmp:
             path = Path(tmp) / "instrumented_int8.onnx"
             onnx.save(quantized, str(path))
             values = self.run_onnx(path, list(sample.values()), {})
-        return {marks[name]: value for name, value in values.items() if name in marked}
+        return {marks[name]: value for name, value in values.items() if name in marks}  # marked and own outputs
+
+    def bisect(self, model, sample, out_of_tolerance):
+        if self.variant != "int8":
+            return super().bisect(model, sample, out_of_tolerance)
+        from backendiff.bisect import bisect_backend
+
+        deployed = getattr(self, "_deployed", None)
+        if deployed is None:
+            raise RuntimeError("the int8 model was not built in this process")
+        layers, reference = model.reference_layers("onnx")
+        nodes = [layer.node for layer in layers]
+        found = bisect_backend(self, deployed, nodes, sample, reference, out_of_tolerance,
+                               carriers=lambda quantized: qdq_values(quantized, nodes))
+        return found | {"graph": "prefixes of the deployed QDQ int8 model, each ending at one tensor (its "
+                                 "DequantizeLinear where quantized), run unmodified with one output",
+                        "program": "onnx"}
 
     def _options(self, level: str | None = None):
         """Session options of this spec: optimization level (``opt``, or ``level``), threads."""

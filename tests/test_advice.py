@@ -9,10 +9,17 @@ from .conftest import needs
 def test_with_keep_and_ordering():
     spec = parse_spec("ort:int8,keep=old,per_channel=true")
     assert with_keep(spec, ["a.0", "b"]).text == "ort:int8,per_channel=true,keep=a.0;b"
-    rows = [{"module": "a.conv", "growth": 2.0, "nonfinite_born": False},
-            {"module": "b", "growth": 50.0, "nonfinite_born": False},
-            {"module": "c", "growth": 1.0, "nonfinite_born": True}]
-    assert ordered_by_layers(rows, ["a", "b", "c", "d"]) == ["c", "b", "a", "d"]
+    rows = [{"module": "a.conv", "node": "conv", "growth": 2.0, "nonfinite_born": False},
+            {"module": "b", "node": "mm", "growth": 50.0, "nonfinite_born": False},
+            {"module": "c", "node": "div", "growth": 1.0, "nonfinite_born": True},
+            {"module": "", "node": "mul", "growth": 7.0, "nonfinite_born": False},
+            {"module": "a", "node": "add", "growth": 9.0, "nonfinite_born": False}]
+    assert ordered_by_layers(rows[:3], ["a", "b", "c", "d"]) == ["c", "b", "a", "d"]
+    # own functional ops (<module>, <top>) and single nodes (@node) are candidates too;
+    # ``first`` (the first divergence's group, then its consumers') leads
+    entries = ["a.conv", "<a>", "b", "c", "<top>", "@mm", "d"]
+    assert ordered_by_layers(rows, entries) == ["c", "b", "@mm", "<a>", "<top>", "a.conv", "d"]
+    assert ordered_by_layers(rows, entries, first=["<top>", "d", "zz"])[:2] == ["<top>", "d"]
 
 
 @needs("ort")

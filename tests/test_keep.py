@@ -270,19 +270,40 @@ def test_openvino_int8_keep_ignores_the_module_and_checks_the_name(model, tmp_pa
 
 
 # -- the advice only tries what it can keep, and says what it ran --------------------------------
-def test_no_fix_says_what_was_run_not_all_fp32():
+def test_no_fix_only_after_the_all_fp32_run():
+    """"No fix" is said with what was run: the candidates kept at once, then the all-fp32 run
+    (every op kept). All-fp32 within tolerance: the candidates ran out. All-fp32 still
+    outside it: a bug of the tool chain, reported as such."""
     from types import SimpleNamespace
 
     from backendiff.advice import advise
     from backendiff.specs import parse_spec
 
-    def trial(spec):
-        kept = spec.option("keep").split(";")
-        return SimpleNamespace(status="diverged", outputs=[SimpleNamespace(metrics={"sqnr_db": 12.0, "max_abs": 1.0})],
-                               info={"kept": {m: 3 for m in kept}}, error=None)
+    def trials(fp32_ok):
+        ran = []
 
-    out = advise(parse_spec("ort:int8"), SimpleNamespace(layers=None), ["a", "b"], trial)
-    assert out["found"] is False
-    assert "every candidate" not in out["reason"] and "not an all-fp32 run" in out["reason"]
-    assert "ort:int8,keep=" in out["reason"] and "12.0 dB" in out["reason"]
-    assert out["tried"]["kept"] == {"a": 3, "b": 3} and out["tried"]["status"] == "diverged"
+        def trial(spec):
+            kept = spec.option("keep").split(";")
+            ran.append(kept)
+            ok = fp32_ok and set(kept) >= {"a", "b", "<top>", "flatten"}
+            return SimpleNamespace(status="ok" if ok else "diverged",
+                                   outputs=[SimpleNamespace(metrics={"sqnr_db": 60.0 if ok else 12.0, "max_abs": 1.0})],
+                                   info={"kept": {m: 3 for m in kept}}, error=None)
+        return trial, ran
+
+    everything = ["a", "b", "<top>", "flatten"]
+    trial, ran = trials(fp32_ok=True)
+    out = advise(parse_spec("ort:int8"), SimpleNamespace(layers=None), ["a", "b"], trial, everything=everything)
+    assert out["found"] is False and "bug" not in out and ran[-1] == everything
+    assert "ort:int8,keep=a;b" in out["reason"] and "12.0 dB" in out["reason"]
+    assert "with every op kept in fp32 they are within tolerance" in out["reason"]
+    assert out["tried"]["kept"] == {"a": 3, "b": 3} and out["all_fp32"]["status"] == "ok"
+
+    trial, ran = trials(fp32_ok=False)
+    out = advise(parse_spec("ort:int8"), SimpleNamespace(layers=None), ["a", "b"], trial, everything=everything)
+    assert out["found"] is False and out["bug"] is True and "a bug to report" in out["reason"]
+    assert out["all_fp32"]["spec"] == "ort:int8,keep=a;b;<top>;flatten"
+
+    trial, ran = trials(fp32_ok=False)   # the candidates are the whole graph: no extra run
+    out = advise(parse_spec("ort:int8"), SimpleNamespace(layers=None), ["a", "b"], trial, everything=["a", "b"])
+    assert out["bug"] is True and out["all_fp32"] == out["tried"] and ran.count(["a", "b"]) == 1

@@ -239,7 +239,9 @@ def test_terminal_layer_view():
     report = backendiff.compare(Overflow().eval(), inputs=(x,), backends=["torch:fp16"])
     lines = layer_lines(report.backend("torch:fp16"))
     assert lines[0].startswith("torch:fp16: divergence starts at up (linear, node linear)")
-    assert "first NaN/Inf born here" in lines[0] and lines[1].startswith("  suspect up (linear)")
+    assert "first NaN/Inf born here" in lines[0] and lines[0].endswith("[propagated view]")
+    assert lines[1] == "  layer values from torch.fx.Interpreter over the ExportedProgram at the variant's precision"
+    assert lines[2].startswith("  suspect up (linear)")
     assert lines[-1].startswith("  error vs depth (3 layers")
 
 
@@ -349,8 +351,9 @@ def test_openvino_export_route_layers_come_from_the_converted_exported_program()
 
 
 class Outlier(torch.nn.Module):
-    """One channel scaled 1000x by a module between two convs: per-tensor int8 of that
-    tensor crushes the other channels."""
+    """One channel scaled 1000x by a multiply in the model's own forward, between two convs
+    (the next conv scales it back, as a norm would): per-tensor int8 of that tensor rounds
+    the other channels to zero."""
 
     def __init__(self):
         super().__init__()
@@ -361,6 +364,8 @@ class Outlier(torch.nn.Module):
         self.boost = torch.nn.Module()
         self.boost.register_buffer("scale", scale)
         self.conv2 = torch.nn.Conv2d(8, 8, 3, padding=1)
+        with torch.no_grad():
+            self.conv2.weight[:, 0] /= 1000.0
         self.head = torch.nn.Conv2d(8, 4, 1)
 
     def forward(self, x):
