@@ -1,4 +1,6 @@
 """Mixed-precision advice: modules to keep in fp32, found and verified by real re-runs."""
+import pytest
+
 import backendiff
 from backendiff.advice import ordered_by_layers, with_keep
 from backendiff.specs import parse_spec
@@ -67,3 +69,25 @@ def test_openvino_keep_needs_int8_and_the_onnx_route():
         cls.canonical(parse_spec("openvino:int8,keep=features.0"))
     with pytest.raises(BadInput, match="route=onnx"):
         cls.canonical(parse_spec("openvino:fp16,route=onnx,keep=features.0"))
+
+
+@needs("ort")
+@pytest.mark.parametrize("spec", ["ort:int8", "ort:int8,per_channel=false"])
+def test_int8_advice_keeps_the_outlier_and_its_reader(spec):
+    """A per-tensor int8 outlier made by a multiply in the model's own forward: the advice's
+    candidates include that functional op (<top>) and the conv that reads the tensor, and its
+    verified spec, re-run from scratch, is within int8 tolerance."""
+    import torch
+
+    from .test_layers import Outlier
+
+    x = (torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(0)),)
+    report = backendiff.compare(Outlier(), inputs=x, backends=[spec], use_cache=False, isolate=False)
+    b = report.backends[0]
+    assert b.status == "diverged" and b.outputs[0].metrics["cosine"] < 0.97
+    advice = b.advice
+    assert advice["found"] and set(advice["keep"]) == {"<top>", "conv2"}, advice
+    again = backendiff.compare(Outlier(), inputs=x, backends=[advice["spec"]], use_cache=False, advise=False)
+    fixed = again.backends[0]
+    assert fixed.status == "ok" and fixed.info["kept"]["conv2"] >= 1 and fixed.info["kept"]["<top>"] >= 2
+    assert fixed.outputs[0].metrics["sqnr_db"] > b.outputs[0].metrics["sqnr_db"] + 20

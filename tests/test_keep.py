@@ -157,6 +157,35 @@ def test_ort_int8_keeps_a_parent_module_whole(model, cache_dir):
     assert {"DequantizeLinear"} == {src for name, src in other if "MatMul" in name}  # layer.0 and head quantized
 
 
+@needs("ort")
+def test_keep_a_modules_own_functional_ops(model, cache_dir):
+    """``<MODULE>`` keeps only what the module's forward computes itself (attention's q@k,
+    softmax and a@v), not its submodules; the groups the advice draws from partition the
+    graph that way; ``<typo>`` is refused with the candidates."""
+    from backendiff.onnx_graph import keep_groups, node_module
+
+    b = run(model, "ort:int8,keep=<layer.1.attention>", cache_dir)
+    artifact = load(b.info["artifact"])
+    producer = {o: n.op_type for n in artifact.graph.node for o in n.output}
+    own = {m: [[producer.get(i, "init") for i in n.input] for n in artifact.graph.node
+               if n.op_type == "MatMul" and node_module(n) == m] for m in ("layer.0.attention", "layer.1.attention")}
+    assert len(own["layer.1.attention"]) == 2 and len(own["layer.0.attention"]) == 2     # q @ k and a @ v
+    assert not any("DequantizeLinear" in srcs for srcs in own["layer.1.attention"])
+    assert all(srcs == ["DequantizeLinear"] * 2 for srcs in own["layer.0.attention"])
+    assert all(src == "DequantizeLinear" for srcs in weight_sources(artifact, QUERY.replace(".0.", ".1."))
+               .values() for src in srcs)                                                  # its submodule is not kept
+    assert 4 <= b.info["kept"]["<layer.1.attention>"] < 20
+
+    export = load(run(model, "ort", cache_dir).info["artifact"])
+    entries = [e for e, _ in keep_groups(export)]
+    assert {"<layer.1.attention>", "<layer.1>", "layer.1.attention.query", "embed", "head"} <= set(entries)
+    assert "layer.1" not in entries and "layer.1.attention" not in entries
+    everything = [n for _, nodes in keep_groups(export, layout=True) for n in nodes]
+    assert sorted(everything) == sorted(n.name for n in export.graph.node)             # a partition
+    with pytest.raises(BadInput, match="belongs to <layer.1.atention>"):
+        run(model, "ort:int8,keep=<layer.1.atention>", cache_dir)
+
+
 # -- fp16 ------------------------------------------------------------------------------------------
 @needs("ort")
 def test_ort_fp16_keep_leaves_the_module_in_float32(model, cache_dir):

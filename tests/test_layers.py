@@ -384,3 +384,39 @@ def test_ort_int8_layer_view_names_the_outlier(spec):
     assert b.status == "diverged" and "DequantizeLinear" in b.info["layers_from"]
     assert len(b.layers) >= 3 and "layers_error" not in b.info
     assert b.first_divergence["op_type"] == "mul" and b.first_divergence["reason"] == "growth"
+    assert b.first_divergence["module"] == ""                       # the model's own forward (<top>)
+    # the convs ORT's QDQ quantizer folded (Conv+ReLU) are reported, not dropped
+    missing = {m["node"]: m for m in b.info["unmeasured_layers"]}
+    assert missing["conv2d"]["fused_into"] == "relu" and missing["conv2d_1"]["fused_into"] == "relu_1"
+    assert "conv2d_2" in [r["node"] for r in b.layers]               # the graph's own output has a row
+
+
+@needs("ort")
+def test_ort_int8_bisects_the_deployed_qdq_model():
+    """Forced bisection on ort:int8 cuts the quantized model (not the fp32 export, where
+    nothing diverges): the first diverging cut is the outlier tensor's reader."""
+    x = (torch.randn(1, 3, 16, 16, generator=torch.Generator().manual_seed(0)),)
+    report = backendiff.compare(Outlier(), inputs=x, backends=["ort:int8"], use_cache=False, isolate=False,
+                                advise=False, bisect=True)
+    found = report.backends[0].info["bisection"]
+    assert "QDQ" in found["graph"] and found["candidates"] >= 3
+    assert found["first_diverging_cut"]["node"] in ("mul", "relu_1")
+
+
+@needs("openvino")
+def test_openvino_int8_layer_view_reads_the_deployed_nncf_model():
+    """openvino:int8 has a layer view on the deployed NNCF model (quantized tensors read at
+    their FakeQuantize), on both routes; the convs folded into batch norm are accounted for
+    as fused, and bisection cuts the quantized model."""
+    tight = {"atol": 0.03, "rtol": 0.03}
+    report = backendiff.compare("zoo:digits-cnn", backends=["openvino:int8", "openvino:int8,route=onnx"],
+                                layerwise="always", advise=False, bisect=True, **tight)
+    for b in report.backends:
+        assert b.status == "diverged" and "FakeQuantize" in b.info["layers_from"] and "layers_error" not in b.info
+        assert len(b.layers) >= 8 and all(r["metrics"]["sqnr_db"] < 60 for r in b.layers)   # int8 values, not fp32
+        convs = [m for m in b.info["unmeasured_layers"] if m["module"] in ("features.0", "features.3")]
+        assert len(convs) == 2 and all(m["fused_into"] for m in convs)
+        assert "NNCF int8" in b.info["bisection"]["graph"] and b.info["bisection"]["first_diverging_cut"]
+        assert b.first_divergence is not None
+    export = report.backend("openvino:int8")
+    assert any(r["fused_into"] for r in export.layers)     # read back from the compiled model's primitives
