@@ -210,13 +210,44 @@ def growth(delta: float, input_deltas: list[float]) -> float:
     return (delta - base) / (base + GROWTH_EPS)
 
 
+#: a row this much worse (dB) than its worst input is checked for a layout mix-up
+LAYOUT_DROP_DB = 10.0
+#: SQNR (dB) the sorted values must reach for "same values, other order"
+SAME_VALUES_DB = 60.0
+
+
+def realign(a: np.ndarray, r: np.ndarray) -> tuple[np.ndarray, tuple[int, ...]] | None:
+    """When ``a`` holds ``r``'s values in another dimension order (a runtime's channels-last
+    or transposed buffer reported under the reference's shape), ``a`` brought back to the
+    reference's order and the order its buffer was in; None when no dimension order
+    explains it. Cheap test first: the same values, sorted."""
+    from itertools import permutations
+
+    a, r = np.asarray(a), np.asarray(r)
+    if a.ndim < 2 or a.ndim > 5 or a.size < 4 or not np.isfinite(a).all() or not np.isfinite(r).all():
+        return None
+    if M.sqnr_value(M.tensor_metrics(np.sort(a, axis=None), np.sort(r, axis=None))) < SAME_VALUES_DB:
+        return None
+    best = None
+    for perm in permutations(range(r.ndim)):
+        if perm == tuple(range(r.ndim)):
+            continue
+        back = a.reshape([r.shape[p] for p in perm]).transpose(np.argsort(perm))
+        score = M.sqnr_value(M.tensor_metrics(back, r))
+        if score >= SAME_VALUES_DB and (best is None or score > best[0]):
+            best = (score, back, perm)
+    return (best[1], best[2]) if best else None
+
+
 def layer_rows(layers: list[Layer], reference: dict, actual: dict, rtol: float, atol: float) -> list[dict]:
     """One row per layer both sides have: metrics, growth, within tolerance, and whether a
     NaN/Inf is born there (appears where the reference is finite, from inputs that had
     none). A layer without a row (a multi-output
     op seen through its ``getitem``) passes its inputs' δ on, so growth is measured
-    against the nearest measured ancestors."""
-    rows, delta, tainted = [], {}, set()
+    against the nearest measured ancestors. A row far worse than its inputs whose values are
+    the reference's in another dimension order is compared in the reference's order
+    (``realign``; the row says ``layout``)."""
+    rows, delta, tainted, quality = [], {}, set(), {}
     for layer in layers:
         inputs = [delta[i] for i in layer.inputs if i in delta]
         inherited = any(i in tainted for i in layer.inputs)
@@ -228,6 +259,14 @@ def layer_rows(layers: list[Layer], reference: dict, actual: dict, rtol: float, 
                 tainted.add(layer.node)
             continue
         m, outside, mismatch = M.compare_arrays(a, r, rtol, atol)
+        layout = None
+        worst_input = min((quality[i] for i in layer.inputs if i in quality), default=None)
+        if outside and (worst_input is None or M.sqnr_value(m) < worst_input - LAYOUT_DROP_DB):
+            found = realign(a, r)
+            if found is not None:
+                a, layout = found[0], list(found[1])
+                m, outside, mismatch = M.compare_arrays(a, r, rtol, atol)
+        quality[layer.node] = M.sqnr_value(m)
         if mismatch or inherited:
             tainted.add(layer.node)
         born = mismatch and not inherited  # a NaN/Inf is born here, not carried in
@@ -237,6 +276,9 @@ def layer_rows(layers: list[Layer], reference: dict, actual: dict, rtol: float, 
             "source": layer.source, "fused_into": None, "metrics": m, "growth": growth(m["mean_abs"], inputs),
             "within_tolerance": outside == 0, "nonfinite_born": born,
         })
+        if layout is not None:
+            rows[-1]["layout"] = {"buffer_order": layout, "note": "the backend's value is the reference's in another "
+                                  "dimension order; compared after bringing it back"}
     return rows
 
 

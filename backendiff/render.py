@@ -232,6 +232,8 @@ def layer_lines(b) -> list[str]:
     span = f", SQNR {fmt(min(sq), 'db')}..{fmt(max(sq), 'db')} dB" if sq else ""
     fused = sum(1 for r in b.layers if r.get("fused_into"))
     span += f", {fused} fused in the deployed model" if fused else ""
+    relaid = sum(1 for r in b.layers if r.get("layout"))
+    span += f", {relaid} compared after bringing the backend's dimension order back" if relaid else ""
     lines.append(f"  error vs depth ({len(b.layers)} layers{span}; taller = more error): {depth_line(b.layers)}")
     lines += unmeasured_lines(b.info.get("unmeasured_layers") or [])
     return lines

@@ -77,3 +77,36 @@ def test_any_layer_view_failure_keeps_the_backend_result(monkeypatch):
     ort = report.backend("ort")
     assert ort.status == "ok" and ort.outputs[0].metrics["max_abs"] < 1e-4
     assert ort.info["layers_error"] == "RuntimeError: alignment failed" and report.exit_code == 0
+
+
+def test_a_value_in_another_dimension_order_is_brought_back_not_a_suspect():
+    """A runtime that hands back a permute's value as its channels-first buffer under the
+    channels-last shape (the ConvNeXt case: −18 dB rows between 47 dB neighbours) is
+    compared in the reference's order; a real error next to it stays a suspect."""
+    import numpy as np
+
+    from backendiff.layers import first_divergence, graph_layers, layer_rows, realign, record_nodes
+
+    graph_module = torch.export.export(ConvNeXtish().eval(), INPUT).module()
+    layers, reference = graph_layers(graph_module), record_nodes(graph_module, list(INPUT))
+    rng = np.random.default_rng(0)
+    noisy = {k: v + rng.normal(0, 1e-4, v.shape).astype(np.float32) * np.abs(v).mean() for k, v in reference.items()}
+    permutes = [layer.node for layer in layers if layer.op_type == "permute"]
+    assert len(permutes) == 2
+    actual = dict(noisy)
+    for node in permutes:             # the buffer in the order before the permute, shape after it
+        nhwc = noisy[node]
+        back = np.argsort([0, 2, 3, 1]) if node == permutes[0] else np.argsort([0, 3, 1, 2])
+        actual[node] = np.ascontiguousarray(nhwc.transpose(back)).reshape(nhwc.shape)
+    rows = layer_rows(layers, reference, actual, 1e-3, 1e-3)
+    by_node = {r["node"]: r for r in rows}
+    sq = [r["metrics"]["sqnr_db"] for r in rows]
+    assert max(sq) - min(sq) < 10, sq                            # no row far below its neighbours
+    assert all("layout" in by_node[n] for n in permutes) and first_divergence(rows) is None
+    assert sum("layout" in r for r in rows) == 2
+
+    wrong = dict(noisy)                                            # a real error is not explained away
+    wrong[permutes[0]] = noisy[permutes[0]] + rng.normal(0, 1.0, noisy[permutes[0]].shape).astype(np.float32)
+    rows = layer_rows(layers, reference, wrong, 1e-3, 1e-3)
+    assert first_divergence(rows)["node"] == permutes[0] and not any("layout" in r for r in rows)
+    assert realign(wrong[permutes[0]], reference[permutes[0]]) is None
