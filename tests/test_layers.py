@@ -420,3 +420,77 @@ def test_openvino_int8_layer_view_reads_the_deployed_nncf_model():
         assert b.first_divergence is not None
     export = report.backend("openvino:int8")
     assert any(r["fused_into"] for r in export.layers)     # read back from the compiled model's primitives
+
+
+def nudged_reference(monkeypatch, position: float) -> dict:
+    """Make the reference's layer values those of the graph with one node shifted (the node
+    at ``position`` (0..1) among its floating-point call_function nodes, shifted by 1 + its
+    largest magnitude, downstream values following): a backend that computes the model
+    faithfully then differs from the reference first at exactly that node, on whatever route
+    it runs. Returns {graph's node names: chosen node} as the runs fill it."""
+    import copy
+    import operator
+
+    import backendiff.layers as L
+
+    original, chosen = L.record_nodes, {}
+
+    def record(graph_module, args):
+        gm = copy.deepcopy(graph_module)
+        nodes = [n for n in gm.graph.nodes if n.op == "call_function" and n.target is not operator.getitem
+                 and isinstance(n.meta.get("val"), torch.Tensor) and n.meta["val"].is_floating_point()
+                 and n.meta["val"].dtype == torch.float32]
+        node = nodes[min(int(position * len(nodes)), len(nodes) - 1)]
+        clean = original(graph_module, args)
+        shift = 1.0 + float(np.abs(clean[node.name]).max())
+        with gm.graph.inserting_after(node):
+            shifted = gm.graph.call_function(torch.ops.aten.add.Tensor, (node, shift))
+        node.replace_all_uses_with(shifted, delete_user_cb=lambda user: user is not shifted)
+        gm.recompile()
+        values = original(gm, args)
+        values[node.name] = values.pop(shifted.name)
+        chosen[frozenset(n.name for n in gm.graph.nodes)] = node.name
+        return values
+
+    monkeypatch.setattr(L, "record_nodes", record)
+    return chosen
+
+
+ROUTES = [pytest.param(s, marks=pytest.mark.skipif(not available(s.split(":")[0]), reason=f"{s} not installed"))
+          for s in ("ort", "openvino", "tvm", "ort:int8")]
+
+
+@pytest.mark.parametrize("spec", ROUTES)
+def test_each_default_route_names_a_perturbed_node_every_time(spec, monkeypatch):
+    """#4's property on the real runtimes, default routes and ort:int8: random nets, one node
+    of the reference shifted at a random depth; the layer view of the real backend (its own
+    route's program and names, int8 read from the deployed QDQ model) must put the first
+    divergence at that node, or at the op the runtime fused it into. Hit rate 100%."""
+    from backendiff.layers import first_divergence
+
+    rng = random.Random(4321)
+    trials, hits, misses, kinds = 0, 0, [], []
+    for _ in range(4):
+        torch.manual_seed(rng.randint(0, 10_000))
+        model = RandomNet(rng).eval()
+        x = torch.randn(2, 12)
+        for position in (rng.random(), rng.random()):
+            with monkeypatch.context() as m:
+                chosen = nudged_reference(m, position)
+                report = backendiff.compare(model, inputs=(x,), backends=[spec], golden=False, use_cache=False,
+                                            layerwise="always", isolate=False, advise=False, atol=0.1, rtol=0.1)
+            b = report.backends[0]
+            assert "layers_error" not in b.info, b.info
+            assert spec != "ort:int8" or "DequantizeLinear" in b.info["layers_from"]
+            names = {r["node"] for r in b.layers} | {u["node"] for u in b.info.get("unmeasured_layers", [])}
+            target = next(t for graph, t in chosen.items() if names <= graph)
+            fd = first_divergence(b.layers)
+            kinds.append(target.rstrip("0123456789_"))
+            fused = {u["node"]: u["fused_into"] for u in b.info.get("unmeasured_layers", [])}
+            trials += 1
+            if fd is not None and fd["node"] in (target, fused.get(target)):
+                hits += 1
+            else:
+                misses.append((target, fd and fd["node"], fused.get(target)))
+    assert trials == 8 and hits == trials, misses
+    assert len(set(kinds)) >= 3, kinds                  # several kinds of op were shifted
