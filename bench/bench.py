@@ -9,6 +9,8 @@
    the same deployed ONNX file, Polygraphy's layer-wise ONNX Runtime comparison
    (``polygraphy run model.onnx --onnxrt --onnxrt --onnx-outputs mark all``) against
    ``backendiff compare --backends ort --layerwise`` (each a fresh process, warm caches).
+   Then the cost of the layer view on the deployed route (export routes, int8 models)
+   against the ONNX-route instrumentation used before, per backend.
 3. ``backendiff sweep`` (``--sweep-models``, ``--sweep-backends``): wall time with 1 and 2
    local workers on a warm compile cache, and their ratio.
 
@@ -56,7 +58,7 @@ def one_layerwise(model: str, backends: str, cache: str) -> dict:
     import backendiff
 
     t0 = time.perf_counter()
-    report = backendiff.compare(model, backends=backends.split(","), cache_dir=cache, layerwise="always", golden=False)
+    report = backendiff.compare(model, backends=[backends], cache_dir=cache, layerwise="always", golden=False)
     wall = time.perf_counter() - t0
     from backendiff.cache import Cache
     from backendiff.compare import resolve_inputs
@@ -69,6 +71,7 @@ def one_layerwise(model: str, backends: str, cache: str) -> dict:
     onnx_path = str(ModelHandle(loaded, samples, Cache(cache)).onnx_path())
     return {"wall_s": wall, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "layers": {b.spec: len(b.layers) for b in report.backends},
+            "layers_s": {b.spec: b.timings.get("layers_s") for b in report.backends},
             "errors": {b.spec: b.info.get("layers_error") for b in report.backends if b.info.get("layers_error")},
             "onnx": onnx_path}
 
@@ -115,8 +118,38 @@ def layerwise_bench(model: str, backends: str) -> None:
               f"modules, growth, fusion)")
 
 
+#: the layer view on the route and precision that is deployed (new) against the ONNX-route
+#: instrumentation every backend used before (the same backend with route=onnx); int8 had none
+INSTRUMENTATION = (("openvino", "openvino:fp32,route=onnx"), ("tvm", "tvm:fp32,route=onnx"),
+                   ("ort:int8", None), ("openvino:int8", None))
+
+
+def instrumentation_bench(model: str) -> None:
+    """What the route-faithful layer view costs: seconds of the layer-wise step (``layers_s``:
+    reference layers, instrumented convert + compile + run, alignment) per backend, the
+    deployed route's against the ONNX route's, all in one child process on one cache."""
+    specs = [s for pair in INSTRUMENTATION for s in pair if s]
+    with tempfile.TemporaryDirectory(prefix="backendiff-bench-instr-") as cache:
+        out = f"{cache}/out.json"
+        subprocess.run([sys.executable, __file__, "--layerwise-model", model, "--one-layerwise", ",".join(specs),
+                        cache, out], check=True)
+        with open(out) as f:
+            r = json.load(f)
+    print(f"\nbackendiff bench: cost of the layer view on the deployed route, {model} (one process, cold)\n")
+    print(f"{'deployed-route spec':<22} {'layers s':>9} {'rows':>5}   {'ONNX-route spec':<26} {'layers s':>9} {'rows':>5}  ratio")
+    for new, old in INSTRUMENTATION:
+        n, o = r["layers_s"].get(new), r["layers_s"].get(old) if old else None
+        err = r["errors"].get(new)
+        line = f"{new:<22} {n if n is not None else float('nan'):>9.2f} {r['layers'].get(new, 0):>5}   "
+        line += (f"{old:<26} {o:>9.2f} {r['layers'].get(old, 0):>5}  {n / o:.2f}" if old and n and o
+                 else f"{'(no layer view before)':<26} {'':>9} {'':>5}")
+        print(line + (f"  error: {err}" if err else ""))
+
+
 def sweep_bench(models: list[str], backends: str) -> None:
-    """3. ``backendiff sweep`` wall time with 1 and 2 local workers, each a fresh process on a
+    """   Then the cost of the layer view on the deployed route (export routes, int8 models)
+   against the ONNX-route instrumentation used before, per backend.
+3. ``backendiff sweep`` wall time with 1 and 2 local workers, each a fresh process on a
     fresh cell store, after one sweep that fills the compile cache (so both time the same
     work: loading, references, runs, latency, reports)."""
     import os
@@ -194,6 +227,7 @@ def main() -> int:
           f"({100 * export / warm['wall_s']:.0f}% of the warm run)")
     if not args.skip_layerwise:
         layerwise_bench(args.layerwise_model, args.backends)
+        instrumentation_bench(args.layerwise_model)
     if not args.skip_sweep:
         sweep_bench(args.sweep_models.split(","), args.sweep_backends)
     return 0
