@@ -77,7 +77,9 @@ def _check_writable(path: Path) -> None:
 @click.option("--backends", "-b", "backends", multiple=True, metavar="SPEC[,SPEC...]",
               help="Backends to run, e.g. ort,openvino,tvm or 'openvino:fp32,route=onnx'. Default: all available.")
 @click.option("--input", "input_specs", multiple=True, metavar="NAME:SHAPE[:DTYPE]",
-              help="Declare an input for random data, e.g. x:1x3x224x224 or ids:1x16:int64:0..1000 (repeatable).")
+              help="Declare an input for seeded random data as NAME:SHAPE[:DTYPE[:LOW..HIGH]] (repeatable). SHAPE is "
+                   "1x3x224x224, 1,3,224,224 or [1,3,224,224]; :LOW..HIGH is the range drawn from (integers: LOW "
+                   "to HIGH-1), e.g. x:1x3x224x224 or ids:1x16:int64:0..30522.")
 @click.option("--inputs", "input_files", multiple=True, type=click.Path(path_type=Path), metavar="FILE.npz",
               help="Your own arrays, one per model input (repeatable: one sample each).")
 @click.option("--calib", "calib_files", multiple=True, type=click.Path(path_type=Path), metavar="FILE.npz",
@@ -88,6 +90,9 @@ def _check_writable(path: Path) -> None:
 @click.option("--samples", default=1, show_default=True, help="Random batches to compare (worst case reported).")
 @click.option("--weights", type=click.Path(path_type=Path), help="State dict for a factory or zoo model (weights_only).")
 @click.option("--trust-pickle", is_flag=True, help="Allow a pickled whole nn.Module (runs arbitrary code).")
+@click.option("--export", "export_mode", type=click.Choice(["non-strict", "strict", "draft"]), default="non-strict",
+              show_default=True, help="How torch.export traces a Python model; draft continues past data-dependent "
+                                      "guards (the example's branch) and the report lists what it assumed.")
 @click.option("--atol", type=float, help="Absolute tolerance (default depends on precision).")
 @click.option("--rtol", type=float, help="Relative tolerance (default depends on precision).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Where to write the JSON report (default: reports/).")
@@ -139,7 +144,8 @@ def _check_writable(path: Path) -> None:
 @click.option("--sysnoise", is_flag=True,
               help="Also measure the SysNoise table on these backends (zoo models that declare their pipeline).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress display.")
-def compare(model, backends, input_specs, input_files, calib_files, calib_samples, seed, samples, weights, trust_pickle, atol, rtol,
+def compare(model, backends, input_specs, input_files, calib_files, calib_samples, seed, samples, weights, trust_pickle,
+            export_mode, atol, rtol,
             json_path, no_json, html_path, md_path, nan_strict, isolate, timeout, no_cache, cache_dir, no_golden, fp64_factor,
             min_sqnr, min_cosine, layerwise, isolate_layers, bisect, advise, task, no_task, data_file,
             preprocess, max_task_drop, sysnoise, quiet):
@@ -168,7 +174,7 @@ def compare(model, backends, input_specs, input_files, calib_files, calib_sample
         backends=tuple(backends) or None, seed=seed, samples=samples,
         input_specs=tuple(parse_input_spec(s) for s in input_specs), input_files=tuple(input_files),
         calib_files=tuple(calib_files), calib_samples=calib_samples,
-        weights=weights, trust_pickle=trust_pickle, rtol=rtol, atol=atol, cache_dir=cache_dir,
+        weights=weights, trust_pickle=trust_pickle, export_mode=export_mode, rtol=rtol, atol=atol, cache_dir=cache_dir,
         use_cache=not no_cache, golden=not no_golden, fp64_factor=fp64_factor, min_sqnr=min_sqnr, min_cosine=min_cosine,
         layerwise={None: "auto", True: "always", False: "never"}[layerwise], isolate_layers=isolate_layers, bisect=bisect, advise=advise,
         task="off" if no_task else ("auto" if task is None else "on"),

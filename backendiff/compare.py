@@ -15,13 +15,13 @@ from .cache import Cache, content_key, default_cache_dir
 from .config import CompareConfig
 from .environment import environment
 from .errors import BackendUnavailable, BadInput, Failure, first_line
-from .inputs import (InputSpec, freeze, load_calibration_npz, load_npz, nonfinite_inputs, random_samples,
-                     samples_sha256, specs_of)
+from .inputs import (InputSpec, describe_draws, example_specs, freeze, load_calibration_npz, load_npz,
+                     nonfinite_inputs, random_samples, samples_sha256, specs_of)
 from .loading import LoadedModel, load_model
 from .localize import localize, mixed_precision_advice
 from .model import ExportFailed, ModelHandle
 from .registry import adapter_class, default_backends
-from .diagnose import explain
+from .diagnose import explain, export_next_step
 from .isolation import parse_limits, run_isolated
 from .latency import measure as measure_latency
 from .partial import PartialLog
@@ -63,7 +63,7 @@ def compare(model, inputs=None, backends=None, *, config: CompareConfig | None =
     loaded = load_model(model, weights=config.weights, trust_pickle=config.trust_pickle)
     samples, inputs_from, specs_used = resolve_inputs(loaded, inputs, config)
     cache = Cache((config.cache_dir or default_cache_dir()) if config.use_cache else None)
-    handle = ModelHandle(loaded, samples, cache)
+    handle = ModelHandle(loaded, samples, cache, export_mode=config.export_mode)
     handle.set_calibration_source(lambda: calibration_samples(config, samples, specs_used, loaded.zoo_name))
 
     progress("running the reference")
@@ -129,7 +129,7 @@ def model_key(model, config: CompareConfig | None = None) -> str | None:
     config = config or CompareConfig()
     loaded = load_model(model, weights=config.weights, trust_pickle=config.trust_pickle)
     samples, _, _ = resolve_inputs(loaded, None, config)
-    handle = ModelHandle(loaded, samples, Cache(None))
+    handle = ModelHandle(loaded, samples, Cache(None), export_mode=config.export_mode)
     key = handle.key
     return key if handle.cacheable else None
 
@@ -172,6 +172,7 @@ def report_fields(loaded, handle, samples, inputs_from, config, requested, basel
             "inputs_sha256": samples_sha256(samples),
             "nonfinite_inputs": nonfinite_inputs(samples),
             "outputs": handle.output_names,
+            **({"export": {"mode": handle.export_mode, **handle.export_info}} if handle.has_torch else {}),
         },
         reference={"backend": "torch" if handle.has_torch else "onnx.reference", "precision": "fp32",
                    "device": "cpu"},
@@ -363,7 +364,8 @@ def calibration_samples(config: CompareConfig, samples, specs: list[InputSpec],
                         zoo_name: str | None = None) -> tuple[list[dict], dict]:
     """int8 calibration data: ``--calib`` files, else the user's own ``--inputs``, else a zoo
     model's own training data (``--calib-samples`` batches shaped like the inputs), else
-    seeded random batches drawn like the inputs (with another seed than the inputs)."""
+    seeded random batches drawn like the inputs (with another seed than the inputs; the info
+    says how each input was drawn, e.g. within the example's range)."""
     if config.calib_files:
         calib = [s for path in config.calib_files for s in load_calibration_npz(path, samples[0])]
         return calib, {"source": "file", "files": [str(p) for p in config.calib_files]}
@@ -373,7 +375,8 @@ def calibration_samples(config: CompareConfig, samples, specs: list[InputSpec],
     if zoo is not None:
         return zoo
     seed = config.seed + 1
-    return random_samples(specs, seed, config.calib_samples), {"source": "random", "seed": seed}
+    return random_samples(specs, seed, config.calib_samples), {"source": "random", "seed": seed,
+                                                                 "drawn": describe_draws(specs)}
 
 
 def zoo_calibration(zoo_name: str | None, sample: dict, batches: int) -> tuple[list[dict], dict] | None:
@@ -395,7 +398,9 @@ def zoo_calibration(zoo_name: str | None, sample: dict, batches: int) -> tuple[l
 
 def resolve_inputs(loaded: LoadedModel, inputs, config: CompareConfig) -> tuple[list[dict], str, list[InputSpec]]:
     """The input samples, where they came from, and the specs that random batches (more
-    samples, calibration data) are drawn from."""
+    samples, calibration data) are drawn from: the ``--input`` or declared specs, else like
+    the example or the given first sample (``example_specs``: each input within the model's
+    declared range, else within the example's own)."""
     names = loaded.input_names
     fixed = loaded.format in ("onnx", "pt2", "exported_program")
     specs: list[InputSpec] | None = None
@@ -421,7 +426,8 @@ def resolve_inputs(loaded: LoadedModel, inputs, config: CompareConfig) -> tuple[
         samples, source = random_samples(specs, config.seed, config.samples), "random"
     elif loaded.example_args is not None:
         first = _sample_from(loaded.example_args, names)
-        extra = random_samples(specs_of(first), config.seed, config.samples - 1) if config.samples > 1 else []
+        specs = example_specs(first, loaded.input_specs)
+        extra = random_samples(specs, config.seed, config.samples - 1) if config.samples > 1 else []
         samples, source = [first] + extra, "example" if not extra else "example+random"
     elif loaded.input_specs:
         specs = list(loaded.input_specs)
@@ -435,7 +441,7 @@ def resolve_inputs(loaded: LoadedModel, inputs, config: CompareConfig) -> tuple[
     bad = nonfinite_inputs(samples)
     if bad and config.progress:
         config.progress(f"warning: inputs {', '.join(bad)} hold NaN/Inf")
-    return samples, source, specs or specs_of(samples[0])
+    return samples, source, specs or example_specs(samples[0], loaded.input_specs)
 
 
 def golden_baseline(names, reference, golden, why_not) -> dict:
@@ -501,7 +507,19 @@ def precision_record(requested: str, info: dict) -> dict:
     runtime = info.get("runtime_precision", requested)
     counts = info.get("runtime_precisions")
     honoured = bool(counts.get(requested)) if counts else runtime == requested
-    return {"requested": requested, "runtime": runtime, "honoured": honoured}
+    record = {"requested": requested, "runtime": runtime, "honoured": honoured}
+    if counts and requested in FLOAT_PRECISIONS:
+        # a float model's integer ops (comparisons, indices, masks) are not quantization:
+        # "mixed" only where floats of several precisions ran
+        floats = {k: v for k, v in counts.items() if k in FLOAT_PRECISIONS and v}
+        record["runtime"] = next(iter(floats)) if len(floats) == 1 else ("mixed" if floats else runtime)
+        integer = sum(v for k, v in counts.items() if k not in FLOAT_PRECISIONS)
+        if integer:
+            record["integer_ops"] = integer
+    return record
+
+
+FLOAT_PRECISIONS = ("fp32", "fp16", "bf16", "tf32", "fp64")
 
 
 def unavailable(result: BackendResult, stage: str, e: BackendUnavailable) -> BackendResult:
@@ -587,6 +605,9 @@ def run_backend(cls, shown: str, spec: BackendSpec, handle: ModelHandle, referen
         result.error = Failure.from_exception("export", e.cause).to_dict()
         result.error["message"] = str(e)
         result.error.update(explain(e.cause, handle, "export"))
+        result.error.update(export_next_step(e, handle.export_mode))
+        if handle.export_info.get("output"):
+            result.error["exporter_output"] = handle.export_info["output"]
         return result
     except BadInput:
         raise

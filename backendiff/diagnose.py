@@ -146,3 +146,40 @@ def onnx_nodes(model):
         for name in [node.name] + list(node.output[:1]):   # OpenVINO names a node by its first output
             out.append(Layer(len(out), name, node.op_type, node_module(node), user_source(trace), ()))
     return out
+
+
+# -- torch.export failures: the class, where in the user's code, and what to do next -------------
+DATA_DEPENDENT = ("GuardOnDataDependentSymNode", "data-dependent", "data dependent", "DataDependentOutputException")
+NEXT_STEPS = {
+    "data-dependent": ("data-dependent control flow (post-processing such as thresholds, NMS, top-k): compare "
+                       "the network without it (return the raw head outputs), or retry with --export draft"),
+    "dynamo": "TorchDynamo could not trace this code; retry with --export non-strict (runs the Python code itself)",
+    "other": "retry with --export draft to see every export issue of the model at once",
+}
+
+
+def export_next_step(failure, mode: str) -> dict:
+    """``hint`` (the next step for the failure's class), ``export_class`` and ``user_source``
+    (the line of the user's code torch.export stopped at) of an ``ExportFailed``."""
+    import traceback
+
+    cause = getattr(failure, "cause", failure)
+    text = f"{type(cause).__name__}: {cause}"
+    if any(key in text for key in DATA_DEPENDENT):
+        kind = "data-dependent"
+    elif "torch._dynamo" in type(cause).__module__ or "Unsupported" in type(cause).__name__:
+        kind = "dynamo" if mode == "strict" else "other"
+    else:
+        kind = "other"
+    out = {"export_class": kind}
+    if kind == "other" and mode == "draft":
+        pass                                    # draft export itself failed: no further mode to offer
+    else:
+        out["hint"] = NEXT_STEPS[kind]
+    frames = [f for f in traceback.extract_tb(cause.__traceback__)
+              if "/torch/" not in f.filename.replace("\\", "/") and "/backendiff/" not in f.filename.replace("\\", "/")
+              and not f.filename.startswith("<")]
+    if frames:
+        f = frames[-1]
+        out["user_source"] = f"{f.filename}:{f.lineno}" + (f": {f.line.strip()}" if f.line else "")
+    return out

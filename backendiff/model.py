@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 
 from .cache import Cache, content_key, write_atomic
-from .errors import BadInput, first_line
+from .errors import BadInput, first_line, trim_message
 from .loading import LoadedModel
 
 
@@ -60,13 +60,71 @@ def flatten_outputs(out, as_float32: bool = False) -> tuple[list[str], list[np.n
     return names, arrays
 
 
+class captured_output:
+    """Everything Python code prints to stdout/stderr, and torch's own log lines, kept out of
+    the terminal while the block runs (``.text`` afterwards): third-party chatter belongs in
+    the report."""
+
+    LOGGERS = ("torch", "torch.export", "torch.fx.experimental.symbolic_shapes", "torch._dynamo")
+
+    def __enter__(self):
+        import contextlib
+        import io
+
+        self._buffer, self._stack = io.StringIO(), contextlib.ExitStack()
+        self._stack.enter_context(contextlib.redirect_stdout(self._buffer))
+        self._stack.enter_context(contextlib.redirect_stderr(self._buffer))
+        self._levels = {name: logging.getLogger(name).level for name in self.LOGGERS}
+        for name in self.LOGGERS:
+            logging.getLogger(name).setLevel(logging.ERROR)
+        return self
+
+    def __exit__(self, *exc):
+        self._stack.close()
+        for name, level in self._levels.items():
+            logging.getLogger(name).setLevel(level)
+        self.text = self._buffer.getvalue()
+        return False
+
+
+def draft_issues(ep) -> list[str]:
+    """One line per issue ``draft_export`` found (a guard it could not decide and took the
+    example's branch for), with the user's source line: ``data dependent error `u0 > 10`
+    (took True) at model.py:14: if keep.shape[0] > 10:``."""
+    report = getattr(ep, "_report", None)
+    names = getattr(report, "str_to_filename", {}) or {}
+    out = []
+    for failure in getattr(report, "failures", []) or []:
+        kind = str(getattr(failure, "failure_type", "")).rsplit(".", 1)[-1].lower().replace("_", " ")
+        data = getattr(failure, "data", None)
+        data = data if isinstance(data, dict) else {}
+        frames = [f for f in data.get("user_stack") or [] if isinstance(f, dict)
+                  and "/torch/" not in str(names.get(f.get("filename"), f.get("filename")))]
+        where = ""
+        if frames:
+            f = frames[-1]
+            where = f" at {Path(str(names.get(f['filename'], f['filename']))).name}:{f.get('line')}: {f.get('loc', '')}"
+        took = f" (took {data['result']})" if data.get("result") else ""
+        out.append(f"{kind or 'issue'}" + (f" `{data['expr']}`" if data.get("expr") else "") + took + where)
+    return out
+
+
 #: the programs every model can be decomposed to without an adapter naming how
 DECOMPOSITIONS = {"core_aten": lambda ep: ep.run_decompositions()}
 
 
+#: how ``torch.export`` traces a Python model: ``non-strict`` (the default: runs the Python
+#: code), ``strict`` (TorchDynamo), ``draft`` (``draft_export``: continues past data-dependent
+#: guards by taking the example's branch, and says so)
+EXPORT_MODES = ("non-strict", "strict", "draft")
+
+
 class ModelHandle:
-    def __init__(self, loaded: LoadedModel, samples: list[dict[str, np.ndarray]], cache: Cache):
+    def __init__(self, loaded: LoadedModel, samples: list[dict[str, np.ndarray]], cache: Cache,
+                 export_mode: str = "non-strict"):
         self.loaded = loaded
+        self.export_mode = export_mode
+        self.export_info: dict = {}  # what the export said besides its program (draft issues, its own output)
         self.samples = samples
         self.cache = cache
         self.input_names = list(samples[0].keys())
@@ -151,17 +209,24 @@ class ModelHandle:
 
         t0 = time.perf_counter()
         try:
-            if self.loaded.torchscript:
-                from torch._export.converter import TS2EPConverter
+            with captured_output() as said:
+                if self.loaded.torchscript:
+                    from torch._export.converter import TS2EPConverter
 
-                self._exported = TS2EPConverter(self.loaded.module, self.example_args()).convert()
-            else:
-                self._exported = torch.export.export(self.loaded.module, self.example_args(), strict=False)
+                    self._exported = TS2EPConverter(self.loaded.module, self.example_args()).convert()
+                elif self.export_mode == "draft":
+                    self._exported = torch.export.draft_export(self.loaded.module, self.example_args())
+                    self.export_info["draft_issues"] = draft_issues(self._exported)
+                else:
+                    self._exported = torch.export.export(self.loaded.module, self.example_args(),
+                                                         strict=self.export_mode == "strict")
         except Exception as e:
             self._export_error = ExportFailed("torch.export", e)
             raise self._export_error from e
         finally:
             self.timings["torch_export_s"] = self.timings.get("torch_export_s", 0.0) + time.perf_counter() - t0
+            if said.text.strip():   # the exporter's own printout (an FX graph of thousands of lines)
+                self.export_info["output"] = trim_message(said.text, max_lines=40, max_chars=4000)
         return self._exported
 
     def onnx_path(self) -> Path:

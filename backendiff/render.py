@@ -78,6 +78,7 @@ def _rows(report: Report) -> list[tuple[dict, str | None]]:
                       "cosine": fmt(min((m["cosine"] for m in ms if m.get("cosine") is not None), default=None), "cos"),
                       "SQNR dB": fmt(min(sq) if sq else None, "db"), "NaN/Inf": str(sum(m["nonfinite"] for m in ms)),
                       "notes": "fp32 rounding alone"}, "dim"))
+    said: dict[tuple, str] = {}      # a failure shown once; the next backends with it refer back
     for b in report.backends:
         row = {"backend": b.spec, "status": Text(b.status, style=_STATUS_STYLE.get(b.status, ""))}
         if b.ran:
@@ -108,8 +109,12 @@ def _rows(report: Report) -> list[tuple[dict, str | None]]:
                         "notes": "; ".join(notes)})
         else:
             err = b.error or {}
-            note = f"[{err.get('stage', '?')}] {_headline(err.get('message') or '')}" + culprit_note(err)
-            row["notes"] = note + (f" ({err['hint']})" if err.get("hint") else "")
+            same = (err.get("stage"), err.get("message"))
+            if err.get("stage") == "export" and same in said:
+                row["notes"] = f"[export] the same failure as {said[same]}"
+            else:
+                said.setdefault(same, b.spec)
+                row["notes"] = failure_note(err)
         rows.append((row, None))
     return rows
 
@@ -150,6 +155,39 @@ def backend_table(report: Report, width: int = 160) -> Table:
         cells = [row.get(c, "") for c, _ in columns]
         table.add_row(*[c if isinstance(c, Text) else Text(c) for c in cells], style=style)
     return table
+
+
+#: a runtime's or exporter's headline longer than this (a sympy guard of thousands of
+#: characters) is cut in the table; the report's JSON keeps the message
+HEADLINE_CHARS = 240
+
+
+def failure_note(err: dict) -> str:
+    """``[stage] headline · operator X in module (file) · at file:line: code (next step)``."""
+    headline = _headline(err.get("message") or "")
+    if len(headline) > HEADLINE_CHARS:
+        headline = headline[:HEADLINE_CHARS - 1] + "…"
+    note = f"[{err.get('stage', '?')}] {headline}" + culprit_note(err)
+    if err.get("user_source"):
+        note += f" · at {err['user_source'].rsplit('/', 1)[-1]}"
+    if err.get("stage") == "export":
+        return note                       # its next step is printed once under the table
+    return note + (f" ({err['hint']})" if err.get("hint") else "")
+
+
+def export_lines(report) -> list[str]:
+    """Under the table: what the export assumed (``--export draft``), and the next step of
+    each distinct export failure, once."""
+    lines = [f"export ({report.model['export']['mode']}) assumed: {issue}"
+             for issue in (report.model.get("export") or {}).get("draft_issues", [])]
+    seen = {}
+    for b in report.backends:
+        err = b.error or {}
+        if b.ran or err.get("stage") != "export" or not err.get("hint"):
+            continue
+        seen.setdefault(err["hint"], []).append(b.spec)
+    lines += [f"next ({', '.join(specs)}: the export failed): {hint}" for hint, specs in seen.items()]
+    return lines
 
 
 def culprit_note(err: dict) -> str:
@@ -306,6 +344,8 @@ def print_report(report: Report, console: Console | None = None, json_path=None)
                       highlight=False)
     if report.baseline and not report.baseline.get("available"):
         console.print(f"[dim]no fp64 baseline: {report.baseline.get('reason')}[/dim]")
+    for line in export_lines(report):
+        console.print(Text(line))
     for b in report.backends:
         for line in layer_lines(b) + advice_lines(b):
             console.print(Text(line))
