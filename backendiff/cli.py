@@ -93,6 +93,9 @@ def _check_writable(path: Path) -> None:
 @click.option("--export", "export_mode", type=click.Choice(["non-strict", "strict", "draft"]), default="non-strict",
               show_default=True, help="How torch.export traces a Python model; draft continues past data-dependent "
                                       "guards (the example's branch) and the report lists what it assumed.")
+@click.option("--reference", "onnx_reference", type=click.Choice(["auto", "onnx", "ort"]), default="auto",
+              show_default=True, help="Reference of an .onnx model: onnx (ONNX's reference evaluator), ort (ONNX "
+                                      "Runtime, optimizations off); auto: onnx, else ort where it cannot run the graph.")
 @click.option("--atol", type=float, help="Absolute tolerance (default depends on precision).")
 @click.option("--rtol", type=float, help="Relative tolerance (default depends on precision).")
 @click.option("--json", "json_path", type=click.Path(path_type=Path), help="Where to write the JSON report (default: reports/).")
@@ -145,7 +148,7 @@ def _check_writable(path: Path) -> None:
               help="Also measure the SysNoise table on these backends (zoo models that declare their pipeline).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress display.")
 def compare(model, backends, input_specs, input_files, calib_files, calib_samples, seed, samples, weights, trust_pickle,
-            export_mode, atol, rtol,
+            export_mode, onnx_reference, atol, rtol,
             json_path, no_json, html_path, md_path, nan_strict, isolate, timeout, no_cache, cache_dir, no_golden, fp64_factor,
             min_sqnr, min_cosine, layerwise, isolate_layers, bisect, advise, task, no_task, data_file,
             preprocess, max_task_drop, sysnoise, quiet):
@@ -174,7 +177,7 @@ def compare(model, backends, input_specs, input_files, calib_files, calib_sample
         backends=tuple(backends) or None, seed=seed, samples=samples,
         input_specs=tuple(parse_input_spec(s) for s in input_specs), input_files=tuple(input_files),
         calib_files=tuple(calib_files), calib_samples=calib_samples,
-        weights=weights, trust_pickle=trust_pickle, export_mode=export_mode, rtol=rtol, atol=atol, cache_dir=cache_dir,
+        weights=weights, trust_pickle=trust_pickle, export_mode=export_mode, reference=onnx_reference, rtol=rtol, atol=atol, cache_dir=cache_dir,
         use_cache=not no_cache, golden=not no_golden, fp64_factor=fp64_factor, min_sqnr=min_sqnr, min_cosine=min_cosine,
         layerwise={None: "auto", True: "always", False: "never"}[layerwise], isolate_layers=isolate_layers, bisect=bisect, advise=advise,
         task="off" if no_task else ("auto" if task is None else "on"),

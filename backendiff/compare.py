@@ -63,7 +63,7 @@ def compare(model, inputs=None, backends=None, *, config: CompareConfig | None =
     loaded = load_model(model, weights=config.weights, trust_pickle=config.trust_pickle)
     samples, inputs_from, specs_used = resolve_inputs(loaded, inputs, config)
     cache = Cache((config.cache_dir or default_cache_dir()) if config.use_cache else None)
-    handle = ModelHandle(loaded, samples, cache, export_mode=config.export_mode)
+    handle = ModelHandle(loaded, samples, cache, export_mode=config.export_mode, onnx_reference=config.reference)
     handle.set_calibration_source(lambda: calibration_samples(config, samples, specs_used, loaded.zoo_name))
 
     progress("running the reference")
@@ -174,8 +174,8 @@ def report_fields(loaded, handle, samples, inputs_from, config, requested, basel
             "outputs": handle.output_names,
             **({"export": {"mode": handle.export_mode, **handle.export_info}} if handle.has_torch else {}),
         },
-        reference={"backend": "torch" if handle.has_torch else "onnx.reference", "precision": "fp32",
-                   "device": "cpu"},
+        reference={"backend": handle.reference_backend, "precision": "fp32", "device": "cpu",
+                   **({"note": handle.reference_note} if handle.reference_note else {})},
         baseline=baseline,
         environment=environment(versions),
         command=config.command,

@@ -58,7 +58,7 @@ def localize(adapter, handle: ModelHandle, result: BackendResult, tol, progress,
         result.first_divergence = first_divergence(rows)
         if result.first_divergence and config.isolate_layers:
             confirm(result.first_divergence, rows)
-    result.info["layers_from"] = adapter.layers_from
+    result.info["layers_from"] = adapter.layers_source(handle)
     changed = instrumentation_changes(handle.output_layer_names(kind), handle.output_names, deployed, actual,
                                       reference_outputs)
     born = [row["module"] or row["node"] for row in rows if row["nonfinite_born"]]

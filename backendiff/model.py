@@ -60,6 +60,53 @@ def flatten_outputs(out, as_float32: bool = False) -> tuple[list[str], list[np.n
     return names, arrays
 
 
+ORT_REFERENCE = "onnxruntime (graph optimizations off)"
+
+
+def reference_values(evaluator, model, feeds: dict, every: bool) -> dict[str, np.ndarray]:
+    """The graph outputs (and with ``every``, every intermediate) from ONNX's reference
+    evaluator, by value name."""
+    if every:
+        values = evaluator.run(None, feeds, intermediate=True)
+        return {k: np.asarray(v) for k, v in values.items() if isinstance(v, np.ndarray)}
+    names = [o.name for o in model.graph.output]
+    return dict(zip(names, (np.asarray(v) for v in evaluator.run(None, feeds))))
+
+
+def ort_reference(model):
+    """``run(feeds, every=False)`` on ONNX Runtime's CPU provider with every graph
+    optimization off (each node its own kernel, as written); ``every`` marks every value
+    with a known type as an output first."""
+    try:
+        import onnxruntime as ort
+    except ImportError:
+        raise BadInput("this ONNX model needs ONNX Runtime as its reference, which is not installed "
+                       "(pip install onnxruntime)") from None
+    import onnx
+
+    from .onnx_graph import mark_outputs
+
+    sessions = {}
+
+    def session(every: bool):
+        if every not in sessions:
+            graph = onnx.shape_inference.infer_shapes(model) if every else model
+            if every:
+                graph = onnx.ModelProto.FromString(graph.SerializeToString())
+                mark_outputs(graph, [o for n in graph.graph.node for o in n.output])
+            so = ort.SessionOptions()
+            so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+            so.log_severity_level = 3
+            sessions[every] = ort.InferenceSession(graph.SerializeToString(), so, providers=["CPUExecutionProvider"])
+        return sessions[every]
+
+    def run(feeds: dict, every: bool = False) -> dict[str, np.ndarray]:
+        s = session(every)
+        names = [o.name for o in s.get_outputs()]
+        return dict(zip(names, (np.asarray(v) for v in s.run(names, feeds))))
+    return run
+
+
 class captured_output:
     """Everything Python code prints to stdout/stderr, and torch's own log lines, kept out of
     the terminal while the block runs (``.text`` afterwards): third-party chatter belongs in
@@ -121,9 +168,11 @@ EXPORT_MODES = ("non-strict", "strict", "draft")
 
 class ModelHandle:
     def __init__(self, loaded: LoadedModel, samples: list[dict[str, np.ndarray]], cache: Cache,
-                 export_mode: str = "non-strict"):
+                 export_mode: str = "non-strict", onnx_reference: str = "auto"):
         self.loaded = loaded
         self.export_mode = export_mode
+        self.onnx_reference = onnx_reference   # for .onnx sources: auto, onnx (onnx.reference) or ort
+        self.reference_note: str | None = None  # why the reference is not the one asked for
         self.export_info: dict = {}  # what the export said besides its program (draft issues, its own output)
         self.samples = samples
         self.cache = cache
@@ -292,19 +341,50 @@ class ModelHandle:
             self.output_names = names
         return arrays
 
-    def _run_onnx_reference(self, sample) -> list[np.ndarray]:
-        import onnx
-        from onnx.reference import ReferenceEvaluator
+    @property
+    def reference_backend(self) -> str:
+        """What computes the reference: PyTorch, or for an ``.onnx`` source ONNX's reference
+        evaluator or ONNX Runtime with its graph optimizations off (``onnx_reference``)."""
+        if self.has_torch:
+            return "torch"
+        return ORT_REFERENCE if self._onnx_runner()[0] == "ort" else "onnx.reference"
 
-        if not hasattr(self, "_onnx_ref"):
-            model = onnx.load(str(self._onnx))
-            self._onnx_ref = ReferenceEvaluator(model)
-            self.output_names = [o.name for o in model.graph.output]
+    def _onnx_runner(self):
+        """("onnx" | "ort", run(feeds, every=False) -> {value: array}) for an ONNX source, made
+        once. ``auto`` takes ONNX's reference evaluator (the operator specification, literally)
+        and falls back to ONNX Runtime, optimizations off, where the evaluator cannot read the
+        graph (``reference_note`` says why); ``onnx`` refuses such a graph (BadInput)."""
+        if hasattr(self, "_onnx_run"):
+            return self._onnx_run
+        import onnx
+
+        model = onnx.load(str(self._onnx))
+        self.output_names = [o.name for o in model.graph.output]
+        probe = {n: np.array(a) for n, a in self.samples[0].items()}
+        if self.onnx_reference != "ort":
+            from onnx.reference import ReferenceEvaluator
+
+            try:
+                evaluator = ReferenceEvaluator(model)
+                evaluator.run(None, probe)
+                self._onnx_run = ("onnx", lambda feeds, every=False: reference_values(evaluator, model, feeds, every))
+                return self._onnx_run
+            except Exception as e:  # noqa: BLE001 - the evaluator's coverage of the operator set is partial
+                if self.onnx_reference == "onnx":
+                    raise BadInput(f"the ONNX model does not run on onnx.reference: {type(e).__name__}: "
+                                   f"{first_line(e)} (--reference ort runs ONNX Runtime without optimizations)") from None
+                self.reference_note = (f"onnx.reference cannot evaluate this graph ({type(e).__name__}: "
+                                       f"{first_line(e)[:160]}); {ORT_REFERENCE} is the reference")
+        self._onnx_run = ("ort", ort_reference(model))
         try:
-            out = self._onnx_ref.run(None, {n: np.array(a) for n, a in sample.items()})
-        except Exception as e:
+            self._onnx_run[1](probe)
+        except Exception as e:  # noqa: BLE001
             raise BadInput(f"the ONNX model does not run on the inputs: {type(e).__name__}: {first_line(e)}") from None
-        return [np.asarray(o) for o in out]
+        return self._onnx_run
+
+    def _run_onnx_reference(self, sample) -> list[np.ndarray]:
+        values = self._onnx_runner()[1]({n: np.array(a) for n, a in sample.items()})
+        return [np.asarray(values[name]) for name in self.output_names]
 
     def layer_program(self):
         """The ExportedProgram decomposed exactly as the ONNX exporter decomposes it, so that
@@ -448,15 +528,11 @@ class ModelHandle:
                 graph_module = self.layer_program().module()
                 values = record_nodes(graph_module, self.example_args())
                 layers = graph_layers(graph_module)
-            else:  # ONNX source: the ONNX reference evaluator, every intermediate kept
+            else:  # ONNX source: the reference's runner, every intermediate kept
                 import onnx
-                from onnx.reference import ReferenceEvaluator
 
-                model = onnx.load(str(self._onnx))
-                layers = onnx_layers(model)
-                feeds = {n: np.array(a) for n, a in self.samples[0].items()}
-                values = ReferenceEvaluator(model).run(None, feeds, intermediate=True)
-                values = {k: np.asarray(v) for k, v in values.items() if isinstance(v, np.ndarray)}
+                layers = onnx_layers(onnx.load(str(self._onnx), load_external_data=False))
+                values = self._onnx_runner()[1]({n: np.array(a) for n, a in self.samples[0].items()}, every=True)
             self.timings["reference_layers_s"] = time.perf_counter() - t0
             self._reference_layers = (layers, values)
         return self._reference_layers

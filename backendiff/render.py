@@ -339,6 +339,8 @@ def print_report(report: Report, console: Console | None = None, json_path=None)
                       highlight=False)
     console.print(f"inputs: {inputs} · {m.get('samples')} sample(s) from {m.get('inputs_from')} "
                   f"(seed {m.get('seed')}) · total {report.timings.get('total_s', 0):.2f}s", highlight=False)
+    if report.reference.get("note"):
+        console.print(f"reference: {report.reference['note']}", highlight=False)
     if m.get("nonfinite_inputs"):
         console.print(f"[yellow]warning: inputs {', '.join(m['nonfinite_inputs'])} hold NaN/Inf; run as given[/yellow]",
                       highlight=False)

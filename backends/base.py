@@ -162,6 +162,20 @@ class Adapter:
     #: how ``layer_values`` obtains intermediates (said in the report); None: not supported
     layers_from: str | None = None
 
+    def layers_source(self, model) -> str | None:
+        """``layers_from`` for the route ``model`` really takes: an ONNX source goes the onnx
+        route whatever the spec's default route says."""
+        import copy
+
+        from backendiff.specs import BackendSpec
+
+        if self.route(model) != "onnx" or "route" not in self.options or self.spec.option("route") == "onnx":
+            return self.layers_from
+        shadow = copy.copy(self)
+        shadow.spec = BackendSpec(self.spec.name, self.spec.variant,
+                                  tuple((k, v) for k, v in self.spec.options if k != "route") + (("route", "onnx"),))
+        return shadow.layers_from
+
     def layers_program(self, model) -> str:
         """The FX program whose node names key this adapter's layer values (``ModelHandle.program``):
         ``onnx`` (decomposed as the ONNX exporter does: the ONNX routes) or ``core_aten``
