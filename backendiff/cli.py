@@ -76,7 +76,7 @@ def _check_writable(path: Path) -> None:
 @click.argument("model")
 @click.option("--backends", "-b", "backends", multiple=True, metavar="SPEC[,SPEC...]",
               help="Backends to run, e.g. ort,openvino,tvm or 'openvino:fp32,route=onnx'. Default: all available.")
-@click.option("--input", "input_specs", multiple=True, metavar="NAME:SHAPE[:DTYPE]",
+@click.option("--input", "input_specs", multiple=True, metavar="NAME:SHAPE[:DTYPE[:LOW..HIGH]]",
               help="Declare an input for seeded random data as NAME:SHAPE[:DTYPE[:LOW..HIGH]] (repeatable). SHAPE is "
                    "1x3x224x224, 1,3,224,224 or [1,3,224,224]; :LOW..HIGH is the range drawn from (integers: LOW "
                    "to HIGH-1), e.g. x:1x3x224x224 or ids:1x16:int64:0..30522.")
@@ -190,8 +190,8 @@ def compare(model, backends, input_specs, input_files, calib_files, calib_sample
         if quiet or not console.is_terminal:
             report = run_compare(model, config=config)
         else:
-            with console.status("backendiff: starting") as status:
-                report = run_compare(model, config=config.but(progress=lambda m: status.update(f"backendiff: {m}")))
+            with console.status("backendiff: starting") as status, StepClock(status) as clock:
+                report = run_compare(model, config=config.but(progress=clock.step))
     except KeyboardInterrupt:
         log = config.partial_path
         kept = f"; the finished backends are in {log} (backendiff report {log})" if log and log.exists() else ""
@@ -203,6 +203,53 @@ def compare(model, backends, input_specs, input_files, calib_files, calib_sample
     print_report(report, _stdout_console(), json_path=out_path)
     write_documents(json.loads(report.to_json()), html_path, md_path)
     return report.exit_code
+
+
+class StepClock:
+    """The progress line of a long step: its message, the seconds it has taken so far, and for
+    a counted step (``sample 3/10``) an estimate of what is left; refreshed every second by a
+    background thread, so a 160 s compile does not look stuck."""
+
+    def __init__(self, status):
+        self.status, self.message, self.started = status, "starting", time.monotonic()
+        self.first, self.eta = None, None     # (prefix, time, index) of the counted step's first item
+
+    def step(self, message: str) -> None:
+        from .render import count_of
+
+        now, counted, self.eta = time.monotonic(), count_of(message), None
+        if counted is not None:
+            prefix, i, n = counted
+            if self.first is None or self.first[0] != prefix or i <= self.first[2]:
+                self.first = (prefix, now, i)
+            else:                             # the items so far set the pace of the rest
+                self.eta = (now - self.first[1]) / (i - self.first[2]) * (n - i + 1)
+        self.message, self.started = message, now
+        self.show()
+
+    def show(self) -> None:
+        from .render import step_line
+
+        elapsed = time.monotonic() - self.started
+        left = None if self.eta is None else max(self.eta - elapsed, 0.0)
+        self.status.update("backendiff: " + step_line(self.message, elapsed, left))
+
+    def __enter__(self):
+        import threading
+
+        self._stop = threading.Event()
+
+        def tick():
+            while not self._stop.wait(1.0):
+                self.show()
+        self._thread = threading.Thread(target=tick, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc):
+        self._stop.set()
+        self._thread.join(timeout=2)
+        return False
 
 
 def write_documents(data: dict, html_path: Path | None, md_path: Path | None) -> None:

@@ -88,7 +88,7 @@ def compare(model, inputs=None, backends=None, *, config: CompareConfig | None =
     for cls, _, _ in specs:
         versions.update(cls.versions())
     fields = report_fields(loaded, handle, samples, inputs_from, config, requested, baseline,
-                           task_info, versions)
+                           task_info, versions, specs_used)
     limits = parse_limits(config.timeout)
     if config.isolate:
         cache.prepare()                 # a --no-cache temp folder made here outlives the workers
@@ -156,7 +156,8 @@ def add_timings(timings: dict, before: dict, after: dict) -> None:
             timings[key] = timings.get(key, 0.0) + spent
 
 
-def report_fields(loaded, handle, samples, inputs_from, config, requested, baseline, task_info, versions) -> dict:
+def report_fields(loaded, handle, samples, inputs_from, config, requested, baseline, task_info, versions,
+                  specs_used=()) -> dict:
     """Everything of the report but the backends' results and the timings (also the header
     of the partial log)."""
     return dict(
@@ -167,6 +168,7 @@ def report_fields(loaded, handle, samples, inputs_from, config, requested, basel
             "cached": handle.cache.enabled,
             "inputs": [s.to_dict() for s in specs_of(samples[0])],
             "inputs_from": inputs_from,
+            **({"drawn": describe_draws(specs_used)} if "random" in inputs_from and specs_used else {}),
             "samples": len(samples),
             "seed": config.seed,
             "inputs_sha256": samples_sha256(samples),
@@ -587,9 +589,11 @@ def run_backend(cls, shown: str, spec: BackendSpec, handle: ModelHandle, referen
         result.timings["compile_s"] = round(time.perf_counter() - t0, 6)
         stage, t0 = "run", time.perf_counter()
         enter_stage(stage)
-        progress(f"{shown}: running {len(handle.samples)} sample(s)")
         with compiled:
-            actual = [compiled.run(sample) for sample in handle.samples]
+            actual = []
+            for i, sample in enumerate(handle.samples):
+                progress(f"{shown}: running sample {i + 1}/{len(handle.samples)}")
+                actual.append(compiled.run(sample))
             result.timings["infer_s"] = round(time.perf_counter() - t0, 6)
             if getattr(handle, "task", None) is not None:
                 t1 = time.perf_counter()

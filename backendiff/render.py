@@ -260,6 +260,10 @@ def layer_lines(b) -> list[str]:
         how = "bisected" if fd.get("reason") == "bisection" else "propagated view"
         lines.append(f"{b.spec}: divergence starts at {where}" + (f" · {fd['source']}" if fd.get("source") else "")
                      + f" · {why}{caveat} [{how}]")
+    else:   # every sparkline under a backend's name, also where nothing diverged
+        past = sum(1 for r in b.layers if not r.get("within_tolerance", True))
+        lines.append(f"{b.spec}: layer view, " + (f"{past} layers past tolerance, no start named" if past
+                                                 else "every layer within tolerance"))
     if b.info.get("layers_from"):
         lines.append(f"  layer values from {short_source(b.info['layers_from'])}")
     for r in top_suspects(b.layers):
@@ -275,6 +279,22 @@ def layer_lines(b) -> list[str]:
     lines.append(f"  error vs depth ({len(b.layers)} layers{span}; taller = more error): {depth_line(b.layers)}")
     lines += unmeasured_lines(b.info.get("unmeasured_layers") or [])
     return lines
+
+
+def count_of(message: str) -> tuple[str, int, int] | None:
+    """``("ort: running sample ", 3, 10)`` of a counted progress message, else None."""
+    import re
+
+    match = re.match(r"^(.*?)(\d+)/(\d+)\b", message)
+    return (match.group(1), int(match.group(2)), int(match.group(3))) if match else None
+
+
+def step_line(message: str, elapsed: float, left: float | None) -> str:
+    """A progress message with the seconds its step has taken (from 2 s on) and, for a
+    counted step, about how many are left."""
+    if elapsed < 2 and left is None:
+        return message
+    return message + f" · {elapsed:.0f} s" + (f" · ~{left:.0f} s left" if left is not None else "")
 
 
 def short_source(text: str) -> str:
