@@ -12,6 +12,7 @@ import numpy as np
 
 from . import metrics as M
 from .cache import Cache, content_key, default_cache_dir
+from .chatter import captured
 from .config import CompareConfig
 from .environment import environment
 from .errors import BackendUnavailable, BadInput, Failure, first_line
@@ -559,7 +560,18 @@ def compiled_folder(cls, adapter, spec: BackendSpec, handle: ModelHandle, route:
 def run_backend(cls, shown: str, spec: BackendSpec, handle: ModelHandle, reference, config: CompareConfig,
                 progress, enter_stage=lambda stage: None) -> BackendResult:
     """Convert, compile and run one backend; every failure becomes data in its result.
-    ``enter_stage(name)`` is told of each stage as it starts (the worker's time limits)."""
+    ``enter_stage(name)`` is told of each stage as it starts (the worker's time limits).
+    What the runtime and its converters log and warn meanwhile goes to
+    ``info.third_party_log``, not the terminal."""
+    with captured() as said:
+        result = _run_backend(cls, shown, spec, handle, reference, config, progress, enter_stage)
+    if said.summary():
+        result.info["third_party_log"] = said.summary()
+    return result
+
+
+def _run_backend(cls, shown: str, spec: BackendSpec, handle: ModelHandle, reference, config: CompareConfig,
+                 progress, enter_stage) -> BackendResult:
     result = BackendResult(spec=shown, backend=cls.name, variant=spec.variant, status=OK,
                            options=dict(spec.options))
     t0 = time.perf_counter()

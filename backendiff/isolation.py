@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 import traceback
 from typing import Callable
@@ -88,8 +89,14 @@ def _die_with_parent(parent: int) -> None:
         os._exit(1)
 
 
-def _child(conn, work: Callable, counters: Callable | None, parent: int) -> None:
+def _child(conn, work: Callable, counters: Callable | None, parent: int, log: str) -> None:
     _die_with_parent(parent)
+    # what native code prints (TVM's "[07:01:27] ... Warning: ..." per op, a runtime's last
+    # words before it aborts) goes to the parent's log file, not the user's terminal
+    fd = os.open(log, os.O_WRONLY | os.O_APPEND)
+    os.dup2(fd, 1)
+    os.dup2(fd, 2)
+    os.close(fd)
     try:
         import faulthandler
 
@@ -99,6 +106,8 @@ def _child(conn, work: Callable, counters: Callable | None, parent: int) -> None
         signal.signal(signal.SIGINT, signal.SIG_IGN)   # Ctrl-C is the parent's: it stops the worker
         torch.set_num_threads(1)
         result = work(lambda message: conn.send(("progress", message)), lambda stage: conn.send(("stage", stage)))
+        sys.stdout.flush()
+        sys.stderr.flush()                           # into the log before the parent reads it
         if counters is not None:
             conn.send(("counters", counters()))
         conn.send(("result", result))
@@ -118,10 +127,30 @@ def run_isolated(work: Callable, shell: BackendResult, limits: dict[str, float],
     ``counters()`` is read in the worker when it is done and handed to ``on_counters`` here
     (the shared timings the worker added to)."""
     import multiprocessing
+    import tempfile
 
     ctx = multiprocessing.get_context("fork")
     receiver, sender = ctx.Pipe(duplex=False)
-    proc = ctx.Process(target=_child, args=(sender, work, counters, os.getpid()), daemon=True)
+    log_fd, log = tempfile.mkstemp(prefix="backendiff-worker-", suffix=".log")
+    os.close(log_fd)
+    try:
+        return _supervise(ctx, receiver, sender, work, shell, limits, progress, counters, on_counters, log)
+    finally:
+        os.unlink(log)
+
+
+def worker_output(log: str) -> list[str]:
+    try:
+        with open(log, errors="replace") as f:
+            return f.read().splitlines()
+    except OSError:
+        return []
+
+
+def _supervise(ctx, receiver, sender, work, shell, limits, progress, counters, on_counters, log) -> BackendResult:
+    from .chatter import summarize
+
+    proc = ctx.Process(target=_child, args=(sender, work, counters, os.getpid(), log), daemon=True)
     stage, entered = "setup", time.perf_counter()
     timings: dict[str, float] = {}
     proc.start()
@@ -168,7 +197,10 @@ def run_isolated(work: Callable, shell: BackendResult, limits: dict[str, float],
         if proc.is_alive():
             proc.kill()
             proc.join()
+    said = worker_output(log)
     if result is not None:
+        if summarize(said):
+            result.info["worker_output"] = summarize(said)
         return result
     proc.join()
     timings[f"{stage}_s"] = round(time.perf_counter() - entered, 6)
@@ -176,4 +208,6 @@ def run_isolated(work: Callable, shell: BackendResult, limits: dict[str, float],
     shell.status = CRASHED
     shell.timings.update(timings)
     shell.error = {"stage": stage, "type": "Crashed", "message": message, "signal": sig, "exitcode": proc.exitcode}
+    if said:
+        shell.error["output_tail"] = said[-20:]      # the runtime's last words
     return shell

@@ -5,13 +5,13 @@ from __future__ import annotations
 
 import copy
 import functools
-import logging
 import time
 from pathlib import Path
 
 import numpy as np
 
 from .cache import Cache, content_key, write_atomic
+from .chatter import captured
 from .errors import BadInput, first_line, trim_message
 from .loading import LoadedModel
 
@@ -20,9 +20,8 @@ from .loading import LoadedModel
 def _onnx_registry():
     from torch.onnx._internal.exporter import _registration
 
-    # the registry logs a warning per missing torchvision op
-    logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
-    return _registration.ONNXRegistry.from_torchlib()
+    with captured():   # the registry logs a warning per missing torchvision op
+        return _registration.ONNXRegistry.from_torchlib()
 
 
 class ExportFailed(Exception):
@@ -105,33 +104,6 @@ def ort_reference(model):
         names = [o.name for o in s.get_outputs()]
         return dict(zip(names, (np.asarray(v) for v in s.run(names, feeds))))
     return run
-
-
-class captured_output:
-    """Everything Python code prints to stdout/stderr, and torch's own log lines, kept out of
-    the terminal while the block runs (``.text`` afterwards): third-party chatter belongs in
-    the report."""
-
-    LOGGERS = ("torch", "torch.export", "torch.fx.experimental.symbolic_shapes", "torch._dynamo")
-
-    def __enter__(self):
-        import contextlib
-        import io
-
-        self._buffer, self._stack = io.StringIO(), contextlib.ExitStack()
-        self._stack.enter_context(contextlib.redirect_stdout(self._buffer))
-        self._stack.enter_context(contextlib.redirect_stderr(self._buffer))
-        self._levels = {name: logging.getLogger(name).level for name in self.LOGGERS}
-        for name in self.LOGGERS:
-            logging.getLogger(name).setLevel(logging.ERROR)
-        return self
-
-    def __exit__(self, *exc):
-        self._stack.close()
-        for name, level in self._levels.items():
-            logging.getLogger(name).setLevel(level)
-        self.text = self._buffer.getvalue()
-        return False
 
 
 def draft_issues(ep) -> list[str]:
@@ -258,7 +230,7 @@ class ModelHandle:
 
         t0 = time.perf_counter()
         try:
-            with captured_output() as said:
+            with captured(streams=True) as said:
                 if self.loaded.torchscript:
                     from torch._export.converter import TS2EPConverter
 
@@ -276,6 +248,8 @@ class ModelHandle:
             self.timings["torch_export_s"] = self.timings.get("torch_export_s", 0.0) + time.perf_counter() - t0
             if said.text.strip():   # the exporter's own printout (an FX graph of thousands of lines)
                 self.export_info["output"] = trim_message(said.text, max_lines=40, max_chars=4000)
+            if said.summary():
+                self.export_info["log"] = said.summary()
         return self._exported
 
     def onnx_path(self) -> Path:
@@ -296,17 +270,18 @@ class ModelHandle:
             self._onnx, self.onnx_from_cache = path, True
             return path
         ep = self.exported_program()
-        # the exporter logs a warning per missing torchvision op on every export
-        logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
         t0 = time.perf_counter()
         try:
-            program = torch.onnx.export(ep, dynamo=True, optimize=True, verbose=False)
-            write_atomic(path, lambda tmp: program.save(str(tmp)))
+            with captured(streams=True) as said:     # per-op registry warnings, the optimizer's "Evaluation failed"
+                program = torch.onnx.export(ep, dynamo=True, optimize=True, verbose=False)
+                write_atomic(path, lambda tmp: program.save(str(tmp)))
         except Exception as e:
             self._onnx_error = ExportFailed("torch.onnx.export", e)
             raise self._onnx_error from e
         finally:
             self.timings["onnx_export_s"] = self.timings.get("onnx_export_s", 0.0) + time.perf_counter() - t0
+            if said.summary():
+                self.export_info["onnx_log"] = said.summary()
         self._onnx = path
         return path
 
@@ -440,9 +415,9 @@ class ModelHandle:
             names_file.write_text("\n".join(names))
             return path, names
         program = self.layer_program()
-        logging.getLogger("torch.onnx._internal.exporter._registration").setLevel(logging.ERROR)
         t0 = time.perf_counter()
-        model = torch.onnx.export(program, dynamo=True, optimize=False, verbose=False).model_proto
+        with captured(streams=True):
+            model = torch.onnx.export(program, dynamo=True, optimize=False, verbose=False).model_proto
         self.timings["layers_export_s"] = time.perf_counter() - t0
         fx = {n.name for n in program.graph.nodes if n.op == "call_function"}
         names = [vi.name for vi in model.graph.value_info if vi.name in fx]
