@@ -21,19 +21,30 @@ _ONNX_FLOAT = {1: "fp32", 10: "fp16", 16: "bf16", 11: "fp64"}
 _ONNX_INT8 = {2: "uint8", 3: "int8"}
 
 
+#: ONNX Runtime's contrib ops that compute on 8-bit integers, beyond the ``QLinear*`` and
+#: ``*Integer`` families: what its optimizer fuses a dynamically quantized graph into
+#: (``DynamicQuantizeMatMul``, ``MatMulIntegerToFloat``) and its other quantized kernels
+QUANTIZED_OPS = {"QGemm", "QAttention", "QOrderedMatMul", "QOrderedAttention", "QOrderedLayerNormalization",
+                 "QOrderedGelu", "QOrderedLongformerAttention", "QEmbedLayerNormalization", "DynamicQuantizeMatMul",
+                 "MatMulIntegerToFloat", "DynamicQuantizeLSTM"}
+_ONNX_INT32 = 6
+
+
 def is_quantized_op(op_type: str) -> bool:
-    return op_type.startswith("QLinear") or op_type.endswith("Integer") or op_type in {
-        "QGemm", "QAttention", "DynamicQuantizeMatMul", "QOrderedMatMul", "MatMulIntegerToFloat"}
+    return op_type.startswith("QLinear") or op_type.endswith("Integer") or op_type in QUANTIZED_OPS
 
 
 def onnx_compute_precisions(model) -> dict[str, int]:
     """Count an ONNX graph's compute ops by the precision they compute in.
 
     Types are propagated through the graph in node order: a Cast yields its ``to`` type,
-    QuantizeLinear an 8-bit type, DequantizeLinear its scale's type, any other op the type
-    of its first floating-point input. Quantized ops (QLinearConv, ConvInteger, ...) count
-    as ``int8``. Works on the optimized model a runtime saved (ORT's
-    ``optimized_model_filepath``), which shows the Casts the runtime inserted.
+    QuantizeLinear an 8-bit type, DynamicQuantizeLinear uint8 (and its float scale),
+    DequantizeLinear its scale's type, MatMulInteger/ConvInteger int32, any other op the
+    type of its first floating-point input. Quantized ops (QLinearConv, ConvInteger,
+    MatMulInteger, the fused DynamicQuantizeMatMul / MatMulIntegerToFloat, ...) count as
+    ``int8``; quantize and dequantize ops themselves count as no compute, dynamic or not.
+    Works on the optimized model a runtime saved (ORT's ``optimized_model_filepath``), which
+    shows the Casts the runtime inserted.
     """
     graph = model.graph
     types: dict[str, int] = {}
@@ -53,6 +64,15 @@ def onnx_compute_precisions(model) -> dict[str, int]:
             zp = types.get(node.input[2]) if len(node.input) > 2 else 2
             for out in node.output:
                 types[out] = zp or 2
+            continue
+        if node.op_type == "DynamicQuantizeLinear":  # (y uint8, y_scale float, y_zero_point uint8)
+            for out, elem in zip(node.output, (2, 1, 2)):
+                types[out] = elem
+            continue
+        if node.op_type in ("MatMulInteger", "ConvInteger"):  # int32 accumulators, rescaled in float after
+            for out in node.output:
+                types[out] = _ONNX_INT32
+            counts["int8"] += 1
             continue
         if node.op_type == "DequantizeLinear":
             for out in node.output:

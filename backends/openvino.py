@@ -12,7 +12,11 @@ Variants:
 - ``fp16``: weights compressed to f16 in the IR, inference hint f16.
 - ``bf16``: inference hint bf16; *unavailable* on a CPU without bf16 support.
 - ``int8``: post-training quantization with NNCF (``nncf.quantize``), calibrated on the
-  run's calibration data; non-quantized ops in f32.
+  run's calibration data; non-quantized ops in f32. ``model_type=transformer`` and
+  ``preset=performance|mixed`` are passed to ``nncf.quantize`` (``nncf.ModelType.TRANSFORMER``:
+  NNCF's scheme for transformers, which leaves Add, MVN, Softmax inputs and the like
+  unquantized; the preset: symmetric or asymmetric activations). A failure of NNCF is one
+  line naming the op, its FX node (or ONNX node) and PyTorch module, and what to try.
 What ran is read back per executed primitive from the compiled model's runtime model
 (``runtimePrecision``), e.g. ``{"int8": 3, "fp32": 2}``.
 """
@@ -29,6 +33,98 @@ from .base import Adapter, Compiled, as_float32, feeds_in_order, positive_int
 
 _HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16", "int8": "f32"}
 _PERF = {"latency": "LATENCY", "throughput": "THROUGHPUT"}
+#: int8 options passed to ``nncf.quantize`` as the keyword of the same name: option -> value
+#: -> the ``nncf`` enum member
+NNCF_OPTIONS = {"model_type": {"transformer": "ModelType.TRANSFORMER"},
+                "preset": {"performance": "QuantizationPreset.PERFORMANCE", "mixed": "QuantizationPreset.MIXED"}}
+
+
+class NncfFailed(RuntimeError):
+    """``nncf.quantize`` failed on the model (one line: which op, which module, what to try);
+    NNCF's own exception is its ``__cause__``."""
+
+
+def nncf_arguments(spec) -> dict:
+    """The ``nncf.quantize`` keywords a spec's ``model_type=`` / ``preset=`` ask for."""
+    import nncf
+
+    out = {}
+    for option, values in NNCF_OPTIONS.items():
+        value = spec.option(option)
+        if value is not None:
+            enum, member = values[value].split(".")
+            out[option] = getattr(getattr(nncf, enum), member)
+    return out
+
+
+def reads_inputs(value) -> bool:
+    """Whether an OpenVINO value is computed from the data of a model input, not only from
+    constants and input *shapes* (a ShapeOf reads no data): NNCF leaves ops of the second
+    kind out of its graph of the inference."""
+    stack, seen = [value.get_node()], set()
+    while stack:
+        node = stack.pop()
+        if node.get_name() in seen:
+            continue
+        seen.add(node.get_name())
+        kind = node.get_type_name()
+        if kind == "Parameter":
+            return True
+        if kind != "ShapeOf":
+            stack.extend(i.get_source_output().get_node() for i in node.inputs())
+    return False
+
+
+def nncf_error(exc: BaseException, converted, modules: dict[str, str], spec) -> str:
+    """One line for a failure of ``nncf.quantize``: NNCF's error, the op it names (an op of
+    ``converted``: its type, its FX node or ONNX node, the first part of its friendly name
+    ``embedding_1/aten.embedding.default/Gather``, and that node's PyTorch module from
+    ``modules``), why where known, and what to try. ``node NAME of type OP`` is the phrase
+    ``backendiff.diagnose`` reads to locate it in the model."""
+    from backendiff.errors import first_line
+
+    from .ort import quoted_name
+
+    ops = {op.get_friendly_name(): op for op in converted.get_ops()} if converted is not None else {}
+    message = f"{type(exc).__name__}: {first_line(exc) or '(no message)'}"
+    name = quoted_name(str(exc), ops)
+    where, why, hints = "", "", []
+    module = None
+    if name is not None:
+        op = ops[name]
+        parts = name.split("/")
+        node, module = parts[0], modules.get(parts[0])
+        details = [parts[1]] if len(parts) >= 3 else []   # the aten op, on the export route
+        details += [f"module {module}"] if module else []
+        where = f" at node {node} of type {op.get_type_name()}" + (f" ({', '.join(details)})" if details else "")
+        if op.get_type_name() == "Gather" and op.get_input_size() > 1 and not reads_inputs(op.input_value(1)):
+            why = ("; its indices do not depend on the model's inputs (only on constants and input shapes, e.g. a "
+                   "default token_type_ids buffer): NNCF leaves such ops out of its inference graph")
+    if spec.option("model_type") is None:
+        hints.append("model_type=transformer (NNCF's scheme for transformers)")
+    if module and not spec.option("keep"):
+        route = "" if spec.option("route") == "onnx" else "route=onnx,"
+        hints.append(f"{route}keep={module} (leave that module unquantized)")
+    return f"nncf.quantize failed{where}: {message}{why}" + (f"; try {' or '.join(hints)}" if hints else "")
+
+
+def node_modules(model, route: str) -> dict[str, str]:
+    """FX node (export route) or ONNX node (route onnx) -> its PyTorch module, for naming
+    the op an NNCF failure is about; empty where the model has neither."""
+    try:
+        if route == "export":
+            from backendiff.layers import graph_layers
+
+            return {layer.node: layer.module for layer in graph_layers(model.exported_program().graph_module)
+                    if layer.module}
+        import onnx
+
+        from backendiff.onnx_graph import node_module
+
+        export = onnx.load(str(model.onnx_path()), load_external_data=False)
+        return {n.name: node_module(n) for n in export.graph.node if node_module(n)}
+    except Exception:  # noqa: BLE001 - naming the module is a courtesy; the failure itself is reported
+        return {}
 
 
 class OpenVinoCompiled(Compiled):
@@ -109,8 +205,10 @@ class OpenVinoAdapter(Adapter):
     variants = ("fp32", "fp16", "bf16", "int8")
     #: ``keep=MODULE;MODULE`` (int8, route=onnx): those PyTorch modules stay out of NNCF's
     #: quantization (an ignored scope over the ONNX nodes the exporter attributes to them)
+    #: ``model_type`` / ``preset`` (int8): passed to ``nncf.quantize`` (``NNCF_OPTIONS``)
     options = {"route": ("export", "onnx"), "device": None, "precision_hint": ("fp32", "bf16", "fp16", "default"),
-               "perf_hint": tuple(_PERF), "threads": positive_int, "keep": None}
+               "perf_hint": tuple(_PERF), "threads": positive_int, "keep": None,
+               **{option: tuple(values) for option, values in NNCF_OPTIONS.items()}}
     #: what the ``keep`` option needs: module names come from the ONNX export's metadata
     keep_requires = {"route": "onnx"}
     keep_variants = ("int8",)
@@ -128,6 +226,10 @@ class OpenVinoAdapter(Adapter):
         if canonical.option("keep") and (canonical.variant != "int8" or canonical.option("route") != "onnx"):
             raise BadInput("openvino's keep= applies to openvino:int8 with route=onnx (modules are named through "
                            "the ONNX export), e.g. openvino:int8,route=onnx,keep=features.0")
+        for option in NNCF_OPTIONS:
+            if canonical.option(option) is not None and canonical.variant != "int8":
+                raise BadInput(f"openvino's {option}= applies to openvino:int8 (it is passed to nncf.quantize), "
+                               f"e.g. openvino:int8,{option}={next(iter(NNCF_OPTIONS[option]))}")
         return canonical
 
     def check_variant(self) -> None:
@@ -320,9 +422,13 @@ class OpenVinoAdapter(Adapter):
             logging.getLogger("nncf").setLevel(logging.ERROR)
             calib = [list(s.values())[0] if len(s) == 1 else tuple(s.values()) for s in model.calibration()]
             scope = self._ignored_scope(model, converted)
-            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
-                converted = nncf.quantize(converted, nncf.Dataset(calib), subset_size=len(calib),  # progress bars
-                                          **({"ignored_scope": scope} if scope is not None else {}))
+            arguments = nncf_arguments(self.spec) | ({"ignored_scope": scope} if scope is not None else {})
+            try:
+                with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                    converted = nncf.quantize(converted, nncf.Dataset(calib), subset_size=len(calib),  # progress bars
+                                              **arguments)
+            except Exception as e:  # noqa: BLE001 - NNCF's failure, said in one line
+                raise NncfFailed(nncf_error(e, converted, node_modules(model, self.route(model)), self.spec)) from e
         tmp = folder / f".tmp-{os.getpid()}"
         tmp.mkdir(exist_ok=True)
         ov.save_model(converted, str(tmp / "model.xml"), compress_to_fp16=self.variant == "fp16")

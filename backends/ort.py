@@ -5,6 +5,10 @@ TensorRT execution provider).
 Variants: ``fp32``; ``fp16`` (``onnxruntime.transformers.float16.convert_float_to_float16``
 with fp32 inputs and outputs kept at the boundary); ``int8`` (static QDQ quantization with
 ``quantize_static``, calibrated on the run's calibration data, per-channel int8 weights).
+``int8,mode=dynamic`` is ONNX Runtime's dynamic quantization instead (``quantize_dynamic``:
+int8 weights, activations quantized at run time by ``DynamicQuantizeLinear`` from each
+tensor's own range, so no calibration data): the usual recipe for transformers, whose
+activation ranges vary too much from input to input for one calibrated scale.
 The session saves the graph it actually runs (``optimized_model_filepath``), and the
 precision of every compute op is read off that graph: ORT's CPU provider has few fp16
 kernels, so it wraps many ops of an fp16 model in Casts and runs them in fp32.
@@ -184,18 +188,72 @@ def drop_fp16_round_trips(model, kept: set[str]) -> int:
     return len(dropped)
 
 
-def quantize_int8(src: Path, dst: Path, samples, per_channel: bool, keep: list[str] = ()) -> None:
-    """Static QDQ int8; the nodes of the ``keep`` modules stay in float.
+#: ``mode`` option of ``ort:int8`` -> what it is (``static`` is the default and is left out of the
+#: canonical spec, so ``ort:int8`` and ``ort:int8,mode=static`` share one cache entry)
+INT8_MODES = {"static": "static QDQ (quantize_static, calibrated)",
+              "dynamic": "dynamic (quantize_dynamic: int8 weights, activations quantized at run time)"}
+
+
+class QuantizerFailed(RuntimeError):
+    """ONNX Runtime's quantization tooling failed on the model (one line: which node, which
+    module, what to try); the tool's own exception is its ``__cause__``."""
+
+
+def quoted_name(message: str, names) -> str | None:
+    """The longest of ``names`` (graph node or op names) that ``message`` quotes as a whole
+    word: tools name the node they failed on in their own formats (``'249 NAME'``,
+    ``node name: NAME``, ``Node (NAME)``)."""
+    import re
+
+    found = [n for n in set(names) if n and n in message
+             and re.search(r"(?<![\w.-])" + re.escape(n) + r"(?![\w-]|\.\w)", message)]
+    return max(found, key=len) if found else None
+
+
+def quantizer_error(exc: BaseException, models, mode: str, keep: list[str] = (), tool: str | None = None) -> str:
+    """One line for a failure of ONNX Runtime's quantization: the tool's error, the node it
+    names (looked up in ``models``, the pre-processed model then the export, whose nodes carry
+    the exporter's module names) with its op type and PyTorch module, and what to try. The
+    phrase ``node NAME of type OP`` is the one ``backendiff.diagnose`` reads to locate it."""
+    from backendiff.errors import first_line
+    from backendiff.onnx_graph import node_module
+
+    message = f"{type(exc).__name__}: {first_line(exc) or '(no message)'}"
+    nodes = {}
+    for model in models:
+        for node in model.graph.node:
+            nodes.setdefault(node.name, node)
+    name = quoted_name(str(exc), nodes)
+    module = node_module(nodes[name]) if name is not None else ""
+    where = f" at node {name} of type {nodes[name].op_type}" if name is not None else ""
+    where += f" (module {module})" if module else ""
+    tool = tool or ("quantize_dynamic" if mode == "dynamic" else "quantize_static")
+    hints = []
+    if mode != "dynamic":
+        hints.append("ort:int8,mode=dynamic (no calibration; the usual recipe for transformers)")
+    if module and not keep:
+        hints.append(f"keep={module} (leave that module in float)")
+    return f"ONNX Runtime's {tool} failed{where}: {message}" + (f"; try {' or '.join(hints)}" if hints else "")
+
+
+def quantize_int8(src: Path, dst: Path, samples, per_channel: bool, keep: list[str] = (),
+                  mode: str = "static") -> None:
+    """int8 by ONNX Runtime's quantization tool: static QDQ (``mode="static"``, calibrated on
+    ``samples``) or dynamic (``mode="dynamic"``: ``quantize_dynamic``, int8 weights and
+    activations quantized at run time, ``samples`` unused); the nodes of the ``keep`` modules
+    stay in float. A failure of the tool is a ``QuantizerFailed`` naming the node and module.
 
     ``quant_pre_process`` runs ONNX Runtime's optimizer, which fuses nodes (MatMul+Add into
     Gemm, ...) and drops every node's metadata, the exporter's module names included: they are
     carried over from the export (``carry_modules``) before the kept modules' nodes are picked,
-    so the quantized model's nodes carry them too."""
+    so the quantized model's nodes carry them too. Both modes quantize the same pre-processed
+    model (the dynamic quantizer turns its Gemms into MatMulInteger too)."""
     import onnx
     from onnxruntime.quantization import (
         CalibrationDataReader,
         QuantFormat,
         QuantType,
+        quantize_dynamic,
         quantize_static,
     )
     from onnxruntime.quantization.shape_inference import quant_pre_process
@@ -203,12 +261,18 @@ def quantize_int8(src: Path, dst: Path, samples, per_channel: bool, keep: list[s
     from backendiff.onnx_graph import carry_modules, check_keep, nodes_in_modules
 
     pre = dst.with_name("pre_" + dst.name)
-    quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
-    pre_model = onnx.load(str(pre), load_external_data=False)  # saved back to its folder: external data stays valid
     export = onnx.load(str(src), load_external_data=False)
+    models = [export]
+    try:
+        quant_pre_process(str(src), str(pre), skip_symbolic_shape=True)
+    except Exception as e:  # noqa: BLE001 - the tool's failure, said in one line
+        pre.unlink(missing_ok=True)
+        raise QuantizerFailed(quantizer_error(e, models, mode, keep, "quant_pre_process")) from e
+    pre_model = onnx.load(str(pre), load_external_data=False)  # saved back to its folder: external data stays valid
     carry_modules(export, pre_model)
     rename_new_initializers(export, pre_model)
     onnx.save(pre_model, str(pre))
+    models = [pre_model, export]
     names = [i.name for i in pre_model.graph.input]
     exclude = []
     if keep:
@@ -225,8 +289,15 @@ def quantize_int8(src: Path, dst: Path, samples, per_channel: bool, keep: list[s
             return next(self._it, None)
 
     try:
-        quantize_static(str(pre), str(dst), Reader(), quant_format=QuantFormat.QDQ, activation_type=QuantType.QInt8,
-                        weight_type=QuantType.QInt8, per_channel=per_channel, nodes_to_exclude=exclude or None)
+        if mode == "dynamic":
+            quantize_dynamic(str(pre), str(dst), weight_type=QuantType.QInt8, per_channel=per_channel,
+                             nodes_to_exclude=exclude or None)
+        else:
+            quantize_static(str(pre), str(dst), Reader(), quant_format=QuantFormat.QDQ,
+                            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8, per_channel=per_channel,
+                            nodes_to_exclude=exclude or None)
+    except Exception as e:  # noqa: BLE001 - the tool's failure, said in one line
+        raise QuantizerFailed(quantizer_error(e, models, mode, keep)) from e
     finally:
         pre.unlink(missing_ok=True)
 
@@ -312,6 +383,24 @@ def kept_nodes(artifact: Path, export: Path, keep: list[str]) -> dict[str, int]:
     return counts
 
 
+def without_default_mode(spec: BackendSpec) -> BackendSpec:
+    """Check ``mode=`` against the rest of a canonical ort spec and drop ``mode=static`` (the
+    default, as ``ort:int8`` had it before modes existed: same cache entry, same name).
+    ``mode`` is int8's; TensorRT's provider runs explicit QDQ int8 only."""
+    mode = spec.option("mode")
+    if mode is None:
+        return spec
+    if spec.variant != "int8":
+        raise BadInput(f"ort's mode= applies to ort:int8 (static QDQ or dynamic quantization), not ort:{spec.variant}; "
+                       "e.g. ort:int8,mode=dynamic")
+    if mode == "dynamic" and spec.option("ep") == "trt":
+        raise BadInput("ort:int8,mode=dynamic does not run on ep=trt: TensorRT's provider takes static QDQ int8 "
+                       "(ort:int8,ep=trt) or calibrates itself (trt:int8)")
+    if mode == "static":
+        return BackendSpec(spec.name, spec.variant, tuple((k, v) for k, v in spec.options if k != "mode"))
+    return spec
+
+
 class OrtAdapter(Adapter):
     name = "ort"
     description = "ONNX Runtime, CPU execution provider, from the dynamo ONNX export"
@@ -320,8 +409,9 @@ class OrtAdapter(Adapter):
     variants = ("fp32", "fp16", "int8")
     #: ``keep=MODULE;MODULE``: those PyTorch modules stay in fp32 (fp16 block list / int8 exclusions)
     #: ``ep``: the execution provider (absent: the CPU, as before execution providers existed)
+    #: ``mode``: how int8 quantizes (``INT8_MODES``; ``static`` when absent)
     options = {"opt": tuple(_LEVELS), "threads": positive_int, "per_channel": ("true", "false"), "keep": None,
-               "ep": tuple(PROVIDERS)}
+               "ep": tuple(PROVIDERS), "mode": tuple(INT8_MODES)}
     keep_variants = ("fp16", "int8")
     defaults = {"opt": "all"}
 
@@ -349,11 +439,20 @@ class OrtAdapter(Adapter):
         if out.option("ep") == "trt" and out.option("keep") and out.variant == "fp16":
             raise BadInput("ort's keep= does not apply with ep=trt and fp16 (TensorRT picks each layer's precision "
                            "itself); use trt:fp16,keep=... or ort:fp16,ep=cuda,keep=...")
-        return out
+        return without_default_mode(out)
 
     @property
     def ep(self) -> str:
         return self.spec.option("ep") or "cpu"
+
+    @property
+    def mode(self) -> str:
+        """How int8 quantizes: ``static`` (calibrated QDQ) or ``dynamic``."""
+        return self.spec.option("mode") or "static"
+
+    @property
+    def needs_calibration(self) -> bool:
+        return self.variant == "int8" and self.mode == "static"  # dynamic: ranges measured at run time
 
     def check_variant(self) -> None:
         if self.ep == "cpu":
@@ -391,6 +490,12 @@ class OrtAdapter(Adapter):
         if self.variant == "int8":
             if self.ep != "cpu":
                 return None
+            if self.mode == "dynamic":
+                return ("the deployed dynamic int8 model itself, each FX node's value read at its float tensor, "
+                        "which the dynamic quantizer keeps (each int8 MatMul/Conv ends in a float rescale and the "
+                        "next one quantizes that float value again at run time, so the values between layers are "
+                        "what the model carries); marked as graph outputs (this can stop ORT from fusing "
+                        "MatMulInteger with its rescale; final outputs are measured on the unmodified model)")
             return ("the deployed QDQ int8 model itself, each FX node's value read where the quantized model "
                     "carries it, as ONNX Runtime's qdq_loss_debug does: the DequantizeLinear output that stands for "
                     "a quantized tensor, else the float tensor; marked as graph outputs (this can change which "
@@ -451,6 +556,10 @@ class OrtAdapter(Adapter):
         nodes = [layer.node for layer in layers]
         found = bisect_backend(self, deployed, nodes, sample, reference, out_of_tolerance,
                                carriers=lambda quantized: qdq_values(quantized, nodes))
+        if self.mode == "dynamic":  # no QuantizeLinear in the graph: qdq_values gives the float tensors
+            return found | {"graph": "prefixes of the deployed dynamic int8 model, each ending at one float tensor "
+                                     "(quantized again at run time by its consumers), run unmodified with one "
+                                     "output", "program": "onnx"}
         return found | {"graph": "prefixes of the deployed QDQ int8 model, each ending at one tensor (its "
                                  "DequantizeLinear where quantized), run unmodified with one output",
                         "program": "onnx"}
@@ -544,7 +653,8 @@ class OrtAdapter(Adapter):
             return path  # TensorRT's own fp16 (trt_fp16_enable) on the fp32 graph
         # with keep, a name of its own: before module names were carried across the
         # quantization pre-processing, keep= built the same model as without it
-        out = folder / f"model_{self.variant}{'_kept' if self.keep else ''}.onnx"
+        dynamic = "_dynamic" if self.variant == "int8" and self.mode == "dynamic" else ""
+        out = folder / f"model_{self.variant}{dynamic}{'_kept' if self.keep else ''}.onnx"
         if out.exists():
             self.cache_hit = True
         else:
@@ -553,8 +663,9 @@ class OrtAdapter(Adapter):
             if self.variant == "fp16":
                 lower_fp16(path, tmp, self.keep)
             else:
-                quantize_int8(path, tmp, model.calibration(), self.spec.option("per_channel", "true") == "true",
-                              self.keep)
+                samples = model.calibration() if self.needs_calibration else None
+                quantize_int8(path, tmp, samples, self.spec.option("per_channel", "true") == "true", self.keep,
+                              self.mode)
             os.replace(tmp, out)
         if self.keep:
             self.kept = kept_nodes(out, path, self.keep)
@@ -577,6 +688,8 @@ class OrtAdapter(Adapter):
         compiled = OrtCompiled(session)
         compiled.info["opt"] = self.spec.option("opt", "all")
         compiled.info["artifact"] = str(onnx_path)  # the model the session was made from
+        if self.variant == "int8":
+            compiled.info["quantization"] = INT8_MODES[self.mode]
         if getattr(self, "kept", None):
             compiled.info["kept"] = dict(self.kept)  # nodes of that model each kept module covers
         if self.ep == "trt" and self.variant != "fp32":
