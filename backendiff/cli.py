@@ -321,7 +321,7 @@ def zoo_cmd(as_json):
             import numpy as np
             import torch
 
-            from .compare import task_outputs
+            from .runner import task_outputs
 
             spec = entry.inputs[0]
             sample = {spec.name: np.zeros(spec.shape, spec.dtype)}

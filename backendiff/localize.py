@@ -179,14 +179,14 @@ def instrumentation_changes(nodes: list[str], names: list[str], deployed, instru
     return out
 
 
-def mixed_precision_advice(cls, shown, spec, handle, reference, config, result, progress) -> dict:
-    """What to keep in fp32 (see advice.py); each trial is a real run of the variant."""
+def mixed_precision_advice(cls, shown, spec, handle, reference, config, result, progress, run) -> dict:
+    """What to keep in fp32 (see advice.py); each trial is a real run of the variant by
+    ``run`` (``runner.run_backend``, passed in: the runner calls this module)."""
     from pathlib import Path
 
     import onnx
 
     from .advice import advise
-    from .compare import run_backend
     from .onnx_graph import carry_modules, consumers, group_entries, keep_groups, node_module
 
     # candidates are the groups of the ONNX model the backend ran (ORT's converted model: its
@@ -207,7 +207,7 @@ def mixed_precision_advice(cls, shown, spec, handle, reference, config, result, 
 
     def trial(candidate: BackendSpec) -> BackendResult:
         progress(f"{shown}: advice, trying {candidate.text}")
-        return run_backend(cls, candidate.text, cls.canonical(candidate), handle, reference, quiet, progress)
+        return run(cls, candidate.text, cls.canonical(candidate), handle, reference, quiet, progress)
 
     user = parse_specs(shown)[0]  # the spec as the user wrote it, so the advice reads the same way
     needs = getattr(cls, "keep_requires", {})  # e.g. OpenVINO names modules through the ONNX route

@@ -9,6 +9,7 @@ optional: ``pip install 'backendiff[sysnoise]'``).
 from __future__ import annotations
 
 import io
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -66,6 +67,9 @@ def resize(img: np.ndarray, size: tuple[int, int], library: str, mode: str) -> n
         y = F.interpolate(x, size=(h, w), mode=base, **kwargs)
         return _u8(y[0].permute(1, 2, 0).numpy())
     raise ValueError(f"unknown resize library {library!r}")
+
+
+resize_image = resize   # for functions whose ``resize`` argument names a (library, mode) choice
 
 
 def ycc_round_trip(img: np.ndarray, subsampling: str = "444", fixed_point: bool = False) -> np.ndarray:
@@ -176,3 +180,44 @@ def photographs() -> list[tuple[str, bytes | None, np.ndarray]]:
         if img.ndim == 3 and img.shape[2] == 3:
             out.append((f"skimage {name}", None, np.ascontiguousarray(img[..., :3])))
     return out
+
+
+# -- the training pipeline a zoo model declares (stored images -> model inputs) ----------------------
+@dataclass(frozen=True)
+class Pipeline:
+    """The training pipeline: stored images (JPEG at ``quality``, decoded by ``decoder``),
+    resized to the model's input with ``resize`` = (library, mode), divided by ``scale``."""
+    size: tuple[int, int]
+    resize: tuple[str, str] = ("pil", "bilinear")
+    decoder: str = "pil"
+    quality: int = 95
+    scale: float = 255.0
+
+    def describe(self) -> str:
+        return (f"JPEG q{self.quality} decoded by {self.decoder}, {self.resize[0]} {self.resize[1]} resize to "
+                f"{self.size[0]}x{self.size[1]}, /{self.scale:g}")
+
+
+@dataclass(frozen=True)
+class Source:
+    """Camera-side images (N, H, W, C) uint8, their labels, and the task they are for."""
+    images: np.ndarray
+    labels: np.ndarray
+    task: str
+    params: dict = field(default_factory=dict)
+
+
+def preprocess(images: np.ndarray, pipeline: Pipeline, decoder: str | None = None, resize=None,
+               ycc: tuple[str, bool] | None = None) -> np.ndarray:
+    """Model inputs (N, C, h, w) float32 from source images through the pipeline, with any of
+    its factors replaced: the decoder, the resize (library, mode), a YCbCr round trip
+    (subsampling, fixed point) applied to the decoded image as a video pipeline would."""
+    library, mode = resize or pipeline.resize
+    out = []
+    for img in images:
+        x = jpeg_round_trip(img, pipeline.quality, decoder or pipeline.decoder)
+        if ycc is not None:
+            x = ycc_round_trip(x, *ycc) if x.shape[2] == 3 else x
+        x = resize_image(x, pipeline.size, library, mode)
+        out.append(np.transpose(x, (2, 0, 1)).astype(np.float32) / pipeline.scale)
+    return np.stack(out)

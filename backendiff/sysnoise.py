@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import copy
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 
 import numpy as np
 
 from . import noise as N
+from .noise import Pipeline, Source, preprocess  # noqa: F401 - part of this module's interface
 from .errors import BackendUnavailable, BadInput
 from .tasks import TaskData, evaluate
 
@@ -25,50 +26,10 @@ SCHEMA = "backendiff.sysnoise/1"
 
 
 @dataclass(frozen=True)
-class Pipeline:
-    """The training pipeline: stored images (JPEG at ``quality``, decoded by ``decoder``),
-    resized to the model's input with ``resize`` = (library, mode), divided by ``scale``."""
-    size: tuple[int, int]
-    resize: tuple[str, str] = ("pil", "bilinear")
-    decoder: str = "pil"
-    quality: int = 95
-    scale: float = 255.0
-
-    def describe(self) -> str:
-        return (f"JPEG q{self.quality} decoded by {self.decoder}, {self.resize[0]} {self.resize[1]} resize to "
-                f"{self.size[0]}x{self.size[1]}, /{self.scale:g}")
-
-
-@dataclass(frozen=True)
-class Source:
-    """Camera-side images (N, H, W, C) uint8, their labels, and the task they are for."""
-    images: np.ndarray
-    labels: np.ndarray
-    task: str
-    params: dict = field(default_factory=dict)
-
-
-@dataclass(frozen=True)
 class Noise:
     name: str                 # row of the table
     kind: str                 # "pre", "inference", "post", "combined"
     factor: dict              # what differs from the clean pipeline / model / decoding
-
-
-def preprocess(images: np.ndarray, pipeline: Pipeline, decoder: str | None = None, resize=None,
-               ycc: tuple[str, bool] | None = None) -> np.ndarray:
-    """Model inputs (N, C, h, w) float32 from source images through the pipeline, with any of
-    its factors replaced: the decoder, the resize (library, mode), a YCbCr round trip
-    (subsampling, fixed point) applied to the decoded image as a video pipeline would."""
-    library, mode = resize or pipeline.resize
-    out = []
-    for img in images:
-        x = N.jpeg_round_trip(img, pipeline.quality, decoder or pipeline.decoder)
-        if ycc is not None:
-            x = N.ycc_round_trip(x, *ycc) if x.shape[2] == 3 else x
-        x = N.resize(x, pipeline.size, library, mode)
-        out.append(np.transpose(x, (2, 0, 1)).astype(np.float32) / pipeline.scale)
-    return np.stack(out)
 
 
 def pre_noises(pipeline: Pipeline, channels: int, have_opencv: bool) -> list[Noise]:
@@ -199,7 +160,7 @@ OTHER_ROUTE = {"openvino": "route=onnx", "tvm": "route=onnx"}
 
 def _outputs(cls, spec, handle, task: TaskData, inputs_list: list[np.ndarray]) -> list[np.ndarray]:
     """Compile ``spec`` for the model of ``handle`` and run every inputs array through it."""
-    from .compare import compiled_folder, task_outputs
+    from .runner import compiled_folder, task_outputs
 
     adapter = cls(spec)
     cls.check()

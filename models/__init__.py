@@ -28,7 +28,7 @@ class ZooEntry:
     task: str | None = None     # the end task its data is labelled for
     data: Callable | None = None  # () -> (inputs, labels): its held-out evaluation data
     task_params: dict = field(default_factory=dict)  # keyword arguments of the task's metric
-    sysnoise: Callable | None = None  # () -> (sysnoise.Source, sysnoise.Pipeline): its training pipeline
+    sysnoise: Callable | None = None  # () -> (noise.Source, noise.Pipeline): its training pipeline
     calibration: Callable | None = None  # (n) -> n inputs (first input) from its *training* split: int8 calibration
 
     def task_data(self):
@@ -99,7 +99,7 @@ def _digits_pipeline():
     source is the 8x8 image blown up to 32x32, stored as JPEG, box-resized back to 8x8."""
     import numpy as np
 
-    from backendiff.sysnoise import Pipeline, Source
+    from backendiff.noise import Pipeline, Source
 
     x, y = _digits_heldout()
     big = np.repeat(np.repeat(np.rint(x[:, 0] * 255), 4, 1), 4, 2).astype(np.uint8)[..., None]
@@ -111,7 +111,7 @@ def _keypoints_pipeline():
     stored as JPEG, resized to 64x48 with Pillow's bilinear filter."""
     import numpy as np
 
-    from backendiff.sysnoise import Pipeline, Source
+    from backendiff.noise import Pipeline, Source
 
     from .keypoints_data import make_split
     from .train_mspn import TEST_SAMPLES, TEST_SEED
@@ -136,7 +136,7 @@ def _photo_patches_heldout():
 def _photo_patches_pipeline():
     """The held-out 64x64 crops of the photographs as the camera-side source, stored as JPEG
     q90, decoded by Pillow, Pillow bilinear resize to 32x32: the pipeline the model trained on."""
-    from backendiff.sysnoise import Source
+    from backendiff.noise import Source
 
     from .photo_patches_data import heldout_crops, pipeline
 
@@ -160,6 +160,25 @@ def _keypoint_params():
     from .keypoints_data import HEIGHT, SIGMAS, WIDTH
 
     return {"image_size": (HEIGHT, WIDTH), "sigmas": tuple(float(s) for s in SIGMAS)}
+
+
+def _minilm():
+    from .minilm import build
+
+    return build()
+
+
+def _minilm_heldout():
+    from .minilm import heldout
+
+    return heldout()
+
+
+def _minilm_calibration(n: int):
+    """The sentence set's calibration split (never the held-out sentences the task scores)."""
+    from .minilm import calibration
+
+    return calibration(n)
 
 
 def _seeded(builder: str):
@@ -197,6 +216,12 @@ ZOO: dict[str, ZooEntry] = {
                  _photo_patches, (InputSpec("x", (8, 3, 32, 32), "float32", 0.0, 1.0),), "photo_patches.pt",
                  "classification", _photo_patches_heldout, sysnoise=_photo_patches_pipeline,
                  calibration=_photo_patches_calibration),
+        ZooEntry("minilm", "pretrained sentence-transformers/all-MiniLM-L6-v2 (6-layer BERT, mean pooling, L2 "
+                 "norm) on a shipped sentence set: do same-topic sentences stay nearest neighbours; needs "
+                 "backendiff[hf]", _minilm,
+                 # token ids of 8 sentences padded to 32 with [PAD] = 0 (the mask is ids != 0), within the vocabulary
+                 (InputSpec("input_ids", (8, 32), "int64", 0, 30522),),
+                 task="embeddings", data=_minilm_heldout, calibration=_minilm_calibration),
         ZooEntry("mini-pose", "MSPN-style down/up path: bilinear upsampling (align_corners True and False), "
                  "heatmap head (random weights)", _seeded("MiniPose"), (InputSpec("image", (1, 3, 64, 48)),)),
         ZooEntry("tiny-transformer", "2-layer pre-norm transformer encoder: LayerNorm, multi-head attention, "

@@ -133,14 +133,14 @@ def train_crops(per_class: int = 400, seed: int = 0, jitter: float = 0.25) -> tu
 
 
 def pipeline():
-    """The training pipeline (``backendiff.sysnoise.Pipeline``) from crops to model inputs."""
-    from backendiff.sysnoise import Pipeline
+    """The training pipeline (``backendiff.noise.Pipeline``) from crops to model inputs."""
+    from backendiff.noise import Pipeline
 
     return Pipeline(size=SIZE, resize=("pil", "bilinear"), decoder="pil", quality=90)
 
 
 def inputs(crops: np.ndarray) -> np.ndarray:
     """Model inputs (N, 3, 32, 32) float32 of uint8 crops through ``pipeline()``."""
-    from backendiff.sysnoise import preprocess
+    from backendiff.noise import preprocess
 
     return preprocess(crops, pipeline())

@@ -19,7 +19,8 @@ MODULES = [
     "backendiff.render", "backendiff.report", "backendiff.registry", "backendiff.cache", "backendiff.localize",
     "backendiff.layers", "backendiff.advice", "backendiff.bisect", "backendiff.tasks", "backendiff.precision",
     "backendiff.imagefolder", "backendiff.charts", "backendiff.html", "backendiff.markdown", "backendiff.isolation",
-    "backendiff.partial", "backendiff.diagnose", "backendiff.noise", "backendiff.sysnoise",
+    "backendiff.partial", "backendiff.diagnose", "backendiff.noise", "backendiff.sysnoise", "backendiff.runner",
+    "backendiff.chatter",
     "backendiff.backends.base", "backendiff.backends.ort", "backendiff.backends.openvino",
     "backendiff.backends.tvm", "backendiff.backends.trt", "backendiff.backends.pytorch", "backendiff.models",
 ]
