@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip
 STAMP  := $(VENV)/.backendiff-installed
 
-.PHONY: install demo test test-heavy bench browser clean
+.PHONY: install demo test lint test-heavy bench browser clean
 
 # torch is installed first from its own pin: the CPU build (a bare `torch` requirement
 # would pull a multi-GB CUDA build); pyproject then only needs torch>=2.6.
@@ -23,8 +23,11 @@ demo: $(STAMP)
 	  --html reports/demo.html ; \
 	  code=$$?; echo "backendiff exit code $$code (0 agree, 1 diverged, 3 a backend could not run)"
 
-test: $(STAMP) browser
+test: $(STAMP) browser lint
 	$(BIN)/python -m pytest -q -m "not slow and not gpu"
+
+lint: $(STAMP)
+	$(BIN)/ruff check backendiff backends models tests bench
 
 # Debian's Chromium, for the test that opens the HTML report in a headless browser. Where it
 # cannot be installed (not root, no apt) that one test is skipped and says why.

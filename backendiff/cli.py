@@ -56,7 +56,8 @@ def cli():
 
 
 def _default_report_path(source: str) -> Path:
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(source.split(":")[-1] if source.startswith("zoo:") else source.split(":")[0]).stem)
+    name = source.split(":")[-1] if source.startswith("zoo:") else source.split(":")[0]
+    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(name).stem)
     return Path("reports") / f"{stem or 'model'}-{time.strftime('%Y%m%d-%H%M%S')}.json"
 
 
@@ -102,7 +103,8 @@ def _check_writable(path: Path) -> None:
 @click.option("--no-json", is_flag=True, help="Write no JSON report.")
 @click.option("--html", "html_path", type=click.Path(path_type=Path),
               help="Also write a self-contained HTML report (charts inline, works offline).")
-@click.option("--md", "md_path", type=click.Path(path_type=Path), help="Also write a Markdown summary (CI job summary, PR comment).")
+@click.option("--md", "md_path", type=click.Path(path_type=Path),
+              help="Also write a Markdown summary (CI job summary, PR comment).")
 @click.option("--no-cache", is_flag=True, help="Export and compile afresh; cache nothing.")
 @click.option("--cache-dir", type=click.Path(path_type=Path), help="Cache folder (default ~/.cache/backendiff).")
 @click.option("--no-golden", is_flag=True,
@@ -177,9 +179,11 @@ def compare(model, backends, input_specs, input_files, calib_files, calib_sample
         backends=tuple(backends) or None, seed=seed, samples=samples,
         input_specs=tuple(parse_input_spec(s) for s in input_specs), input_files=tuple(input_files),
         calib_files=tuple(calib_files), calib_samples=calib_samples,
-        weights=weights, trust_pickle=trust_pickle, export_mode=export_mode, reference=onnx_reference, rtol=rtol, atol=atol, cache_dir=cache_dir,
+        weights=weights, trust_pickle=trust_pickle, export_mode=export_mode, reference=onnx_reference, rtol=rtol,
+        atol=atol, cache_dir=cache_dir,
         use_cache=not no_cache, golden=not no_golden, fp64_factor=fp64_factor, min_sqnr=min_sqnr, min_cosine=min_cosine,
-        layerwise={None: "auto", True: "always", False: "never"}[layerwise], isolate_layers=isolate_layers, bisect=bisect, advise=advise,
+        layerwise={None: "auto", True: "always", False: "never"}[layerwise], isolate_layers=isolate_layers,
+        bisect=bisect, advise=advise,
         task="off" if no_task else ("auto" if task is None else "on"),
         task_name=None if task in (None, "on") else task, data_file=data_file, preprocess=preprocess,
         max_task_drop=max_task_drop, sysnoise=sysnoise,

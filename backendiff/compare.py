@@ -15,15 +15,25 @@ from .cache import Cache, default_cache_dir
 from .config import CompareConfig
 from .environment import environment
 from .errors import BadInput
-from .inputs import (InputSpec, describe_draws, example_specs, freeze, load_calibration_npz, load_npz,
-                     nonfinite_inputs, random_samples, samples_sha256, specs_of)
+from .inputs import (
+    InputSpec,
+    describe_draws,
+    example_specs,
+    freeze,
+    load_calibration_npz,
+    load_npz,
+    nonfinite_inputs,
+    random_samples,
+    samples_sha256,
+    specs_of,
+)
+from .isolation import parse_limits, run_isolated
 from .loading import LoadedModel, load_model
 from .model import ModelHandle
-from .runner import run_backend, task_outputs
-from .registry import adapter_class, default_backends
-from .isolation import parse_limits, run_isolated
 from .partial import PartialLog
+from .registry import adapter_class, default_backends
 from .report import CRASHED, BackendResult, Report
+from .runner import run_backend, task_outputs
 from .specs import BackendSpec, parse_specs
 
 

@@ -297,7 +297,8 @@ def _load_weights(module, weights: str | Path) -> None:
     try:
         state = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as e:
-        raise BadInput(f"cannot load weights {path} as a state dict (weights_only=True): {first_line(e) or type(e).__name__}") from None
+        raise BadInput(f"cannot load weights {path} as a state dict (weights_only=True): "
+                       f"{first_line(e) or type(e).__name__}") from None
     if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
         state = state["state_dict"]
     if not isinstance(state, dict):

@@ -24,7 +24,8 @@ def render_markdown(report: dict) -> str:
     if task:
         ref_score = task.get("reference")
         lines.append(f"Task: {task.get('name')} on {task.get('samples')} samples ({_cell(task.get('source', ''))})"
-                     + (f", reference {task.get('metric')} {ref_score:.2f}{task.get('unit', '')}" if ref_score is not None else ""))
+                     + (f", reference {task.get('metric')} {ref_score:.2f}{task.get('unit', '')}"
+                        if ref_score is not None else ""))
     partial = report.get("partial")
     if partial:
         lines.append(f"**Partial run**: {len(partial['finished'])} of {len(partial['planned'])} backends finished; "

@@ -54,7 +54,7 @@ def read_partial(path: Path) -> Report:
     ``partial`` saying which planned backends never finished. A last line cut short by the
     interruption is skipped."""
     header, backends = None, []
-    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
+    for _number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), 1):
         if not line.strip():
             continue
         try:

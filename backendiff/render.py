@@ -1,11 +1,11 @@
 """Terminal rendering of a Report with rich. Reads the report; computes nothing new."""
 from __future__ import annotations
 
+from dataclasses import asdict
+
 from rich.console import Console
 from rich.table import Table
 from rich.text import Text
-
-from dataclasses import asdict
 
 from .report import Report
 
@@ -57,8 +57,10 @@ def sqnr_phrase(m: dict) -> str:
 def nonfinite_note(name: str, m: dict) -> str:
     """Where the NaN/Inf patterns of an output differ from the reference's: how many, where."""
     first = m.get("first_mismatch")
-    at = f" (first at [{', '.join(map(str, first))}]" + (f" of sample {m['first_mismatch_sample']}"
-                                                         if "first_mismatch_sample" in m else "") + ")" if first is not None else ""
+    at = ""
+    if first is not None:
+        sample = f" of sample {m['first_mismatch_sample']}" if "first_mismatch_sample" in m else ""
+        at = f" (first at [{', '.join(map(str, first))}]{sample})"
     return f"{name}: NaN/Inf differ from the reference at {m['nonfinite_mismatch']} elements{at}"
 
 

@@ -160,7 +160,8 @@ class Report:
             backends.append(BackendResult(**b))
         return cls(model=d["model"], reference=d["reference"], environment=d.get("environment", {}),
                    backends=backends, baseline=d.get("baseline"), timings=d.get("timings", {}),
-                   command=d.get("command"), requested=d.get("requested", []), calibration=d.get("calibration"), task=d.get("task"),
+                   command=d.get("command"), requested=d.get("requested", []), calibration=d.get("calibration"),
+                   task=d.get("task"),
                    partial=d.get("partial"), sysnoise=d.get("sysnoise"), schema=d["schema"])
 
     @classmethod

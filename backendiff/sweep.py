@@ -330,7 +330,6 @@ def run_cell(payload: dict) -> dict:
     Returns the cell record; backendiff's own errors (bad model, bad data) become ``error``."""
     import platform
     import socket
-
     import warnings
 
     os.environ["TVM_NUM_THREADS"] = str(payload["threads"])   # TVM's runtime pool reads it once

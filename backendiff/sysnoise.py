@@ -18,8 +18,8 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from . import noise as N
-from .noise import Pipeline, Source, preprocess  # noqa: F401 - part of this module's interface
 from .errors import BackendUnavailable, BadInput
+from .noise import Pipeline, Source, preprocess  # noqa: F401 - part of this module's interface
 from .tasks import TaskData, evaluate
 
 SCHEMA = "backendiff.sysnoise/1"
@@ -346,7 +346,7 @@ def _photo_variants(quality: int) -> dict[str, list[np.ndarray]]:
     out: dict[str, list[np.ndarray]] = {"source": source}
     for decoder in ("pil", "opencv"):
         shipped = []
-        for (name, package, path, factor), img in zip(D.PHOTOS, source):
+        for (_name, package, path, factor), img in zip(D.PHOTOS, source):
             if not path.endswith(".jpg"):
                 shipped.append(img)                  # PNG: lossless, the same pixels for any decoder
                 continue

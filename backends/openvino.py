@@ -153,9 +153,8 @@ def openvino_decomposition(ep):
     """The ExportedProgram decomposed as ``ov.convert_model`` decomposes it (the table of
     OpenVINO's PyTorch frontend: the default table less the ops its converter keeps), so that
     FX node names are the names of the converted model's tensors."""
-    from torch.export.decomp_utils import CustomDecompTable
-
     from openvino.frontend.pytorch.torchdynamo.export_decompositions import ops_to_not_decompose
+    from torch.export.decomp_utils import CustomDecompTable
 
     table = CustomDecompTable()
     for op in ops_to_not_decompose():
@@ -217,7 +216,6 @@ class OpenVinoAdapter(Adapter):
     @classmethod
     def canonical(cls, spec):
         from backendiff.errors import BadInput
-
         from backendiff.onnx_graph import parse_keep
 
         canonical = super().canonical(spec)
@@ -331,7 +329,6 @@ class OpenVinoAdapter(Adapter):
         import tempfile
 
         import openvino as ov
-
         from backendiff.bisect import bisect, bisect_program
 
         kind = self.layers_program(model)
@@ -468,7 +465,6 @@ class OpenVinoAdapter(Adapter):
 
     def compile(self, converted, folder: Path) -> Compiled:
         import openvino as ov
-
         from backendiff.precision import openvino_compute_precisions, summarize
 
         core = ov.Core()

@@ -353,7 +353,7 @@ def calibration_batches(samples: list[Mapping[str, np.ndarray]],
     if not matched:
         raise RuntimeError("int8 calibration needs calibration data; none was given")
     for i, m in enumerate(matched):
-        for name, shape, _ in inputs:
+        for name, _shape, _ in inputs:
             first, this = tuple(np.shape(matched[0][name])), tuple(np.shape(m[name]))
             if this != first:
                 raise RuntimeError(f"calibration sample {i} input {name!r} has shape {this}, sample 0 {first}")

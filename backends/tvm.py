@@ -120,8 +120,9 @@ class TvmAdapter(Adapter):
 
     def run_onnx(self, path, originals, named):
         import onnx
-        import tvm
         from tvm.relax.frontend.onnx import from_onnx
+
+        import tvm
 
         graph = onnx.load(str(path))
         fold_initializer_shapes(graph)
@@ -146,8 +147,9 @@ class TvmAdapter(Adapter):
     def _compile_program(self, program):
         """An ExportedProgram already decomposed to core ATen, imported, lowered and compiled
         as the deployed export route does (no second decomposition)."""
-        import tvm
         from tvm.relax.frontend.torch import from_exported_program
+
+        import tvm
 
         mod = self._lower(from_exported_program(program, keep_params_as_input=False, run_ep_decomposition=False))
         with tvm.transform.PassContext(opt_level=int(self.spec.option("opt", "3"))):
@@ -214,7 +216,6 @@ class TvmAdapter(Adapter):
 
     def compile(self, converted, folder: Path) -> Compiled:
         import tvm
-
         from backendiff.precision import relax_compute_precisions, summarize
 
         target = self.spec.option("target", "llvm")

@@ -15,7 +15,8 @@
    local workers on a warm compile cache, and their ratio.
 
 Runs ``backendiff.compare`` twice, each in a fresh process: cold (empty cache) and warm
-(the same cache again); PyTorch is imported before the clock starts. For each run it prints the wall time of the ``compare`` call, the
+(the same cache again); PyTorch is imported before the clock starts. For each run it prints the
+wall time of the ``compare`` call, the
 sum of the runtimes' own setup (import) + convert (including the torch.export / ONNX
 export that route needs) + compile + infer time, and their ratio: the tool's overhead
 (loading, the fp32 reference and fp64 golden runs, comparison, reporting). Target <= 1.15.

@@ -53,7 +53,7 @@ def photos() -> tuple[np.ndarray, ...]:
     from PIL import Image
 
     out = []
-    for name, package, path, factor in PHOTOS:
+    for _name, package, path, factor in PHOTOS:
         try:
             with (files(package) / path).open("rb") as f:
                 img = Image.open(f).convert("RGB")

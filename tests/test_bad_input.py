@@ -7,9 +7,10 @@ import sys
 import numpy as np
 import pytest
 import torch
-from backendiff.models.train_digits import load_digits_split
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+
+from backendiff.models.train_digits import load_digits_split
 
 
 def backendiff(*args, cwd=None):

@@ -23,7 +23,7 @@ def run(*args):
 
 def one_line_error(result, *needles):
     assert result.exit_code == 2, result.output
-    lines = [l for l in result.stderr.splitlines() if l.strip()]
+    lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert len(lines) == 1, result.stderr
     assert lines[0].startswith("backendiff: error: ")
     for needle in needles:

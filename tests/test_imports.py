@@ -39,7 +39,8 @@ def test_every_module_imports_without_runtimes():
 
 def test_missing_runtimes_are_unavailable_with_install_hint():
     code = ("import json\nfrom backendiff.registry import adapter_class\n"
-            "print(json.dumps({n: adapter_class(n).availability().__dict__ for n in ['ort','openvino','tvm','torch']}, default=list))")
+            "print(json.dumps({n: adapter_class(n).availability().__dict__ for n in ['ort','openvino','tvm','torch']},"
+            " default=list))")
     proc = run_blocked(code)
     assert proc.returncode == 0, proc.stderr
     rows = json.loads(proc.stdout)

@@ -8,15 +8,15 @@ import textwrap
 import time
 
 import pytest
-from backendiff.backends.pytorch import TorchAdapter
 
 import backendiff
 from backendiff import BadInput
+from backendiff.backends.pytorch import TorchAdapter
 from backendiff.isolation import death_message, parse_limits
 from backendiff.registry import register_backend, unregister_backend
 
 from .conftest import needs
-from .sweep_plugin import Segfaults   # also a sweep's --plugin: the same backend in every worker
+from .sweep_plugin import Segfaults  # also a sweep's --plugin: the same backend in every worker
 
 
 class Killed(TorchAdapter):

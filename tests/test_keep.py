@@ -8,7 +8,6 @@ covered. Asserted on the saved artifacts, on a small transformer-shaped model.""
 import math
 import textwrap
 
-import numpy as np
 import pytest
 import torch
 from torch import nn

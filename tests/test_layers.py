@@ -18,9 +18,9 @@ from .test_variants import Overflow
 def test_growth_and_first_divergence_rules():
     assert growth(0.2, [0.1]) == pytest.approx(1.0, rel=1e-5)
     assert growth(0.1, []) == pytest.approx(1e6)
-    row = lambda i, within, g, born=False: {"index": i, "module": f"m{i}", "op_type": "x", "node": f"n{i}",
-                                            "source": None, "metrics": {}, "growth": g, "within_tolerance": within,
-                                            "nonfinite_born": born}
+    def row(i, within, g, born=False):
+        return {"index": i, "module": f"m{i}", "op_type": "x", "node": f"n{i}", "source": None, "metrics": {},
+                "growth": g, "within_tolerance": within, "nonfinite_born": born}
     rows = [row(0, True, 5.0), row(1, False, 0.1), row(2, False, 3.0), row(3, False, 9.0, born=True)]
     assert first_divergence(rows)["node"] == "n3" and first_divergence(rows)["reason"] == "nonfinite"
     rows[3]["nonfinite_born"] = False

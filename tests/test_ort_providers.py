@@ -7,9 +7,9 @@ import importlib.util
 
 import numpy as np
 import pytest
+
 from backendiff.backends import ort as O
 from backendiff.backends.ort import OrtAdapter
-
 from backendiff.errors import BackendUnavailable, BadInput
 from backendiff.specs import BackendSpec, parse_spec
 

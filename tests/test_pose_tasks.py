@@ -141,11 +141,11 @@ def test_bad_tasks_are_one_line_errors(name, message):
 
 
 def test_image_folder_data_end_to_end(tmp_path):
-    from backendiff.models.train_digits import load_digits_split
     from click.testing import CliRunner
     from PIL import Image
 
     from backendiff.cli import cli
+    from backendiff.models.train_digits import load_digits_split
 
     _, _, x, y = load_digits_split()
     for i in range(120):

@@ -1,8 +1,7 @@
 """The precision read-back helpers, on hand-made graphs."""
 from onnx import TensorProto, helper
 
-from backendiff.precision import (onnx_compute_precisions, openvino_compute_precisions, relax_compute_precisions,
-                                  summarize)
+from backendiff.precision import onnx_compute_precisions, openvino_compute_precisions, relax_compute_precisions, summarize
 
 
 def graph(nodes, inputs, inits=()):

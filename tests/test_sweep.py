@@ -13,9 +13,23 @@ import pytest
 
 from backendiff.errors import BadInput
 from backendiff.latency import measure, speedup, summarize
-from backendiff.sweep import (CellStore, LocalExecutor, ModelEntry, base_spec, cell_key, cell_payload, cell_resources,
-                              exit_code, finding_text, findings, load_sweep_file, make_plan, run_spec, run_sweep,
-                              task_score)
+from backendiff.sweep import (
+    CellStore,
+    LocalExecutor,
+    ModelEntry,
+    base_spec,
+    cell_key,
+    cell_payload,
+    cell_resources,
+    exit_code,
+    finding_text,
+    findings,
+    load_sweep_file,
+    make_plan,
+    run_spec,
+    run_sweep,
+    task_score,
+)
 
 from .conftest import needs
 

@@ -21,8 +21,19 @@ from backendiff.compare import compare
 from backendiff.errors import BadInput
 from backendiff.html import render_sweep_html
 from backendiff.render import print_scoreboard, scoreboard_cell
-from backendiff.sweep import (CELL_SCHEMA, RAN, CellStore, exit_code, findings, identical_text, make_plan,
-                              render_from_store, run_sweep, scoreboard, summarize_cell)
+from backendiff.sweep import (
+    CELL_SCHEMA,
+    RAN,
+    CellStore,
+    exit_code,
+    findings,
+    identical_text,
+    make_plan,
+    render_from_store,
+    run_sweep,
+    scoreboard,
+    summarize_cell,
+)
 
 from .conftest import needs
 
@@ -394,7 +405,7 @@ def test_fuzz_the_sweep_page_never_fails_on_a_cell_record(drawn):
 def test_every_kind_of_cell_record_unmutated_and_stripped():
     """Each kind as is, and with each of its fields removed in turn (a record from another
     version), through the whole scoreboard, the terminal and the page."""
-    for kind, record in _kinds("k0", "a", "ort").items():
+    for _kind, record in _kinds("k0", "a", "ort").items():
         for path in [None, *_paths(record)]:
             r = _mutate(record, [(list(_paths(record)).index(path), len(GARBAGE))]) if path else record
             board = scoreboard(PLAN, [r], [("a", "ort", "k0")])

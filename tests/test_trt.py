@@ -9,9 +9,9 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+
 from backendiff.backends import trt as T
 from backendiff.backends.trt import TrtAdapter
-
 from backendiff.errors import BackendUnavailable, BadInput
 from backendiff.specs import BackendSpec, parse_spec
 
@@ -745,8 +745,8 @@ class _KeepLayer:
 
 def test_apply_keep_constrains_only_the_kept_layers(tmp_path):
     import onnx
-    from backendiff.backends import trt_layers as L
 
+    from backendiff.backends import trt_layers as L
     from backendiff.onnx_graph import nodes_in_modules
 
     model = onnx.load(str(_keep_onnx(tmp_path / "m.onnx")))

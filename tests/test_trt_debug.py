@@ -9,9 +9,9 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
+
 from backendiff.backends import trt as T
 from backendiff.backends.trt import TrtAdapter
-
 from backendiff.specs import parse_spec
 
 

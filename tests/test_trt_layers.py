@@ -11,8 +11,9 @@ from __future__ import annotations
 import json
 
 import pytest
-from backendiff.backends import trt_layers as L
 from onnx import TensorProto, helper
+
+from backendiff.backends import trt_layers as L
 
 # (node name, op, inputs, outputs, FX node, module path) of the recorded dynamo export
 RECORDED = [

@@ -5,7 +5,6 @@ import math
 import types
 
 import numpy as np
-import pytest
 import torch
 from torch import nn
 
@@ -193,9 +192,7 @@ def test_nan_disagreement_counts_and_locates():
     assert m["sqnr_db"] is None and m["cosine"] is None
     from rich.console import Console
 
-    from backendiff.render import print_report
-
-    from backendiff.render import output_notes
+    from backendiff.render import output_notes, print_report
 
     console = Console(record=True, width=200)
     print_report(r, console)
