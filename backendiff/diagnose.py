@@ -137,14 +137,13 @@ def _model_layers(handle, route: str | None):
 
 def onnx_nodes(model):
     """``Layer`` entries for every ONNX node, under its name and under its first output's."""
-    from .layers import Layer, user_source
+    from .layers import Layer, node_source
     from .onnx_graph import node_module
 
     out = []
     for node in model.graph.node:
-        trace = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.stack_trace"), None)
         for name in [node.name] + list(node.output[:1]):   # OpenVINO names a node by its first output
-            out.append(Layer(len(out), name, node.op_type, node_module(node), user_source(trace), ()))
+            out.append(Layer(len(out), name, node.op_type, node_module(node), node_source(node), ()))
     return out
 
 

@@ -56,6 +56,13 @@ def user_source(stack_trace: str | None) -> str | None:
     return f"{path}:{line}"
 
 
+def node_source(node) -> str | None:
+    """``file:line`` of the user's code an ONNX node was exported from (the dynamo exporter's
+    ``pkg.torch.onnx.stack_trace``), or None."""
+    trace = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.stack_trace"), None)
+    return user_source(trace)
+
+
 def graph_layers(graph_module) -> list[Layer]:
     """The call_function nodes of an FX graph, in execution order."""
     out = []
@@ -171,10 +178,9 @@ def onnx_layers(model) -> list[Layer]:
     for node in model.graph.node:
         if not node.output or node.op_type in ("Constant",):
             continue
-        trace = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.stack_trace"), None)
         inputs = tuple(producer[i] for i in node.input if i in producer)
         out.append(Layer(len(out), node.output[0], node.op_type, node_module(node) or node.name,
-                         user_source(trace), inputs))
+                         node_source(node), inputs))
         for o in node.output:
             producer[o] = node.output[0]
     return out

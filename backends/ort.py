@@ -31,6 +31,7 @@ from pathlib import Path
 
 import numpy as np
 
+from backendiff.cache import write_atomic
 from backendiff.errors import BackendUnavailable, BadInput
 from backendiff.onnx_graph import parse_keep
 from backendiff.specs import BackendSpec
@@ -601,9 +602,7 @@ class OrtAdapter(Adapter):
             return path
         lowered = path.with_name(path.stem + "_fp16" + self._keep_suffix + ".onnx")
         if not lowered.exists():
-            tmp = path.with_name(f".tmp-{os.getpid()}-{lowered.name}")
-            lower_fp16(path, tmp, self.keep)
-            os.replace(tmp, lowered)
+            write_atomic(lowered, lambda tmp: lower_fp16(path, tmp, self.keep))
         return lowered
 
     @property
@@ -627,12 +626,13 @@ class OrtAdapter(Adapter):
                 from backendiff.onnx_graph import mark_outputs
 
                 plain, names = model.layer_onnx()
-                tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
-                lower_fp16(plain, tmp, self.keep)  # the kept modules in fp32, as deployed
-                lowered = onnx.load(str(tmp))
-                mark_outputs(lowered, names)
-                onnx.save(lowered, str(tmp))
-                os.replace(tmp, path)
+
+                def write(tmp):
+                    lower_fp16(plain, tmp, self.keep)  # the kept modules in fp32, as deployed
+                    lowered = onnx.load(str(tmp))
+                    mark_outputs(lowered, names)
+                    onnx.save(lowered, str(tmp))
+                write_atomic(path, write)
         return self.run_onnx(path, list(sample.values()), {})
 
     @property
@@ -659,14 +659,15 @@ class OrtAdapter(Adapter):
             self.cache_hit = True
         else:
             self.cache_hit = False
-            tmp = folder / f".tmp-{os.getpid()}-{out.name}"
-            if self.variant == "fp16":
-                lower_fp16(path, tmp, self.keep)
-            else:
-                samples = model.calibration() if self.needs_calibration else None
-                quantize_int8(path, tmp, samples, self.spec.option("per_channel", "true") == "true", self.keep,
-                              self.mode)
-            os.replace(tmp, out)
+
+            def write(tmp):
+                if self.variant == "fp16":
+                    lower_fp16(path, tmp, self.keep)
+                else:
+                    samples = model.calibration() if self.needs_calibration else None
+                    quantize_int8(path, tmp, samples, self.spec.option("per_channel", "true") == "true", self.keep,
+                                  self.mode)
+            write_atomic(out, write)
         if self.keep:
             self.kept = kept_nodes(out, path, self.keep)
         return out

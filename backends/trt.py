@@ -261,7 +261,7 @@ def onnx_places(onnx_path: Path | str) -> list[tuple[str, str]]:
     try:
         import onnx
 
-        from backendiff.layers import user_source
+        from backendiff.layers import node_source
         from backendiff.onnx_graph import node_module
 
         model = onnx.load(str(onnx_path), load_external_data=False)
@@ -270,8 +270,7 @@ def onnx_places(onnx_path: Path | str) -> list[tuple[str, str]]:
     out = []
     for node in model.graph.node:
         module = node_module(node)
-        trace = next((p.value for p in node.metadata_props if p.key == "pkg.torch.onnx.stack_trace"), None)
-        source = user_source(trace)
+        source = node_source(node)
         where = (f"module {module}" if module else "") + (f" at {source}" if source else "")
         out.append((node.name, where.strip()))
     return out

@@ -14,11 +14,11 @@ is counted on the transformed module and kept beside the cached library.
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import numpy as np
 
+from backendiff.cache import write_atomic
 from backendiff.errors import BackendUnavailable
 
 from .base import Adapter, Compiled, as_float32, feeds_in_order
@@ -229,9 +229,7 @@ class TvmAdapter(Adapter):
             with tvm.transform.PassContext(opt_level=opt):
                 lib = tvm.compile(converted, target=tvm.target.Target(target))
             sidecar.write_text(json.dumps(counts))
-            tmp = folder / f".model-{os.getpid()}.so"  # export_library picks the format by suffix
-            lib.export_library(str(tmp))
-            os.replace(tmp, folder / "model.so")
+            write_atomic(folder / "model.so", lambda tmp: lib.export_library(str(tmp)))  # format by suffix
         out = TvmCompiled(lib)
         out.info.update(target=target, opt=opt, runtime_precisions=counts)
         out.info["runtime_precision"] = summarize(counts) or self.variant
