@@ -11,7 +11,8 @@ backend failure.
 """
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass, field
+from enum import Enum
 
 
 class BackendiffError(Exception):
@@ -31,22 +32,37 @@ class BackendUnavailable(BackendiffError):
         self.hint = hint
 
 
-# The stages a backend goes through; a Failure names the one it failed in.
-STAGES = ("export", "convert", "compile", "run", "compare")
+class Stage(str, Enum):
+    """The stages a backend goes through: a Failure names the one it failed in, and the
+    worker's time limits (``isolation.DEFAULT_LIMITS``) are set per stage."""
+    SETUP = "setup"          # import the runtime, check the variant can run here
+    EXPORT = "export"        # torch.export / the ONNX export the route needs
+    CONVERT = "convert"
+    COMPILE = "compile"
+    RUN = "run"
+    COMPARE = "compare"      # the outputs against the reference
+    ANALYSE = "analyse"      # layer view, isolation, bisection, advice
 
 
 @dataclass(frozen=True)
 class Failure:
+    """What went wrong in a backend, as the report's ``error`` block: the stage, a type, the
+    message, and whatever else says more (``hint``, ``signal``, ``operator``, ``where``...)."""
     stage: str
     type: str
     message: str
+    extra: dict = field(default_factory=dict)
 
     @classmethod
-    def from_exception(cls, stage: str, exc: BaseException) -> "Failure":
-        return cls(stage=stage, type=type(exc).__name__, message=trim_message(str(exc)))
+    def from_exception(cls, stage: str, exc: BaseException, **extra) -> "Failure":
+        return cls(stage=str(Stage(stage).value), type=type(exc).__name__, message=trim_message(str(exc)), extra=extra)
+
+    @classmethod
+    def of(cls, stage: str, type: str, message: str, **extra) -> "Failure":
+        return cls(stage=str(Stage(stage).value), type=type, message=message, extra=extra)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        return {"stage": self.stage, "type": self.type, "message": self.message, **self.extra}
 
 
 def trim_message(text: str, max_lines: int = 12, max_chars: int = 2000) -> str:

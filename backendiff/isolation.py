@@ -20,12 +20,13 @@ import time
 import traceback
 from typing import Callable
 
-from .errors import BadInput
+from .errors import BadInput, Failure, Stage
 from .report import CRASHED, TIMEOUT, BackendResult
 
 #: default time limit of each stage in seconds; "analyse" is the layer-wise view, the
 #: isolation of layers, bisection and advice after the run
-DEFAULT_LIMITS = {"setup": 300.0, "convert": 900.0, "compile": 900.0, "run": 600.0, "analyse": 1800.0}
+DEFAULT_LIMITS = {Stage.SETUP.value: 300.0, Stage.CONVERT.value: 900.0, Stage.COMPILE.value: 900.0,
+                  Stage.RUN.value: 600.0, Stage.ANALYSE.value: 1800.0}
 POLL_S = 0.05
 
 
@@ -186,9 +187,8 @@ def _supervise(ctx, receiver, sender, work, shell, limits, progress, counters, o
                 timings[f"{stage}_s"] = round(time.perf_counter() - entered, 6)
                 shell.status = TIMEOUT
                 shell.timings.update(timings)
-                shell.error = {"stage": stage, "type": "Timeout",
-                               "message": f"{stage} did not finish within {limits[stage]:g} s (--timeout); "
-                                          "the worker was killed", "limit_s": limits[stage]}
+                shell.error = Failure.of(stage, "Timeout", f"{stage} did not finish within {limits[stage]:g} s "
+                                         "(--timeout); the worker was killed", limit_s=limits[stage]).to_dict()
                 return shell
     finally:
         receiver.close()
@@ -207,7 +207,7 @@ def _supervise(ctx, receiver, sender, work, shell, limits, progress, counters, o
     message, sig = death_message(proc.exitcode, stage)
     shell.status = CRASHED
     shell.timings.update(timings)
-    shell.error = {"stage": stage, "type": "Crashed", "message": message, "signal": sig, "exitcode": proc.exitcode}
+    shell.error = Failure.of(stage, "Crashed", message, signal=sig, exitcode=proc.exitcode).to_dict()
     if said:
         shell.error["output_tail"] = said[-20:]      # the runtime's last words
     return shell

@@ -119,7 +119,7 @@ FLOAT_PRECISIONS = ("fp32", "fp16", "bf16", "tf32", "fp64")
 
 def unavailable(result: BackendResult, stage: str, e: BackendUnavailable) -> BackendResult:
     result.status = UNAVAILABLE
-    result.error = {"stage": stage, "type": "unavailable", "message": e.reason, "hint": e.hint}
+    result.error = Failure.of(stage, "unavailable", e.reason, hint=e.hint).to_dict()
     return result
 
 
@@ -210,12 +210,10 @@ def _run_backend(cls, shown: str, spec: BackendSpec, handle: ModelHandle, refere
         result.info = dict(compiled.info)
     except ExportFailed as e:
         result.status = FAILED
-        result.error = Failure.from_exception("export", e.cause).to_dict()
-        result.error["message"] = str(e)
-        result.error.update(explain(e.cause, handle, "export"))
-        result.error.update(export_next_step(e, handle.export_mode))
+        extra = {**explain(e.cause, handle, "export"), **export_next_step(e, handle.export_mode)}
         if handle.export_info.get("output"):
-            result.error["exporter_output"] = handle.export_info["output"]
+            extra["exporter_output"] = handle.export_info["output"]
+        result.error = Failure.of("export", type(e.cause).__name__, str(e), **extra).to_dict()
         return result
     except BadInput:
         raise
@@ -224,15 +222,15 @@ def _run_backend(cls, shown: str, spec: BackendSpec, handle: ModelHandle, refere
     except Exception as e:
         result.timings[f"{stage}_s"] = round(time.perf_counter() - t0, 6)
         result.status = FAILED
-        result.error = Failure.from_exception(stage, e).to_dict()
-        result.error.update(explain(e, handle, result.route))     # the operator and where the model uses it
+        # the operator and where the model uses it
+        result.error = Failure.from_exception(stage, e, **explain(e, handle, result.route)).to_dict()
         return result
     result.cache = ("hit" if adapter.cache_hit else "miss") if handle.cache.enabled else "off"
     result.precision = precision_record(adapter.precision, result.info)
     if len(actual[0]) != len(handle.output_names):
         result.status = FAILED
-        result.error = {"stage": "compare", "type": "OutputMismatch",
-                        "message": f"the backend returned {len(actual[0])} outputs, the reference {len(handle.output_names)}"}
+        result.error = Failure.of("compare", "OutputMismatch", f"the backend returned {len(actual[0])} outputs, "
+                                  f"the reference {len(handle.output_names)}").to_dict()
         return result
     floor = floor_for(adapter.precision, config.min_sqnr, config.min_cosine)
     result.floor = floor.to_dict()
