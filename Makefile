@@ -41,6 +41,13 @@ browser:
 test-heavy: $(STAMP)
 	$(BIN)/python -m pytest -q -m "slow"
 
+# The corpus (models/corpus/): real architectures x every CPU route into one scoreboard. A cell
+# that cannot run (an exporter or runtime that rejects the model) is on the board with its reason.
+corpus: $(STAMP)
+	$(BIN)/backendiff sweep --file models/corpus/corpus-sweep.toml --out reports/corpus ; \
+	  code=$$?; echo "backendiff exit code $$code (0 every cell ran, 3 some cell could not run: its reason is on the board)"; \
+	  echo "scoreboard: reports/corpus/sweep.html (sweep.json; each cell's report in reports/corpus/cells/)"
+
 bench: $(STAMP)
 	$(BIN)/python bench/bench.py
 

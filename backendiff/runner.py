@@ -123,22 +123,6 @@ def unavailable(result: BackendResult, stage: str, e: BackendUnavailable) -> Bac
     return result
 
 
-def runtime_threads(cls, spec: BackendSpec) -> int | str:
-    """The intra-op threads the backend runs with: its ``threads`` option, TVM's
-    ``TVM_NUM_THREADS``, PyTorch's own count, else "runtime default"."""
-    import os
-
-    if spec.option("threads"):
-        return int(spec.option("threads"))
-    if cls.name == "tvm" and os.environ.get("TVM_NUM_THREADS", "").isdigit():
-        return int(os.environ["TVM_NUM_THREADS"])
-    if cls.name == "torch":
-        import torch
-
-        return torch.get_num_threads()
-    return "runtime default"
-
-
 def compiled_folder(cls, adapter, spec: BackendSpec, handle: ModelHandle, route: str):
     """Where a backend's compiled artifacts are cached: keyed by the model, the spec, the
     route, the runtime versions and (int8) the calibration data."""
@@ -206,7 +190,7 @@ def _run_backend(cls, shown: str, spec: BackendSpec, handle: ModelHandle, refere
             if config.latency_runs > 0:
                 progress(f"{shown}: timing {config.latency_runs} runs")
                 result.latency = measure_latency(compiled.run, handle.samples[0], config.latency_warmup,
-                                                 config.latency_runs) | {"threads": runtime_threads(cls, spec)}
+                                                 config.latency_runs) | {"threads": cls.threads(spec)}
         result.info = dict(compiled.info)
     except ExportFailed as e:
         result.status = FAILED

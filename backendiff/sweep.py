@@ -437,14 +437,13 @@ class LocalExecutor:
 
 
 def needs_gpu(spec: str) -> bool:
-    """TensorRT, and ONNX Runtime on its CUDA or TensorRT provider (``ort:cuda``,
-    ``ort:fp16,ep=trt``), run on an NVIDIA GPU."""
-    from .registry import ALIASES
+    """Whether the spec's adapter says it runs on an NVIDIA GPU (TensorRT; ONNX Runtime on its
+    CUDA or TensorRT provider)."""
+    from .registry import ALIASES, adapter_class
     from .specs import parse_spec
 
     parsed = parse_spec(spec)
-    name = ALIASES.get(parsed.name, parsed.name)
-    return name == "trt" or (name == "ort" and (parsed.variant in ("cuda", "trt") or parsed.option("ep") in ("cuda", "trt")))
+    return adapter_class(ALIASES.get(parsed.name, parsed.name)).needs_gpu(parsed)
 
 
 def cell_resources(spec: str, threads: int, resources: dict) -> dict:

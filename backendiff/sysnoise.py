@@ -152,10 +152,19 @@ def opencv_available() -> bool:
 
 # -- running -----------------------------------------------------------------------------
 
-BASE_VARIANTS = {"ort": ("fp16", "int8"), "openvino": ("fp16", "bf16", "int8"), "tvm": ("fp16",), "torch": ("fp16",),
-                 "trt": ("fp16", "bf16", "int8")}
-# the other conversion route of backends that have two (their default is the ExportedProgram)
-OTHER_ROUTE = {"openvino": "route=onnx", "tvm": "route=onnx"}
+def low_precision(base: str) -> tuple[str, ...]:
+    """The precision rows of a backend: the low-precision variants its adapter declares."""
+    from .registry import adapter_class
+
+    return adapter_class(base).low_precision_variants()
+
+
+def other_route(base: str) -> str | None:
+    """The other conversion route of a backend that has two (its default is the ExportedProgram)."""
+    from .registry import adapter_class
+
+    routes = adapter_class(base).other_routes()
+    return routes[0] if routes else None
 
 
 def _outputs(cls, spec, handle, task: TaskData, inputs_list: list[np.ndarray]) -> list[np.ndarray]:
@@ -219,13 +228,13 @@ def backend_column(base: str, module, input_name: str, batch: int, cache, task: 
     cells = {name: {"value": score(task, out)} for name, out in zip(names, outs["value"])}
     for post in posts:
         cells[post.name] = {"value": score(task, outs["value"][0], post.factor["decode"])}
-    for variant in BASE_VARIANTS.get(base, ()):
+    for variant in low_precision(base):
         progress(f"sysnoise {base}:{variant}")
         vspec = spec_of(f"{base}:{variant}")
         cells[f"precision: {variant}"] = _cell(lambda vspec=vspec: scored(vspec, handle))
-    if base in OTHER_ROUTE:
-        progress(f"sysnoise {base}: {OTHER_ROUTE[base]}")
-        rspec = spec_of(f"{base}:fp32,{OTHER_ROUTE[base]}")
+    if other_route(base):
+        progress(f"sysnoise {base}: {other_route(base)}")
+        rspec = spec_of(f"{base}:fp32,{other_route(base)}")
         cells["conversion route: ONNX"] = _cell(lambda: scored(rspec, handle))
     for patch in patches:
         if "not_applicable" in patch.factor:
@@ -233,7 +242,7 @@ def backend_column(base: str, module, input_name: str, batch: int, cache, task: 
             continue
         progress(f"sysnoise {base}: {patch.name}")
         cells[patch.name] = _cell(lambda patch=patch: scored(spec, handle_for(patched(module, patch.factor["patch"]))))
-    cspec = spec_of(f"{base}:int8" if "int8" in BASE_VARIANTS.get(base, ()) else base)
+    cspec = spec_of(f"{base}:int8" if "int8" in low_precision(base) else base)
     cells["combined"] = _cell(lambda: scored(cspec, handle, combined))
     return cells
 
@@ -276,8 +285,8 @@ def measure(model: str, backends: list[str], config, progress=lambda m: None) ->
     rows = [{"noise": "clean", "kind": "clean", "factor": {}}]
     rows += [{"noise": n.name, "kind": n.kind, "factor": n.factor} for n in pres]
     rows += [{"noise": f"precision: {v}", "kind": "inference", "factor": {"variant": v}}
-             for v in sorted({v for b in backends for v in BASE_VARIANTS.get(b, ())}, key=["fp16", "bf16", "int8"].index)]
-    if any(b in OTHER_ROUTE for b in backends):
+             for v in sorted({v for b in backends for v in low_precision(b)}, key=["fp16", "bf16", "int8"].index)]
+    if any(other_route(b) for b in backends):
         rows.append({"noise": "conversion route: ONNX", "kind": "inference", "factor": {"route": "onnx"}})
     rows += [{"noise": n.name, "kind": n.kind, "factor": n.factor} for n in patches + posts]
     rows.append({"noise": "combined", "kind": "combined", "factor": {**comb.factor, "variant": "int8 where available"}})

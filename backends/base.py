@@ -75,6 +75,29 @@ class Adapter:
     #: variants whose ``keep=MODULE;...`` option keeps modules in fp32 (mixed-precision advice)
     keep_variants: tuple[str, ...] = ()
 
+    #: variants computing below fp32 (what SysNoise's precision rows and the sweep compare)
+    LOW_PRECISION = ("fp16", "bf16", "int8")
+
+    @classmethod
+    def low_precision_variants(cls) -> tuple[str, ...]:
+        return tuple(v for v in cls.variants if v in cls.LOW_PRECISION)
+
+    @classmethod
+    def other_routes(cls) -> tuple[str, ...]:
+        """``route=...`` options other than the default conversion route (SysNoise's route row)."""
+        default = cls.defaults.get("route")
+        return tuple(f"route={r}" for r in cls.options.get("route") or () if r != default)
+
+    @classmethod
+    def needs_gpu(cls, spec: BackendSpec) -> bool:
+        """Whether this spec runs on an NVIDIA GPU (the sweep asks Ray for one)."""
+        return False
+
+    @classmethod
+    def threads(cls, spec: BackendSpec) -> int | str:
+        """The intra-op threads this spec runs with (reported beside latency)."""
+        return int(spec.option("threads")) if spec.option("threads") else "runtime default"
+
     def __init__(self, spec: BackendSpec):
         self.spec = spec
         self.cache_hit = False

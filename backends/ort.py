@@ -442,6 +442,10 @@ class OrtAdapter(Adapter):
                            "itself); use trt:fp16,keep=... or ort:fp16,ep=cuda,keep=...")
         return without_default_mode(out)
 
+    @classmethod
+    def needs_gpu(cls, spec: BackendSpec) -> bool:
+        return spec.variant in ("cuda", "trt") or spec.option("ep") in ("cuda", "trt")
+
     @property
     def ep(self) -> str:
         return self.spec.option("ep") or "cpu"

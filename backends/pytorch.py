@@ -52,6 +52,16 @@ class TorchAdapter(Adapter):
 
     layers_from = "torch.fx.Interpreter over the ExportedProgram at the variant's precision (no fusion to disturb)"
 
+    @classmethod
+    def low_precision_variants(cls) -> tuple[str, ...]:
+        return ("fp16",)    # the baseline SysNoise compares; bf16 on a CPU without it is emulated
+
+    @classmethod
+    def threads(cls, spec) -> int:
+        import torch
+
+        return torch.get_num_threads()
+
     def route(self, model) -> str:
         return "eager"
 

@@ -712,6 +712,10 @@ class TrtAdapter(Adapter):
     keep_variants = KEEP_VARIANTS
     defaults = {"opt_level": "3"}
 
+    @classmethod
+    def needs_gpu(cls, spec) -> bool:
+        return True
+
     def __init__(self, spec: BackendSpec):
         super().__init__(spec)
         self._sample_shapes: dict[str, tuple[int, ...]] | None = None

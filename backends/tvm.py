@@ -104,6 +104,13 @@ class TvmAdapter(Adapter):
     options = {"route": ("export", "onnx"), "target": None, "opt": ("0", "1", "2", "3"), "accum": ("fp16", "fp32")}
     defaults = {"route": "export", "target": "llvm", "opt": "3"}
 
+    @classmethod
+    def threads(cls, spec) -> int | str:
+        import os
+
+        value = os.environ.get("TVM_NUM_THREADS", "")
+        return int(value) if value.isdigit() else super().threads(spec)
+
     @property
     def layers_from(self) -> str:
         if self.spec.option("route") == "onnx":
