@@ -174,6 +174,7 @@ def _run_backend(cls, shown: str, spec: BackendSpec, handle: ModelHandle, refere
         enter_stage(stage)
         progress(f"{shown}: compiling")
         compiled = adapter.compile(converted, folder)
+        adapter.deployed = compiled     # what the layer hooks read of the deployed model
         result.timings["compile_s"] = round(time.perf_counter() - t0, 6)
         stage, t0 = "run", time.perf_counter()
         enter_stage(stage)

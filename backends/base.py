@@ -35,9 +35,13 @@ class Compiled:
 
     #: what the runtime actually did, read back from it (precision, route, device, ...)
     info: dict
+    #: the file the runtime loaded (the deployed ONNX, IR or library), which the layer view
+    #: and bisection of a quantized model read; None where there is none
+    artifact: Path | None
 
     def __init__(self):
         self.info = {}
+        self.artifact = None
 
     def run(self, sample: dict[str, np.ndarray]) -> list[np.ndarray]:
         raise NotImplementedError
@@ -184,6 +188,10 @@ class Adapter:
 
     #: how ``layer_values`` obtains intermediates (said in the report); None: not supported
     layers_from: str | None = None
+    #: the ``Compiled`` this adapter's ``compile`` returned, set by the runner right after it:
+    #: what the layer hooks (``layer_values``, ``bisect``, ``deployed_fusion``) read of the
+    #: deployed model, instead of state ``compile`` leaves on the adapter
+    deployed: Compiled | None = None
 
     def layers_source(self, model) -> str | None:
         """``layers_from`` for the route ``model`` really takes: an ONNX source goes the onnx

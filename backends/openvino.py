@@ -273,7 +273,7 @@ class OpenVinoAdapter(Adapter):
         """Fusions from the compiled model's runtime model: each executed primitive lists the
         original ops it computes (``originalLayersNames``). From the ExportedProgram route
         those carry FX node names (``relu/aten.relu.default/Relu``)."""
-        compiled = getattr(self, "_compiled", None)
+        compiled = self.deployed.compiled if self.deployed is not None else None
         if compiled is None or self.spec.option("route", "export") != "export":
             return None, None
         groups = {}
@@ -311,10 +311,9 @@ class OpenVinoAdapter(Adapter):
     def _deployed_model(self):
         import openvino as ov
 
-        deployed = getattr(self, "_deployed", None)
-        if deployed is None:
+        if self.deployed is None or self.deployed.artifact is None:
             raise RuntimeError("the int8 model was not built in this process")
-        return ov.Core().read_model(str(deployed))
+        return ov.Core().read_model(str(self.deployed.artifact))
 
     def _compile_converted(self, converted, folder: str):
         """A converted model saved and compiled as the deployed one is (fp16: weights
@@ -399,7 +398,6 @@ class OpenVinoAdapter(Adapter):
         import openvino as ov
 
         xml = folder / "model.xml"
-        self._deployed = xml   # the int8 layer view and bisection read the deployed model
         if self.variant == "int8":
             self._ignored_scope(model)  # keep= checked (and its nodes counted) before the cache or NNCF
         if xml.exists() and (folder / "model.bin").exists():
@@ -471,8 +469,8 @@ class OpenVinoAdapter(Adapter):
         device = self.spec.option("device", "CPU")
         hint = self.spec.option("precision_hint") or self.variant
         compiled = core.compile_model(converted, device, self._config(folder))
-        self._compiled = compiled
         out = OpenVinoCompiled(compiled)
+        out.artifact = folder / "model.xml"   # as saved by convert (the int8 view reads the deployed IR)
         out.info.update(device=device, precision_hint=hint)
         try:
             out.info["inference_precision"] = str(compiled.get_property("INFERENCE_PRECISION_HINT"))

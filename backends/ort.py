@@ -515,7 +515,7 @@ class OrtAdapter(Adapter):
 
         import onnx
 
-        if getattr(self, "_deployed", None) is None or self.variant != "fp32":
+        if self.deployed is None or self.variant != "fp32":
             return None, None  # fp16/int8 lowering renames values: no reliable match yet
         if self.ep == "trt":
             return None, None  # TensorRT subgraphs are compiled nodes: no optimized graph to read
@@ -524,9 +524,14 @@ class OrtAdapter(Adapter):
             # operators: read the fusions at "extended"
             so = self._options(level={"all": "extended"}.get(self.spec.option("opt", "all")))
             so.optimized_model_filepath = str(Path(tmp) / "optimized.onnx")
-            self._session(self._deployed, so)
+            self._session(self.deployed.artifact, so)
             graph = onnx.load(so.optimized_model_filepath, load_external_data=False).graph
         return {o for n in graph.node for o in n.output} | {o.name for o in graph.output}, None
+
+    def _deployed_artifact(self) -> Path:
+        if self.deployed is None or self.deployed.artifact is None:
+            raise RuntimeError("the int8 model was not built in this process")
+        return self.deployed.artifact
 
     def int8_layer_values(self, model, sample):
         """Layer values of the deployed QDQ int8 model (``qdq_values``), keyed by FX node."""
@@ -534,9 +539,7 @@ class OrtAdapter(Adapter):
 
         import onnx
 
-        deployed = getattr(self, "_deployed", None)
-        if deployed is None:
-            raise RuntimeError("the int8 model was not built in this process")
+        deployed = self._deployed_artifact()
         layers, _ = model.reference_layers("onnx")
         quantized = onnx.shape_inference.infer_shapes(onnx.load(str(deployed)))
         marks = qdq_values(quantized, [layer.node for layer in layers])
@@ -554,9 +557,7 @@ class OrtAdapter(Adapter):
             return super().bisect(model, sample, out_of_tolerance)
         from backendiff.bisect import bisect_backend
 
-        deployed = getattr(self, "_deployed", None)
-        if deployed is None:
-            raise RuntimeError("the int8 model was not built in this process")
+        deployed = self._deployed_artifact()
         layers, reference = model.reference_layers("onnx")
         nodes = [layer.node for layer in layers]
         found = bisect_backend(self, deployed, nodes, sample, reference, out_of_tolerance,
@@ -689,8 +690,8 @@ class OrtAdapter(Adapter):
         elif self.variant != "fp32":  # read back what runs: the graph after ORT's own transforms
             so.optimized_model_filepath = str(optimized)  # (not with TensorRT's compiled nodes)
         session = self._session(onnx_path, so)
-        self._deployed = Path(onnx_path)
         compiled = OrtCompiled(session)
+        compiled.artifact = Path(onnx_path)
         compiled.info["opt"] = self.spec.option("opt", "all")
         compiled.info["artifact"] = str(onnx_path)  # the model the session was made from
         if self.variant == "int8":
