@@ -316,7 +316,12 @@ def zoo_cmd(as_json):
 
     rows = []
     for name, entry in ZOO.items():
-        module = entry.build()
+        try:
+            module = entry.build()
+        except BadInput as e:        # an entry whose package is not installed (zoo:minilm without [hf])
+            rows.append({"name": name, "description": entry.description, "inputs": [s.to_dict() for s in entry.inputs],
+                         "parameters": None, "task": entry.task, "score": None, "unavailable": str(e)})
+            continue
         row = {"name": name, "description": entry.description,
                "inputs": [s.to_dict() for s in entry.inputs],
                "parameters": sum(p.numel() for p in module.parameters()), "task": entry.task, "score": None}
@@ -348,9 +353,9 @@ def zoo_cmd(as_json):
         inputs = ", ".join(f"{i['name']}{tuple(i['shape'])}" for i in r["inputs"])
         score = f"{r['score']['metric']} {r['score']['value']:.2f}% ({r['score']['samples']})" if r["score"] else "-"
         params = r["parameters"]
-        size = f"{params / 1e6:.2f}M" if params >= 1e5 else f"{params / 1e3:.1f}k"
+        size = "-" if params is None else f"{params / 1e6:.2f}M" if params >= 1e5 else f"{params / 1e3:.1f}k"
         table.add_row(f"zoo:{r['name']}", inputs, size, r["task"] or "-", score,
-                      r["description"])
+                      r["description"] + (f" (unavailable here: {r['unavailable']})" if r.get("unavailable") else ""))
     _stdout_console().print(table)
     return 0
 
