@@ -182,3 +182,12 @@ def export_next_step(failure, mode: str) -> dict:
         f = frames[-1]
         out["user_source"] = f"{f.filename}:{f.lineno}" + (f": {f.line.strip()}" if f.line else "")
     return out
+
+
+def quoted_name(message: str, names) -> str | None:
+    """The longest of ``names`` (graph node or op names) that ``message`` quotes as a whole
+    word: tools name the node they failed on in their own formats (``'249 NAME'``,
+    ``node name: NAME``, ``Node (NAME)``)."""
+    found = [n for n in set(names) if n and n in message
+             and re.search(r"(?<![\w.-])" + re.escape(n) + r"(?![\w-]|\.\w)", message)]
+    return max(found, key=len) if found else None

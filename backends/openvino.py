@@ -81,9 +81,8 @@ def nncf_error(exc: BaseException, converted, modules: dict[str, str], spec) -> 
     ``embedding_1/aten.embedding.default/Gather``, and that node's PyTorch module from
     ``modules``), why where known, and what to try. ``node NAME of type OP`` is the phrase
     ``backendiff.diagnose`` reads to locate it in the model."""
+    from backendiff.diagnose import quoted_name
     from backendiff.errors import first_line
-
-    from .ort import quoted_name
 
     ops = {op.get_friendly_name(): op for op in converted.get_ops()} if converted is not None else {}
     message = f"{type(exc).__name__}: {first_line(exc) or '(no message)'}"

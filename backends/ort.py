@@ -200,22 +200,12 @@ class QuantizerFailed(RuntimeError):
     module, what to try); the tool's own exception is its ``__cause__``."""
 
 
-def quoted_name(message: str, names) -> str | None:
-    """The longest of ``names`` (graph node or op names) that ``message`` quotes as a whole
-    word: tools name the node they failed on in their own formats (``'249 NAME'``,
-    ``node name: NAME``, ``Node (NAME)``)."""
-    import re
-
-    found = [n for n in set(names) if n and n in message
-             and re.search(r"(?<![\w.-])" + re.escape(n) + r"(?![\w-]|\.\w)", message)]
-    return max(found, key=len) if found else None
-
-
 def quantizer_error(exc: BaseException, models, mode: str, keep: list[str] = (), tool: str | None = None) -> str:
     """One line for a failure of ONNX Runtime's quantization: the tool's error, the node it
     names (looked up in ``models``, the pre-processed model then the export, whose nodes carry
     the exporter's module names) with its op type and PyTorch module, and what to try. The
     phrase ``node NAME of type OP`` is the one ``backendiff.diagnose`` reads to locate it."""
+    from backendiff.diagnose import quoted_name
     from backendiff.errors import first_line
     from backendiff.onnx_graph import node_module
 
