@@ -5,7 +5,7 @@ BIN    := $(VENV)/bin
 PIP    := $(BIN)/python -m pip
 STAMP  := $(VENV)/.backendiff-installed
 
-.PHONY: install demo test lint test-heavy bench browser clean
+.PHONY: install demo test lint test-heavy bench browser clean ops corpus
 
 # torch is installed first from its own pin: the CPU build (a bare `torch` requirement
 # would pull a multi-GB CUDA build); pyproject then only needs torch>=2.6.
@@ -47,6 +47,10 @@ corpus: $(STAMP)
 	$(BIN)/backendiff sweep --file models/corpus/corpus-sweep.toml --out reports/corpus ; \
 	  code=$$?; echo "backendiff exit code $$code (0 every cell ran, 3 some cell could not run: its reason is on the board)"; \
 	  echo "scoreboard: reports/corpus/sweep.html (sweep.json; each cell's report in reports/corpus/cells/)"
+
+# PyTorch's whole OpInfo database (fp32) through the CPU runtimes: the operator matrix
+ops: $(STAMP)
+	$(BIN)/backendiff ops --backends ort,openvino,tvm --out reports/ops
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench.py

@@ -587,6 +587,41 @@ def _option_value(text: str):
     return text
 
 
+@cli.command("ops")
+@click.option("--backends", "-b", "backends", default="ort,openvino,tvm", show_default=True, metavar="SPEC[,SPEC...]",
+              help="Backend specs to run every operator on.")
+@click.option("--ops", "patterns", multiple=True, default=("*",), show_default=True, metavar="PATTERN",
+              help="Operators of PyTorch's OpInfo database to run, as globs on their names, e.g. 'nn.functional.*pool*'.")
+@click.option("--dtypes", default="fp32", show_default=True, metavar="DTYPE[,DTYPE...]", help="Dtypes to run (fp32).")
+@click.option("--samples", "limit", default=16, show_default=True, help="Sample inputs per operator (the first N).")
+@click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("reports/ops"), show_default=True,
+              help="Where the cells and the matrix go; a rerun resumes from the cells stored there.")
+@click.option("--force", is_flag=True, help="Recompute stored cells.")
+@click.option("--cache-dir", type=click.Path(path_type=Path), help="Cache folder (default ~/.cache/backendiff).")
+@click.option("--quiet", "-q", is_flag=True, help="No progress display.")
+def ops_cmd(backends, patterns, dtypes, limit, out_dir, force, cache_dir, quiet):
+    """Run PyTorch's operator database (OpInfo) through each backend against PyTorch: which
+    operators each runtime gets wrong, before a model hits them."""
+    from .config import CompareConfig
+    from .ops import run as run_ops
+    from .render import print_ops
+    from .specs import parse_specs
+
+    specs = [s.text for s in parse_specs(backends)]
+    if limit < 1:
+        raise BadInput("--samples must be at least 1")
+    config = CompareConfig(layerwise="never", advise=False, cache_dir=cache_dir, task="off")
+    console = Console(stderr=True)
+    if quiet or not console.is_terminal:
+        matrix = run_ops(list(patterns), specs, dtypes.split(","), limit, out_dir, force, config)
+    else:
+        with console.status("backendiff: loading PyTorch's operator database") as status, StepClock(status) as clock:
+            matrix = run_ops(list(patterns), specs, dtypes.split(","), limit, out_dir, force, config, clock.step)
+    print_ops(matrix, _stdout_console(), out_dir / "matrix.json")
+    bad = any(cell.get("status") in ("diverged", "failed") for row in matrix["rows"] for cell in row["cells"].values())
+    return 1 if bad else 0
+
+
 @cli.command("report")
 @click.argument("run", type=click.Path(path_type=Path))
 @click.option("--html", "html_path", type=click.Path(path_type=Path), help="Write the run as a self-contained HTML report.")

@@ -483,3 +483,43 @@ def print_scoreboard(board: dict, console: Console | None = None) -> None:
         console.print(f"{run['cells']} cells: {run['ran']} run, {run['resumed']} resumed from the store"
                       + (f", {shared} shared by identical entries" if shared else "")
                       + f" ({run['executor']} executor, {run['workers']} workers, {run['wall_s']:.1f} s)", highlight=False)
+
+
+def print_ops(matrix: dict, console: Console, path) -> None:
+    """The operator matrix: per backend how many operators agree, diverge, fail, are skipped;
+    then every operator that does not agree everywhere, with its worst sample."""
+    specs = matrix["specs"]
+    table = Table(title=f"backendiff ops · {len(matrix['rows'])} operators of PyTorch's OpInfo database vs PyTorch",
+                  title_justify="left")
+    table.add_column("operator", overflow="fold")
+    for spec in specs:
+        table.add_column(spec, overflow="fold")
+    shown = 0
+    for row in matrix["rows"]:
+        cells = [row["cells"].get(spec, {}) for spec in specs]
+        if all(c.get("status") in ("agree", "skipped") for c in cells):
+            continue
+        shown += 1
+        table.add_row(row["op"], *[Text(ops_cell(c), style=_STATUS_STYLE.get(_OPS_STYLE.get(c.get("status")), ""))
+                                   for c in cells])
+    if shown:
+        console.print(table)
+    for spec, counts in matrix["summary"].items():
+        console.print(f"{spec}: " + " · ".join(f"{k} {v}" for k, v in sorted(counts.items())), highlight=False)
+    console.print(f"matrix: {path}", highlight=False)
+
+
+_OPS_STYLE = {"agree": "ok", "diverged": "diverged", "failed": "failed", "skipped": "unavailable"}
+
+
+def ops_cell(cell: dict) -> str:
+    status = cell.get("status", "-")
+    if status == "diverged":
+        w = cell["worst"]
+        return (f"diverged {cell['diverged_samples']}/{cell['samples']} · {fmt_sqnr(w['metrics'] or {})} dB · "
+                f"{w['reason']} · {w['sample'][:120]}")
+    if status == "failed":
+        return f"failed [{cell.get('stage')}] {cell.get('message', '')[:160]} ({cell.get('failed_samples')} samples)"
+    if status == "skipped":
+        return f"skipped: {cell.get('reason', '')[:80]}"
+    return status

@@ -1,0 +1,281 @@
+"""``backendiff ops``: PyTorch's own operator database (OpInfo, ``op_db``: every operator with
+sample inputs that cover its edge cases) run through each backend against PyTorch, to find
+what a runtime gets wrong before a model hits it.
+
+Each operator's samples go into one module with one output per sample result, so one
+export and one compile serve all of them; ``compare`` does the rest (reference, fp64
+golden, tolerances, verdicts, worker isolation). A batch that fails to export or convert is
+split in halves until the failing samples stand alone. Every (operator, backend) cell is
+stored as it finishes, so a rerun resumes; ``--force`` recomputes.
+"""
+from __future__ import annotations
+
+import fnmatch
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import BadInput, first_line
+
+CELL_SCHEMA = "backendiff.ops.cell/1"
+#: a sample larger than this (elements over all its tensors) is left out: the database's
+#: samples are small; the bound keeps a whole run's memory and time in hand
+MAX_ELEMENTS = 1 << 16
+DTYPES = {"fp32": "float32"}
+
+
+@dataclass(frozen=True)
+class OpCase:
+    """One operator of the database at one dtype: its name (``name`` or ``name.variant``), the
+    callable, and the samples kept (tensors, and the structure around them)."""
+    name: str
+    dtype: str
+    op: object
+    samples: tuple
+
+
+def op_name(info) -> str:
+    return f"{info.name}.{info.variant_test_name}" if info.variant_test_name else info.name
+
+
+def load_database():
+    """PyTorch's OpInfo database (its test suite's; it needs ``expecttest``)."""
+    try:
+        from torch.testing._internal.common_methods_invocations import op_db
+    except ImportError as e:
+        raise BadInput(f"PyTorch's operator database needs {e.name or 'expecttest'}: "
+                       "pip install expecttest (or backendiff[hf])") from None
+    return op_db
+
+
+def select(database, patterns: list[str], dtype: str) -> list:
+    """The OpInfos whose name matches one of the glob ``patterns`` and that support ``dtype``
+    on the CPU, in the database's order."""
+    import torch
+
+    want = getattr(torch, DTYPES[dtype])
+    return [info for info in database if any(fnmatch.fnmatch(op_name(info), p) for p in patterns)
+            and want in info.supported_dtypes("cpu")]
+
+
+def tensors_of(value) -> list:
+    """Every tensor in a nested structure of tuples, lists and dicts, in order."""
+    import torch
+    from torch.utils import _pytree as pytree
+
+    return [leaf for leaf in pytree.tree_leaves(value) if isinstance(leaf, torch.Tensor)]
+
+
+def usable(sample) -> bool:
+    """A sample the export can take: plain dense CPU tensors, within ``MAX_ELEMENTS``."""
+    import torch
+
+    parts = tensors_of((sample.input, sample.args, sample.kwargs))
+    return bool(parts) and all(t.layout == torch.strided and not t.is_complex() for t in parts) \
+        and sum(t.numel() for t in parts) <= MAX_ELEMENTS
+
+
+def cases(database, patterns: list[str], dtype: str, limit: int) -> list[OpCase]:
+    import torch
+
+    out = []
+    for info in select(database, patterns, dtype):
+        try:
+            samples = [s for s in info.sample_inputs("cpu", getattr(torch, DTYPES[dtype])) if usable(s)][:limit]
+        except Exception:  # noqa: BLE001 - a database entry whose sample generator fails here is skipped
+            samples = []
+        out.append(OpCase(op_name(info), dtype, info.op, tuple(samples)))
+    return out
+
+
+def sample_module(case: OpCase, indices: list[int]):
+    """(module, inputs, outputs per sample): a module whose forward runs ``case.op`` on each
+    chosen sample, its tensors passed as the module's inputs (non-tensor arguments are
+    constants of the graph), returning every tensor result as one flat tuple."""
+    import torch
+    from torch.utils import _pytree as pytree
+
+    structures, inputs = [], []
+    for i in indices:
+        s = case.samples[i]
+        leaves, spec = pytree.tree_flatten((s.input, s.args, s.kwargs))
+        where = [k for k, leaf in enumerate(leaves) if isinstance(leaf, torch.Tensor)]
+        structures.append((leaves, spec, where, len(inputs)))
+        inputs += [leaves[k].detach().clone() for k in where]
+
+    op = case.op
+
+    class Samples(torch.nn.Module):
+        def forward(self, *tensors):
+            results = []
+            for leaves, spec, where, start in structures:
+                filled = list(leaves)
+                for j, k in enumerate(where):
+                    filled[k] = tensors[start + j]
+                x, args, kwargs = pytree.tree_unflatten(filled, spec)
+                results += tensors_of(op(x, *args, **kwargs))
+            return tuple(results)
+
+    module = Samples().eval()
+    with torch.no_grad():
+        counts = [len(tensors_of(case.op(case.samples[i].input, *case.samples[i].args, **case.samples[i].kwargs)))
+                  for i in indices]
+    return module, tuple(inputs), counts
+
+
+def describe(sample) -> str:
+    """The sample's arguments in one line: shapes for tensors, values for the rest."""
+    import torch
+
+    def show(v):
+        if isinstance(v, torch.Tensor):
+            return f"Tensor{list(v.shape)}:{str(v.dtype).replace('torch.', '')}"
+        if isinstance(v, (list, tuple)):
+            return "[" + ", ".join(show(x) for x in v) + "]"
+        return repr(v)
+
+    args = [show(sample.input)] + [show(a) for a in sample.args] + [f"{k}={show(v)}" for k, v in sample.kwargs.items()]
+    return ", ".join(args)
+
+
+# -- one cell: one operator on one backend ------------------------------------------------------
+def run_case(case: OpCase, spec: str, config) -> dict:
+    """The cell of ``case`` on ``spec``: ``agree`` / ``diverged`` (worst sample, its arguments
+    and metrics) / ``failed`` (stage and first line; the samples that fail alone, found by
+    splitting the batch) / ``skipped`` (why)."""
+    if not case.samples:
+        return {"status": "skipped", "reason": "no sample of this dtype within the size bound"}
+    t0 = time.perf_counter()
+    outcome = _run_indices(case, spec, config, list(range(len(case.samples))))
+    outcome["wall_s"] = round(time.perf_counter() - t0, 3)
+    return outcome
+
+
+def _run_indices(case: OpCase, spec: str, config, indices: list[int], depth: int = 0) -> dict:
+    import backendiff
+
+    try:
+        module, inputs, counts = sample_module(case, indices)
+    except Exception as e:  # noqa: BLE001 - PyTorch itself cannot run these samples: nothing to compare
+        return {"status": "skipped", "reason": f"PyTorch eager: {type(e).__name__}: {first_line(e)[:200]}"}
+    report = backendiff.compare(module, inputs=inputs, backends=[spec], config=config)
+    b = report.backends[0]
+    if b.status in ("unavailable",):
+        return {"status": "skipped", "reason": f"unavailable: {b.error['message']}"}
+    if b.status in ("failed", "crashed", "timeout"):
+        err = b.error or {}
+        if len(indices) > 1 and depth < 12 and err.get("stage") in ("export", "convert", "compile", "run") \
+                and not names_the_op(err.get("message") or "", case.name):
+            half = len(indices) // 2
+            parts = [_run_indices(case, spec, config, indices[:half], depth + 1),
+                     _run_indices(case, spec, config, indices[half:], depth + 1)]
+            return merge(parts)
+        return {"status": "failed", "stage": err.get("stage"), "message": first_line(err.get("message") or "")[:300],
+                "examples": [describe(case.samples[i]) for i in indices[:3]], "samples": len(indices),
+                "failed_samples": len(indices)}
+    return verdicts(case, indices, counts, b)
+
+
+def names_the_op(message: str, name: str) -> bool:
+    """Whether a failure names the operator itself (``Unsupported function types
+    ['nonzero.default']``): every sample has it, so splitting the batch finds nothing."""
+    import re
+
+    base = name.split(".")[-1] if not name.startswith("nn.functional.") else name.split(".")[2]
+    return bool(re.search(rf"(?<![A-Za-z0-9]){re.escape(base)}(?![A-Za-z0-9])", message))
+
+
+def verdicts(case: OpCase, indices: list[int], counts: list[int], b) -> dict:
+    """Per-sample verdicts from the outputs of one run (``counts``: results per sample)."""
+    bad, start = [], 0
+    for i, n in zip(indices, counts):
+        mine = b.outputs[start:start + n]
+        start += n
+        diverged = [o for o in mine if o.status == "diverged"]
+        if diverged:
+            worst = min(diverged, key=lambda o: (o.metrics or {}).get("sqnr_db") or -1e9)
+            bad.append({"sample": describe(case.samples[i]), "metrics": worst.metrics,
+                        "reason": worst.reason or ("another shape" if worst.reference_shape else "outside tolerance")})
+    if not bad:
+        return {"status": "agree", "samples": len(indices)}
+    return {"status": "diverged", "samples": len(indices), "diverged_samples": len(bad), "worst": bad[0],
+            "examples": bad[:3]}
+
+
+def merge(parts: list[dict]) -> dict:
+    """Two halves of a batch into one cell: failed wins over diverged over agree."""
+    order = {"failed": 0, "diverged": 1, "agree": 2, "skipped": 3}
+    parts = sorted(parts, key=lambda p: order.get(p["status"], 4))
+    first = dict(parts[0])
+    total = sum(p.get("samples", 0) for p in parts)
+    first["samples"] = total
+    if first["status"] == "failed":
+        first["failed_samples"] = sum(p.get("failed_samples", 0) for p in parts if p["status"] == "failed")
+        first["examples"] = [e for p in parts if p["status"] == "failed" for e in p["examples"]][:3]
+        other = next((p for p in parts if p["status"] == "diverged"), None)
+        if other:
+            first["also_diverged"] = other["worst"]
+    elif first["status"] == "diverged":
+        first["diverged_samples"] = sum(p.get("diverged_samples", 0) for p in parts)
+    return first
+
+
+# -- the run: every cell, stored as it finishes ---------------------------------------------------
+def cell_path(out: Path, name: str, spec: str, dtype: str) -> Path:
+    safe = "".join(c if c.isalnum() or c in "._-" else "_" for c in f"{name}__{spec}__{dtype}")
+    return out / "cells" / f"{safe}.json"
+
+
+def run(patterns: list[str], specs: list[str], dtypes: list[str], limit: int, out: Path, force: bool,
+        config, progress=lambda m: None) -> dict:
+    """Every operator matching ``patterns`` × ``specs`` × ``dtypes``; returns the matrix."""
+    for d in dtypes:
+        if d not in DTYPES:
+            raise BadInput(f"--dtypes {d!r}: supported here: {', '.join(DTYPES)}")
+    database = load_database()
+    (out / "cells").mkdir(parents=True, exist_ok=True)
+    rows = []
+    for dtype in dtypes:
+        chosen = cases(database, patterns, dtype, limit)
+        if not chosen:
+            raise BadInput(f"no operator of PyTorch's database matches {', '.join(patterns)} at {dtype}")
+        for k, case in enumerate(chosen):
+            row = {"op": case.name, "dtype": dtype, "cells": {}}
+            for spec in specs:
+                path = cell_path(out, case.name, spec, dtype)
+                if path.exists() and not force:
+                    row["cells"][spec] = json.loads(path.read_text())
+                    continue
+                progress(f"ops {k + 1}/{len(chosen)}: {case.name} on {spec}")
+                cell = {"schema": CELL_SCHEMA, "op": case.name, "spec": spec, "dtype": dtype,
+                        **run_case(case, spec, config)}
+                from .cache import write_atomic
+
+                write_atomic(path, lambda tmp: tmp.write_text(json.dumps(cell, default=_json)))
+                row["cells"][spec] = cell
+            rows.append(row)
+    matrix = {"schema": "backendiff.ops/1", "specs": specs, "dtypes": dtypes, "patterns": patterns, "rows": rows,
+              "summary": summary(rows, specs)}
+    (out / "matrix.json").write_text(json.dumps(matrix, indent=1, default=_json))
+    return matrix
+
+
+def _json(value):
+    if isinstance(value, (np.floating, np.integer)):
+        return value.item()
+    return str(value)
+
+
+def summary(rows: list[dict], specs: list[str]) -> dict:
+    """Per backend: how many operators agree, diverge, fail, are skipped."""
+    out = {}
+    for spec in specs:
+        counts: dict[str, int] = {}
+        for row in rows:
+            status = row["cells"].get(spec, {}).get("status", "missing")
+            counts[status] = counts.get(status, 0) + 1
+        out[spec] = counts
+    return out

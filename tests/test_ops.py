@@ -1,0 +1,71 @@
+"""``backendiff ops``: PyTorch's OpInfo database through the runtimes, one cell per operator
+and backend, stored as it finishes (a small subset here; the full run is `make ops`)."""
+import json
+
+import pytest
+
+from backendiff.config import CompareConfig
+from backendiff.ops import merge, names_the_op
+
+from .conftest import needs
+
+pytest.importorskip("expecttest", reason="PyTorch's operator database needs expecttest (backendiff[hf])")
+
+CONFIG = CompareConfig(layerwise="never", advise=False, task="off", use_cache=False)
+
+
+@needs("ort", "tvm")
+def test_a_subset_finds_tvms_selu_and_resumes(tmp_path, monkeypatch):
+    import backendiff.ops as ops
+
+    matrix = ops.run(["sigmoid", "nn.functional.selu"], ["ort", "tvm"], ["fp32"], 4, tmp_path, False, CONFIG)
+    cells = {(row["op"], spec): cell for row in matrix["rows"] for spec, cell in row["cells"].items()}
+    assert cells[("sigmoid", "ort")]["status"] == "agree" and cells[("nn.functional.selu", "ort")]["status"] == "agree"
+    assert cells[("sigmoid", "ort")]["samples"] >= 2
+    selu = cells[("nn.functional.selu", "tvm")]       # TVM's SELU (ExportedProgram route) is off by ~5%
+    assert selu["status"] == "diverged" and selu["worst"]["metrics"]["sqnr_db"] < 40
+    assert selu["worst"]["sample"].startswith("Tensor[")
+    assert matrix["summary"]["ort"] == {"agree": 2}
+    assert json.loads((tmp_path / "matrix.json").read_text())["summary"] == matrix["summary"]
+    assert len(list((tmp_path / "cells").glob("*.json"))) == 4
+
+    def boom(*args, **kwargs):
+        raise AssertionError("a stored cell was recomputed")
+
+    monkeypatch.setattr(ops, "run_case", boom)          # a rerun reads what is stored
+    again = ops.run(["sigmoid", "nn.functional.selu"], ["ort", "tvm"], ["fp32"], 4, tmp_path, False, CONFIG)
+    assert again["summary"] == matrix["summary"]
+    with pytest.raises(AssertionError, match="recomputed"):  # --force recomputes
+        ops.run(["sigmoid"], ["ort"], ["fp32"], 4, tmp_path, True, CONFIG)
+
+
+@needs("tvm")
+def test_an_operator_a_runtime_cannot_convert_fails_with_its_reason_without_splitting(tmp_path):
+    import backendiff.ops as ops
+
+    matrix = ops.run(["nonzero"], ["tvm"], ["fp32"], 4, tmp_path, False, CONFIG)
+    cell = matrix["rows"][0]["cells"]["tvm"]
+    assert cell["status"] == "failed" and cell["stage"] == "convert" and "nonzero" in cell["message"]
+    assert cell["failed_samples"] == cell["samples"] == 4 and cell["examples"]
+
+
+def test_halves_of_a_batch_merge_worst_first():
+    failed = {"status": "failed", "stage": "convert", "message": "m", "examples": ["a"], "samples": 2,
+              "failed_samples": 2}
+    diverged = {"status": "diverged", "samples": 3, "diverged_samples": 1, "worst": {"sample": "b"}}
+    merged = merge([diverged, failed])
+    assert merged["status"] == "failed" and merged["samples"] == 5 and merged["also_diverged"] == {"sample": "b"}
+    assert merge([{"status": "agree", "samples": 2}, diverged]) | {} == {**diverged, "samples": 5}
+    assert names_the_op("Unsupported function types ['nonzero.default']", "nonzero")
+    assert not names_the_op("shapes do not match", "nn.functional.selu")
+
+
+def test_bad_ops_arguments_are_one_line(tmp_path):
+    from click.testing import CliRunner
+
+    from backendiff.cli import cli
+
+    for args, expected in ((["--dtypes", "fp64"], "supported here: fp32"),
+                           (["--ops", "no_such_op_*"], "no operator of PyTorch's database matches")):
+        result = CliRunner().invoke(cli, ["ops", "-b", "ort", "--out", str(tmp_path), "-q", *args])
+        assert result.exit_code == 2 and expected in result.output and "Traceback" not in result.output
