@@ -21,9 +21,9 @@ from backendiff.compare import compare
 from backendiff.errors import BadInput
 from backendiff.html import render_sweep_html
 from backendiff.render import print_scoreboard, scoreboard_cell
+from backendiff.report import RAN
 from backendiff.sweep import (
     CELL_SCHEMA,
-    RAN,
     CellStore,
     exit_code,
     findings,
