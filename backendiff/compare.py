@@ -13,7 +13,7 @@ import numpy as np
 from . import metrics as M
 from .cache import Cache, default_cache_dir
 from .config import CompareConfig
-from .environment import environment
+from .environment import environment, peak_rss_mb
 from .errors import BadInput
 from .inputs import (
     InputSpec,
@@ -125,6 +125,7 @@ def compare(model, inputs=None, backends=None, *, config: CompareConfig | None =
         fields["sysnoise"] = sysnoise_block(model, [spec.name for _, _, spec in specs], config, progress)
     timings = {k: round(v, 6) for k, v in handle.timings.items()}
     timings["total_s"] = round(time.perf_counter() - t_start, 6)
+    timings["peak_rss_mb"] = peak_rss_mb()
     return Report(**fields, backends=results, timings=timings)
 
 

@@ -7,6 +7,19 @@ from importlib import metadata
 CORE_PACKAGES = ("backendiff", "torch", "numpy", "onnx", "onnxscript")
 
 
+def peak_rss_mb() -> float | None:
+    """This process's peak resident memory so far, in MB (None where the OS does not say).
+    In a forked worker it counts the pages shared with its parent too, as the kernel does."""
+    try:
+        import resource
+        import sys
+
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    except (ImportError, OSError):
+        return None
+    return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)   # bytes on macOS, KiB on Linux
+
+
 def cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as f:

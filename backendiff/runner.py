@@ -14,6 +14,7 @@ from .cache import content_key
 from .chatter import captured
 from .config import CompareConfig
 from .diagnose import explain, export_next_step
+from .environment import peak_rss_mb
 from .errors import BackendUnavailable, BadInput, Failure, first_line
 from .latency import measure as measure_latency
 from .localize import localize, mixed_precision_advice
@@ -143,6 +144,7 @@ def run_backend(cls, shown: str, spec: BackendSpec, handle: ModelHandle, referen
         result = _run_backend(cls, shown, spec, handle, reference, config, progress, enter_stage)
     if said.summary():
         result.info["third_party_log"] = said.summary()
+    result.timings["peak_rss_mb"] = peak_rss_mb()    # of the worker that ran it (or of this process)
     return result
 
 

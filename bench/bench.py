@@ -48,7 +48,8 @@ def one(model: str, backends: str, cache: str) -> dict:
     wall = time.perf_counter() - t0
     per = {b.spec: {k: b.timings.get(k, 0.0) for k in STAGES} | {"status": b.status, "cache": b.cache}
            for b in report.backends}
-    return {"wall_s": wall, "backends": per, "tool": {k: v for k, v in report.timings.items() if k != "total_s"}}
+    return {"wall_s": wall, "backends": per,
+            "tool": {k: v for k, v in report.timings.items() if k not in ("total_s", "peak_rss_mb")}}
 
 
 def one_layerwise(model: str, backends: str, cache: str) -> dict:
@@ -73,6 +74,7 @@ def one_layerwise(model: str, backends: str, cache: str) -> dict:
     return {"wall_s": wall, "peak_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
             "layers": {b.spec: len(b.layers) for b in report.backends},
             "layers_s": {b.spec: b.timings.get("layers_s") for b in report.backends},
+            "profile": {"run": report.timings, "backends": {b.spec: b.timings for b in report.backends}},
             "errors": {b.spec: b.info.get("layers_error") for b in report.backends if b.info.get("layers_error")},
             "onnx": onnx_path}
 
@@ -108,6 +110,8 @@ def layerwise_bench(model: str, backends: str) -> None:
     for specs, r in rows:
         print(f"{specs:<22} {r['wall_s']:>8.2f} {r['peak_mb']:>9.0f}  {r['layers']}"
               + (f"  errors: {r['errors']}" if r["errors"] else ""))
+    for specs, r in rows[:-1]:
+        print(profile_line(specs, r["profile"]))
     single = max(r["peak_mb"] for specs, r in rows[:-1])
     print(f"peak RSS, three backends / largest single backend: {rows[-1][1]['peak_mb'] / single:.2f} "
           f"(target: about 1, memory does not grow with the number of backends)")
@@ -117,6 +121,20 @@ def layerwise_bench(model: str, backends: str) -> None:
         print(f"layer-wise ORT on {Path(onnx_path).name}: backendiff {bd:.2f}s vs polygraphy {pg:.2f}s "
               f"-> ratio {bd / pg:.2f} (target <= 1; backendiff also runs the PyTorch reference, matches "
               f"modules, growth, fusion)")
+
+
+def profile_line(specs: str, profile: dict) -> str:
+    """Where one layer-wise compare spent its time (the run's own steps: export, reference,
+    golden, layer programs; the backend's: convert, compile, infer, layer view) and its peak
+    memory, largest first."""
+    steps = {k[:-2]: v for k, v in profile["run"].items() if k.endswith("_s") and k != "total_s" and v}
+    for timings in profile["backends"].values():
+        steps.update({f"backend {k[:-2]}": v for k, v in timings.items() if k.endswith("_s") and v})
+    total = profile["run"].get("total_s") or sum(steps.values())
+    top = ", ".join(f"{k} {v:.2f}s ({100 * v / total:.0f}%)" for k, v in sorted(steps.items(), key=lambda kv: -kv[1])[:8])
+    peaks = [t.get("peak_rss_mb") for t in profile["backends"].values() if t.get("peak_rss_mb")]
+    return (f"  profile of {specs}: {top}; peak RSS: run {profile['run'].get('peak_rss_mb')} MB, "
+            f"worker {max(peaks) if peaks else '-'} MB")
 
 
 #: the layer view on the route and precision that is deployed (new) against the ONNX-route

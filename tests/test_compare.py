@@ -73,3 +73,14 @@ def test_runtime_options_reach_the_runtime():
     ort16 = report.backend("ort:fp16,opt=disable")
     assert ort16.info["opt"] == "disable" and ort16.options["opt"] == "disable"
     assert report.backend("openvino:perf_hint=throughput").status == "ok"
+
+
+def test_timings_keep_the_peak_memory_of_the_run_and_of_each_backend():
+    """#20's profile: the JSON timings say how much memory the run and each backend's worker
+    peaked at, beside the seconds of each step."""
+    import backendiff
+
+    report = backendiff.compare("zoo:fp16-overflow", backends=["torch"], use_cache=False)
+    assert report.timings["peak_rss_mb"] > 50 and report.backends[0].timings["peak_rss_mb"] > 50
+    assert report.timings["reference_s"] > 0 and report.timings["torch_export_s"] > 0
+    assert report.to_dict()["timings"]["peak_rss_mb"] == report.timings["peak_rss_mb"]
