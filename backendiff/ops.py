@@ -175,7 +175,7 @@ def _run_indices(case: OpCase, spec: str, config, indices: list[int], depth: int
             return merge(parts)
         return {"status": "failed", "stage": err.get("stage"), "message": first_line(err.get("message") or "")[:300],
                 "examples": [describe(case.samples[i]) for i in indices[:3]], "samples": len(indices),
-                "failed_samples": len(indices)}
+                "failed_samples": len(indices), "index": indices[0]}
     return verdicts(case, indices, counts, b)
 
 
@@ -197,7 +197,7 @@ def verdicts(case: OpCase, indices: list[int], counts: list[int], b) -> dict:
         diverged = [o for o in mine if o.status == "diverged"]
         if diverged:
             worst = min(diverged, key=lambda o: (o.metrics or {}).get("sqnr_db") or -1e9)
-            bad.append({"sample": describe(case.samples[i]), "metrics": worst.metrics,
+            bad.append({"sample": describe(case.samples[i]), "index": i, "metrics": worst.metrics,
                         "reason": worst.reason or ("another shape" if worst.reference_shape else "outside tolerance")})
     if not bad:
         return {"status": "agree", "samples": len(indices)}
@@ -252,6 +252,11 @@ def run(patterns: list[str], specs: list[str], dtypes: list[str], limit: int, ou
                 progress(f"ops {k + 1}/{len(chosen)}: {case.name} on {spec}")
                 cell = {"schema": CELL_SCHEMA, "op": case.name, "spec": spec, "dtype": dtype,
                         **run_case(case, spec, config)}
+                index = (cell.get("worst") or {}).get("index", cell.get("index"))
+                if cell["status"] in ("diverged", "failed") and index is not None:
+                    made = reproducer(case, index, spec, out / "reproducers")
+                    if made is not None:
+                        cell["reproducer"] = str(made)
                 from .cache import write_atomic
 
                 write_atomic(path, lambda tmp: tmp.write_text(json.dumps(cell, default=_json)))
@@ -278,4 +283,122 @@ def summary(rows: list[dict], specs: list[str]) -> dict:
             status = row["cells"].get(spec, {}).get("status", "missing")
             counts[status] = counts.get(status, 0) + 1
         out[spec] = counts
+    return out
+
+
+# -- standalone reproducers: something to attach to the runtime's issue tracker ---------------
+#: how each runtime runs an ExportedProgram ``ep`` on numpy ``arrays``, written without
+#: backendiff (the default route of each adapter, fp32)
+RUNTIME_CODE = {
+    "ort": '''import onnxruntime as ort
+path = HERE / "{stem}.onnx"
+torch.onnx.export(ep, dynamo=True, optimize=True).save(str(path))
+session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+names = [i.name for i in session.get_inputs()]
+got = session.run(None, dict(zip(names, arrays)))''',
+    "openvino": '''import openvino as ov
+compiled = ov.Core().compile_model(ov.convert_model(ep), "CPU", {{"INFERENCE_PRECISION_HINT": "f32"}})
+results = compiled.create_infer_request().infer(arrays)
+got = [np.array(results[o]) for o in compiled.outputs]''',
+    "tvm": '''import tvm
+from tvm import relax
+from tvm.relax.frontend.torch import from_exported_program
+mod = from_exported_program(ep, keep_params_as_input=False)
+vm = relax.VirtualMachine(tvm.compile(mod, target="llvm"), tvm.cpu())
+result = vm["main"](*[tvm.runtime.tensor(a, tvm.cpu()) for a in arrays])
+def flat(v):
+    return [v.numpy()] if hasattr(v, "numpy") else [x for item in v for x in flat(item)]
+got = flat(result)''',
+}
+
+
+def callable_path(op) -> str | None:
+    """``torch.nn.functional.selu`` for an operator the database gives as a public function
+    of torch, else None (a lambda or a test helper cannot be imported by a reproducer)."""
+    import importlib
+
+    module, name = getattr(op, "__module__", None) or "torch", getattr(op, "__name__", "")
+    if not name or name == "<lambda>":
+        return None
+    for candidate in (f"{module}.{name}", f"torch.{name}", f"torch.nn.functional.{name}", f"torch.special.{name}",
+                      f"torch.linalg.{name}", f"torch.fft.{name}"):
+        head, _, attr = candidate.rpartition(".")
+        try:
+            if getattr(importlib.import_module(head), attr, None) is op:
+                return candidate
+        except ImportError:
+            continue
+    return None
+
+
+def literal(value, tensors: list) -> str:
+    """Python source for a sample's argument, its tensors replaced by ``T[i]`` (stored apart)."""
+    import torch
+
+    if isinstance(value, torch.Tensor):
+        tensors.append(value.detach().cpu().numpy())
+        return f"T[{len(tensors) - 1}]"
+    if isinstance(value, (list, tuple)):
+        items = ", ".join(literal(v, tensors) for v in value)
+        return f"[{items}]" if isinstance(value, list) else f"({items}{',' if len(value) == 1 else ''})"
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k!r}: {literal(v, tensors)}" for k, v in value.items()) + "}"
+    if isinstance(value, torch.dtype):
+        return str(value)
+    if isinstance(value, float) and not np.isfinite(value):
+        return f"float({str(value)!r})"
+    return repr(value)
+
+
+def reproducer(case: OpCase, index: int, spec: str, folder: Path) -> Path | None:
+    """A standalone ``.py`` (and the ``.npz`` of its tensors) that runs sample ``index`` of
+    ``case`` in PyTorch and on the runtime of ``spec`` and prints how far apart they are; no
+    backendiff import. None where the operator has no importable callable or the spec is
+    not a plain fp32 default route."""
+    base = spec.split(":")[0]
+    if base not in RUNTIME_CODE or "," in spec or (":" in spec and not spec.endswith(":fp32")):
+        return None
+    path = callable_path(case.op)
+    if path is None:
+        return None
+    sample, tensors = case.samples[index], []
+    args = literal((sample.input, *sample.args), tensors)
+    kwargs = literal(dict(sample.kwargs), tensors)
+    stem = "".join(c if c.isalnum() or c in "._-" else "_" for c in f"{case.name}__{base}")
+    folder.mkdir(parents=True, exist_ok=True)
+    np.savez(folder / f"{stem}.npz", **{f"t{i}": t for i, t in enumerate(tensors)})
+    source = f'''"""{case.name} on {base}: PyTorch and the runtime disagree on this sample (made by backendiff ops;
+runs without backendiff: python {stem}.py)."""
+from pathlib import Path
+
+import numpy as np
+import torch
+import {path.rsplit(".", 1)[0]}
+
+HERE = Path(__file__).resolve().parent
+stored = np.load(HERE / "{stem}.npz")
+T = [torch.from_numpy(stored[f"t{{i}}"]) for i in range(len(stored.files))]
+
+
+class Sample(torch.nn.Module):
+    def forward(self, *T):
+        out = {path}(*{args}, **{kwargs})
+        return tuple(out) if isinstance(out, (tuple, list)) else (out,)
+
+
+inputs = tuple(T)
+expected = [t.detach().numpy() for t in Sample()(*inputs)]
+ep = torch.export.export(Sample(), inputs)
+arrays = [t.numpy() for t in inputs]
+{RUNTIME_CODE[base].format(stem=stem)}
+for i, (e, g) in enumerate(zip(expected, got)):
+    g = np.asarray(g)
+    if e.shape != g.shape:
+        print(f"output {{i}}: shape {{list(g.shape)}}, PyTorch {{list(e.shape)}}")
+        continue
+    diff = np.abs(g.astype(np.float64) - e.astype(np.float64))
+    print(f"output {{i}}: max abs difference {{np.nanmax(diff) if diff.size else 0.0:.6g}}")
+'''
+    out = folder / f"{stem}.py"
+    out.write_text(source)
     return out

@@ -1,6 +1,7 @@
 """``backendiff ops``: PyTorch's OpInfo database through the runtimes, one cell per operator
 and backend, stored as it finishes (a small subset here; the full run is `make ops`)."""
 import json
+from pathlib import Path
 
 import pytest
 
@@ -25,6 +26,18 @@ def test_a_subset_finds_tvms_selu_and_resumes(tmp_path, monkeypatch):
     selu = cells[("nn.functional.selu", "tvm")]       # TVM's SELU (ExportedProgram route) is off by ~5%
     assert selu["status"] == "diverged" and selu["worst"]["metrics"]["sqnr_db"] < 40
     assert selu["worst"]["sample"].startswith("Tensor[")
+    # its reproducer runs without backendiff and shows the divergence
+    import re
+    import subprocess
+    import sys
+
+    source = Path(selu["reproducer"]).read_text()
+    assert "backendiff" not in source.split('"""')[2]                     # no import of ours
+    shown = subprocess.run([sys.executable, selu["reproducer"]], capture_output=True, text=True, timeout=300,
+                           cwd=tmp_path)
+    assert shown.returncode == 0, shown.stderr[-2000:]
+    assert float(re.search(r"max abs difference ([0-9.e+-]+)", shown.stdout).group(1)) > 0.01
+    assert "reproducer" not in cells[("sigmoid", "ort")]
     assert matrix["summary"]["ort"] == {"agree": 2}
     assert json.loads((tmp_path / "matrix.json").read_text())["summary"] == matrix["summary"]
     assert len(list((tmp_path / "cells").glob("*.json"))) == 4
