@@ -89,6 +89,9 @@ def compare(model, inputs=None, backends=None, *, config: CompareConfig | None =
         progress("exporting (the cache key is the exported program)")
     handle.key  # noqa: B018 - keyed now, before any worker forks, by what the runtimes consume
     cache = handle.cache          # a temporary one when the model cannot be keyed (no export)
+    known = known_divergent_ops(handle, [shown for _, shown, _ in specs], config)
+    for shown, notes in known.items():
+        progress(f"{shown}: the operator matrix lists {', '.join(n['op'] for n in notes)} as {notes[0]['status']}")
 
     versions = {}
     for cls, _, _ in specs:
@@ -115,6 +118,8 @@ def compare(model, inputs=None, backends=None, *, config: CompareConfig | None =
                     on_counters=lambda after: add_timings(handle.timings, before, after))
             else:
                 result = run_backend(cls, shown, spec, handle, reference, config, progress)
+            if known.get(shown):
+                result.info["known_divergent_ops"] = known[shown]
             results.append(result)
             partial.add(result)
     finally:
@@ -127,6 +132,26 @@ def compare(model, inputs=None, backends=None, *, config: CompareConfig | None =
     timings["total_s"] = round(time.perf_counter() - t_start, 6)
     timings["peak_rss_mb"] = peak_rss_mb()
     return Report(**fields, backends=results, timings=timings)
+
+
+def known_divergent_ops(handle: ModelHandle, shown: list[str], config: CompareConfig) -> dict[str, list[dict]]:
+    """Pre-flight: per backend, the model's operators that the latest stored operator matrix
+    (``backendiff ops``) lists as diverged or failed there, and where the model uses them.
+    Nothing where no matrix is stored, the cache is off or the model has no program."""
+    from .ops import load_latest_matrix, preflight
+
+    if not config.use_cache or not handle.has_torch:
+        return {}
+    matrix = load_latest_matrix(config.cache_dir)
+    if matrix is None:
+        return {}
+    try:
+        from .layers import graph_layers
+
+        layers = graph_layers(handle.exported_program().graph_module)
+    except Exception:  # noqa: BLE001 - a model that does not export has no operators to check
+        return {}
+    return preflight(matrix, layers, shown)
 
 
 def model_key(model, config: CompareConfig | None = None) -> str | None:

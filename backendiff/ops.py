@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .chatter import captured
 from .errors import BadInput, first_line
 
 CELL_SCHEMA = "backendiff.ops.cell/1"
@@ -124,6 +125,22 @@ def sample_module(case: OpCase, indices: list[int]):
         counts = [len(tensors_of(case.op(case.samples[i].input, *case.samples[i].args, **case.samples[i].kwargs)))
                   for i in indices]
     return module, tuple(inputs), counts
+
+
+def aten_ops(case: OpCase) -> list[str]:
+    """The ATen operators an operator's samples export to (``selu``, ``max_pool2d_with_indices``):
+    what the pre-flight of ``compare`` matches a model's graph against. Empty where the
+    samples do not export."""
+    import torch
+
+    try:
+        module, inputs, _ = sample_module(case, list(range(len(case.samples))))
+        with captured(streams=True):
+            graph = torch.export.export(module, inputs, strict=False).graph
+    except Exception:  # noqa: BLE001 - then the cell itself says why
+        return []
+    return sorted({str(getattr(n.target, "_opname", "")) for n in graph.nodes
+                   if n.op == "call_function" and getattr(n.target, "_opname", None)})
 
 
 def describe(sample) -> str:
@@ -243,14 +260,17 @@ def run(patterns: list[str], specs: list[str], dtypes: list[str], limit: int, ou
         if not chosen:
             raise BadInput(f"no operator of PyTorch's database matches {', '.join(patterns)} at {dtype}")
         for k, case in enumerate(chosen):
-            row = {"op": case.name, "dtype": dtype, "cells": {}}
+            row = {"op": case.name, "dtype": dtype, "cells": {}, "aten": None}
             for spec in specs:
                 path = cell_path(out, case.name, spec, dtype)
                 if path.exists() and not force:
                     row["cells"][spec] = json.loads(path.read_text())
+                    row["aten"] = row["aten"] or row["cells"][spec].get("aten")
                     continue
                 progress(f"ops {k + 1}/{len(chosen)}: {case.name} on {spec}")
-                cell = {"schema": CELL_SCHEMA, "op": case.name, "spec": spec, "dtype": dtype,
+                if row["aten"] is None:
+                    row["aten"] = aten_ops(case)
+                cell = {"schema": CELL_SCHEMA, "op": case.name, "spec": spec, "dtype": dtype, "aten": row["aten"],
                         **run_case(case, spec, config)}
                 index = (cell.get("worst") or {}).get("index", cell.get("index"))
                 if cell["status"] in ("diverged", "failed") and index is not None:
@@ -265,7 +285,54 @@ def run(patterns: list[str], specs: list[str], dtypes: list[str], limit: int, ou
     matrix = {"schema": "backendiff.ops/1", "specs": specs, "dtypes": dtypes, "patterns": patterns, "rows": rows,
               "summary": summary(rows, specs)}
     (out / "matrix.json").write_text(json.dumps(matrix, indent=1, default=_json))
+    latest = latest_matrix_path(config.cache_dir)
+    latest.parent.mkdir(parents=True, exist_ok=True)
+    from .cache import write_atomic
+
+    write_atomic(latest, lambda tmp: tmp.write_text(json.dumps(matrix, default=_json)))
     return matrix
+
+
+def latest_matrix_path(cache_dir=None) -> Path:
+    """Where the latest operator matrix is kept for ``compare``'s pre-flight (in the cache)."""
+    from .cache import default_cache_dir
+
+    return Path(cache_dir or default_cache_dir()) / "ops" / "matrix.json"
+
+
+# -- pre-flight: a backend about to run an operator the matrix knows it gets wrong --------------
+def preflight(matrix: dict | None, layers, specs: list[str]) -> dict[str, list[dict]]:
+    """spec -> the model's operators that diverged or failed on that spec in ``matrix``: the
+    matrix row, its status and worst SQNR, and where the model uses the operator (module,
+    source line; ``layers`` are the model's FX layers)."""
+    if not matrix:
+        return {}
+    uses: dict[str, list] = {}
+    for layer in layers:
+        uses.setdefault(layer.op_type, []).append(layer)
+    out: dict[str, list[dict]] = {}
+    for row in matrix.get("rows", []):
+        ops = [op for op in row.get("aten") or [] if op in uses]
+        if not ops:
+            continue
+        for spec in specs:
+            cell = row.get("cells", {}).get(spec) or {}
+            if cell.get("status") not in ("diverged", "failed"):
+                continue
+            where = [{"module": layer.module, "op": layer.op_type, "source": layer.source}
+                     for op in ops for layer in uses[op]][:3]
+            sqnr = ((cell.get("worst") or {}).get("metrics") or {}).get("sqnr_db")
+            out.setdefault(spec, []).append({"op": row["op"], "status": cell["status"], "sqnr_db": sqnr,
+                                             "stage": cell.get("stage"), "where": where})
+    return out
+
+
+def load_latest_matrix(cache_dir=None) -> dict | None:
+    path = latest_matrix_path(cache_dir)
+    try:
+        return json.loads(Path(path).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def _json(value):

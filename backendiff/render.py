@@ -177,6 +177,21 @@ def failure_note(err: dict) -> str:
     return note + (f" ({err['hint']})" if err.get("hint") else "")
 
 
+def preflight_lines(report) -> list[str]:
+    """The pre-flight notes: operators of this model that the stored operator matrix lists as
+    diverged or failed on a backend of this run, and where the model uses them."""
+    lines = []
+    for b in report.backends:
+        for note in b.info.get("known_divergent_ops") or []:
+            places = ", ".join((w["module"] or "<top>") + (f" ({w['source'].rsplit('/', 1)[-1]})" if w.get("source")
+                                                           else "") for w in note["where"])
+            how = f" ({note['sqnr_db']:.1f} dB)" if note.get("sqnr_db") is not None else \
+                (f" at {note['stage']}" if note.get("stage") else "")
+            lines.append(f"pre-flight {b.spec}: {note['op']} {note['status']} in the operator matrix{how}; "
+                         f"this model uses it at {places}")
+    return lines
+
+
 def export_lines(report) -> list[str]:
     """Under the table: what the export assumed (``--export draft``), and the next step of
     each distinct export failure, once."""
@@ -368,7 +383,7 @@ def print_report(report: Report, console: Console | None = None, json_path=None)
                       highlight=False)
     if report.baseline and not report.baseline.get("available"):
         console.print(f"[dim]no fp64 baseline: {report.baseline.get('reason')}[/dim]")
-    for line in export_lines(report):
+    for line in export_lines(report) + preflight_lines(report):
         console.print(Text(line))
     for b in report.backends:
         for line in layer_lines(b) + advice_lines(b):

@@ -12,14 +12,16 @@ from .conftest import needs
 
 pytest.importorskip("expecttest", reason="PyTorch's operator database needs expecttest (backendiff[hf])")
 
-CONFIG = CompareConfig(layerwise="never", advise=False, task="off", use_cache=False)
+def config(tmp_path):
+    """compare's settings for the cells; the latest matrix goes to this test's own cache."""
+    return CompareConfig(layerwise="never", advise=False, task="off", use_cache=False, cache_dir=tmp_path / "cache")
 
 
 @needs("ort", "tvm")
 def test_a_subset_finds_tvms_selu_and_resumes(tmp_path, monkeypatch):
     import backendiff.ops as ops
 
-    matrix = ops.run(["sigmoid", "nn.functional.selu"], ["ort", "tvm"], ["fp32"], 4, tmp_path, False, CONFIG)
+    matrix = ops.run(["sigmoid", "nn.functional.selu"], ["ort", "tvm"], ["fp32"], 4, tmp_path, False, config(tmp_path))
     cells = {(row["op"], spec): cell for row in matrix["rows"] for spec, cell in row["cells"].items()}
     assert cells[("sigmoid", "ort")]["status"] == "agree" and cells[("nn.functional.selu", "ort")]["status"] == "agree"
     assert cells[("sigmoid", "ort")]["samples"] >= 2
@@ -46,17 +48,17 @@ def test_a_subset_finds_tvms_selu_and_resumes(tmp_path, monkeypatch):
         raise AssertionError("a stored cell was recomputed")
 
     monkeypatch.setattr(ops, "run_case", boom)          # a rerun reads what is stored
-    again = ops.run(["sigmoid", "nn.functional.selu"], ["ort", "tvm"], ["fp32"], 4, tmp_path, False, CONFIG)
+    again = ops.run(["sigmoid", "nn.functional.selu"], ["ort", "tvm"], ["fp32"], 4, tmp_path, False, config(tmp_path))
     assert again["summary"] == matrix["summary"]
     with pytest.raises(AssertionError, match="recomputed"):  # --force recomputes
-        ops.run(["sigmoid"], ["ort"], ["fp32"], 4, tmp_path, True, CONFIG)
+        ops.run(["sigmoid"], ["ort"], ["fp32"], 4, tmp_path, True, config(tmp_path))
 
 
 @needs("tvm")
 def test_an_operator_a_runtime_cannot_convert_fails_with_its_reason_without_splitting(tmp_path):
     import backendiff.ops as ops
 
-    matrix = ops.run(["nonzero"], ["tvm"], ["fp32"], 4, tmp_path, False, CONFIG)
+    matrix = ops.run(["nonzero"], ["tvm"], ["fp32"], 4, tmp_path, False, config(tmp_path))
     cell = matrix["rows"][0]["cells"]["tvm"]
     assert cell["status"] == "failed" and cell["stage"] == "convert" and "nonzero" in cell["message"]
     assert cell["failed_samples"] == cell["samples"] == 4 and cell["examples"]
@@ -82,3 +84,40 @@ def test_bad_ops_arguments_are_one_line(tmp_path):
                            (["--ops", "no_such_op_*"], "no operator of PyTorch's database matches")):
         result = CliRunner().invoke(cli, ["ops", "-b", "ort", "--out", str(tmp_path), "-q", *args])
         assert result.exit_code == 2 and expected in result.output and "Traceback" not in result.output
+
+
+@needs("tvm")
+def test_compare_notes_a_known_divergent_operator_before_running(tmp_path):
+    """Pre-flight: with a stored matrix that lists SELU as diverged on tvm, comparing a model
+    that uses SELU on tvm says so, with the module and line that use it; ort, where the
+    matrix has it agreeing, gets no note."""
+    import io
+
+    import torch
+    from rich.console import Console
+
+    import backendiff
+    import backendiff.ops as ops
+    from backendiff.render import print_report
+
+    ops.run(["nn.functional.selu"], ["tvm", "ort"], ["fp32"], 2, tmp_path / "ops", False, config(tmp_path))
+
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.fc, self.act = torch.nn.Linear(8, 8), torch.nn.SELU()
+
+        def forward(self, x):
+            return self.act(self.fc(x))
+
+    seen = []
+    report = backendiff.compare(Net().eval(), inputs=(torch.randn(2, 8),), backends=["tvm", "ort"],
+                                cache_dir=tmp_path / "cache", isolate=False, progress=seen.append)
+    note = report.backend("tvm").info["known_divergent_ops"][0]
+    assert note["op"] == "nn.functional.selu" and note["status"] == "diverged" and note["where"][0]["module"] == "act"
+    assert "known_divergent_ops" not in report.backend("ort").info
+    assert any("operator matrix lists nn.functional.selu" in m for m in seen)      # before the results
+    out = io.StringIO()
+    print_report(report, Console(file=out, width=200))
+    assert "pre-flight tvm: nn.functional.selu diverged in the operator matrix" in out.getvalue()
+    assert "this model uses it at act (test_ops.py:" in out.getvalue()
