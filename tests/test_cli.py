@@ -84,7 +84,7 @@ def test_compare_writes_table_and_json(tmp_path):
     assert data["model"]["inputs"] == [{"name": "x", "shape": [8, 1, 8, 8], "dtype": "float32"}]
     ort = data["backends"][0]
     assert ort["spec"] == "ort" and ort["status"] == "ok" and ort["error"] is None
-    assert set(ort["timings"]) == {"setup_s", "convert_s", "compile_s", "infer_s", "task_s"}
+    assert set(ort["timings"]) == {"setup_s", "convert_s", "compile_s", "infer_s", "task_s", "peak_rss_mb"}
     assert ort["task"]["samples"] == 540 and ort["task"]["reference"] > 98.5
     assert set(ort["outputs"][0]["metrics"]) == {"max_abs", "mean_abs", "max_rel", "cosine", "sqnr_db", "identical",
                                                  "nonfinite", "nonfinite_mismatch", "first_mismatch"}
