@@ -120,6 +120,9 @@ def no_fix(spec: BackendSpec, kept: list[str], last, trials: int, method: str, t
         out["all_fp32"] = out["tried"]
     if everything is None:
         out["reason"] = head + "; the all-fp32 run was not tried"
+    elif out["all_fp32"]["status"] not in ("ok", "diverged", "vacuous"):
+        out["reason"] = (head + f"; the all-fp32 run ({out['all_fp32']['spec'][:80]}…) could not run: "
+                         f"{(out['all_fp32'].get('error') or '')[:200]}")
     elif out["all_fp32"]["status"] == "ok":
         out["reason"] = (head + f"; with every op kept in fp32 they are within tolerance, so a fix exists beyond "
                          f"the {len(kept)} candidates tried (raise the budget or keep larger modules)")

@@ -207,7 +207,11 @@ def mixed_precision_advice(cls, shown, spec, handle, reference, config, result, 
 
     def trial(candidate: BackendSpec) -> BackendResult:
         progress(f"{shown}: advice, trying {candidate.text}")
-        return run(cls, candidate.text, cls.canonical(candidate), handle, reference, quiet, progress)
+        try:
+            return run(cls, candidate.text, cls.canonical(candidate), handle, reference, quiet, progress)
+        except BadInput as e:   # a candidate the tool chain cannot keep: that trial failed, not the user's run
+            return BackendResult(spec=candidate.text, backend=cls.name, variant=candidate.variant, status="failed",
+                                 error={"stage": "convert", "type": "BadInput", "message": str(e)[:500]})
 
     user = parse_specs(shown)[0]  # the spec as the user wrote it, so the advice reads the same way
     needs = getattr(cls, "keep_requires", {})  # e.g. OpenVINO names modules through the ONNX route

@@ -335,3 +335,23 @@ def test_no_fix_only_after_the_all_fp32_run():
     trial, ran = trials(fp32_ok=False)   # the candidates are the whole graph: no extra run
     out = advise(parse_spec("ort:int8"), SimpleNamespace(layers=None), ["a", "b"], trial, everything=["a", "b"])
     assert out["bug"] is True and out["all_fp32"] == out["tried"] and ran.count(["a", "b"]) == 1
+
+
+def test_an_all_fp32_run_that_cannot_run_is_not_called_a_bug():
+    """A keep= set the tool chain refuses (seen in the corpus: the advice's all-fp32 set on a
+    DINOv2) is a failed trial, said as such; not a tool-chain bug, not the end of the run."""
+    from types import SimpleNamespace
+
+    from backendiff.advice import advise
+    from backendiff.specs import parse_spec
+
+    def trial(spec):
+        kept = spec.option("keep").split(";")
+        if len(kept) > 2:
+            return SimpleNamespace(status="failed", outputs=[], info={}, error={"message": "keep=...: no node"})
+        return SimpleNamespace(status="diverged", outputs=[SimpleNamespace(metrics={"sqnr_db": 12.0, "max_abs": 1.0})],
+                               info={"kept": {m: 1 for m in kept}}, error=None)
+
+    out = advise(parse_spec("ort:int8"), SimpleNamespace(layers=None), ["a", "b"], trial,
+                 everything=["a", "b", "<top>"])
+    assert out["found"] is False and "bug" not in out and "could not run: keep=...: no node" in out["reason"]
