@@ -187,7 +187,7 @@ def mixed_precision_advice(cls, shown, spec, handle, reference, config, result, 
     import onnx
 
     from .advice import advise
-    from .onnx_graph import carry_modules, consumers, group_entries, keep_groups, node_module
+    from .onnx_graph import carry_modules, consumers, group_entries, keep_groups, module_counts, node_module
 
     # candidates are the groups of the ONNX model the backend ran (ORT's converted model: its
     # pre-processing fuses nodes), else of the export the backend converted
@@ -197,7 +197,11 @@ def mixed_precision_advice(cls, shown, spec, handle, reference, config, result, 
     graph = onnx.load(str(source), load_external_data=False)
     if str(source) != str(handle.onnx_path()) and not any(node_module(n) for n in graph.graph.node):
         carry_modules(onnx.load(str(handle.onnx_path()), load_external_data=False), graph)  # an older artifact
-    entries = [e for e, _ in keep_groups(graph)]
+    # keep= is checked against the export: an entry only the converted model has (``<top>``
+    # made of a quantizer's own nodes) cannot be asked for
+    export = onnx.load(str(handle.onnx_path()), load_external_data=False)
+    counts = module_counts(export, [e for e, _ in keep_groups(graph, layout=True)])
+    entries = [e for e, _ in keep_groups(graph) if counts.get(e)]
     first = []
     if result.first_divergence:   # its group, then the groups of the ops that read its tensor
         entry, node = group_entries(graph), result.first_divergence["node"]
@@ -218,4 +222,4 @@ def mixed_precision_advice(cls, shown, spec, handle, reference, config, result, 
     user = BackendSpec(user.name, user.variant, tuple((k, v) for k, v in user.options if k not in needs)
                        + tuple(needs.items()))
     return advise(user, result, entries, trial, first=first,
-                  everything=[e for e, _ in keep_groups(graph, layout=True)])
+                  everything=[e for e, n in counts.items() if n])

@@ -44,6 +44,7 @@ def trained_like_head(module: nn.Module, example: tuple, *heads: str) -> nn.Modu
                 if m.bias is not None:
                     m.bias.zero_()
             firsts.append(layers[0])
+
         def record(layer, args):
             seen.setdefault(layer, args[0].pow(2).mean().sqrt())
 

@@ -72,6 +72,6 @@ def mobilevit():
     widths (the smallest released), 64x64."""
     from transformers import MobileViTConfig, MobileViTForImageClassification
 
-    config = MobileViTConfig(image_size=SIZE, hidden_sizes=[64, 80, 96], neck_hidden_sizes=[16, 16, 24, 48, 64, 80, 320],
-                             expand_ratio=2.0, num_labels=CLASSES)
+    config = MobileViTConfig(image_size=SIZE, hidden_sizes=[64, 80, 96], expand_ratio=2.0, num_labels=CLASSES,
+                             neck_hidden_sizes=[16, 16, 24, 48, 64, 80, 320])
     return classifier(_trained_like(build(MobileViTForImageClassification, config)), SIZE)

@@ -78,7 +78,8 @@ def whisper_encoder():
     config = WhisperConfig(vocab_size=1024, num_mel_bins=80, d_model=64, encoder_layers=2, encoder_attention_heads=4,
                            encoder_ffn_dim=256, decoder_layers=1, decoder_attention_heads=4, decoder_ffn_dim=256,
                            max_source_positions=50 * seconds, max_target_positions=64, pad_token_id=1023,
-                           bos_token_id=1023, eos_token_id=1023, decoder_start_token_id=1022, begin_suppress_tokens=None)
+                           bos_token_id=1023, eos_token_id=1023, decoder_start_token_id=1022,
+                           begin_suppress_tokens=None)
     encoder = build(WhisperModel, config).get_encoder()
     features = log_mel(waveform(BATCH, RATE * seconds, RATE), seconds)
     # no declared range: further samples are drawn within the example's (the mel scale's) range
