@@ -195,11 +195,12 @@ def mixed_precision_advice(cls, shown, spec, handle, reference, config, result, 
     source = artifact if artifact and str(artifact).endswith(".onnx") and Path(artifact).exists() \
         else handle.onnx_path()
     graph = onnx.load(str(source), load_external_data=False)
-    if str(source) != str(handle.onnx_path()) and not any(node_module(n) for n in graph.graph.node):
-        carry_modules(onnx.load(str(handle.onnx_path()), load_external_data=False), graph)  # an older artifact
+    export = graph if str(source) == str(handle.onnx_path()) else \
+        onnx.load(str(handle.onnx_path()), load_external_data=False)
+    if export is not graph and not any(node_module(n) for n in graph.graph.node):
+        carry_modules(export, graph)  # an older artifact
     # keep= is checked against the export: an entry only the converted model has (``<top>``
     # made of a quantizer's own nodes) cannot be asked for
-    export = onnx.load(str(handle.onnx_path()), load_external_data=False)
     counts = module_counts(export, [e for e, _ in keep_groups(graph, layout=True)])
     entries = [e for e, _ in keep_groups(graph) if counts.get(e)]
     first = []

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .cache import write_atomic
 from .chatter import captured
 from .errors import BadInput, first_line
 
@@ -277,8 +278,6 @@ def run(patterns: list[str], specs: list[str], dtypes: list[str], limit: int, ou
                     made = reproducer(case, index, spec, out / "reproducers")
                     if made is not None:
                         cell["reproducer"] = str(made)
-                from .cache import write_atomic
-
                 write_atomic(path, lambda tmp: tmp.write_text(json.dumps(cell, default=_json)))
                 row["cells"][spec] = cell
             rows.append(row)
@@ -287,8 +286,6 @@ def run(patterns: list[str], specs: list[str], dtypes: list[str], limit: int, ou
     (out / "matrix.json").write_text(json.dumps(matrix, indent=1, default=_json))
     latest = latest_matrix_path(config.cache_dir)
     latest.parent.mkdir(parents=True, exist_ok=True)
-    from .cache import write_atomic
-
     write_atomic(latest, lambda tmp: tmp.write_text(json.dumps(matrix, default=_json)))
     return matrix
 
