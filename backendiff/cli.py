@@ -89,6 +89,9 @@ def _check_writable(path: Path) -> None:
 @click.option("--calib-samples", default=32, show_default=True, help="Random calibration batches when no data is given.")
 @click.option("--seed", default=0, show_default=True, help="Seed of the random inputs.")
 @click.option("--samples", default=1, show_default=True, help="Random batches to compare (worst case reported).")
+@click.option("--compare-on", type=click.Choice(["data", "random"]), default="data", show_default=True,
+              help="What the backends are compared on when the model has task data (a zoo model's held-out split, "
+                   "--data): data (its first --samples batches) or random (the example, then seeded random batches).")
 @click.option("--weights", type=click.Path(path_type=Path), help="State dict for a factory or zoo model (weights_only).")
 @click.option("--trust-pickle", is_flag=True, help="Allow a pickled whole nn.Module (runs arbitrary code).")
 @click.option("--export", "export_mode", type=click.Choice(["non-strict", "strict", "draft"]), default="non-strict",
@@ -149,7 +152,8 @@ def _check_writable(path: Path) -> None:
 @click.option("--sysnoise", is_flag=True,
               help="Also measure the SysNoise table on these backends (zoo models that declare their pipeline).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress display.")
-def compare(model, backends, input_specs, input_files, calib_files, calib_samples, seed, samples, weights, trust_pickle,
+def compare(model, backends, input_specs, input_files, calib_files, calib_samples, seed, samples, compare_on, weights,
+            trust_pickle,
             export_mode, onnx_reference, atol, rtol,
             json_path, no_json, html_path, md_path, nan_strict, isolate, timeout, no_cache, cache_dir, no_golden, fp64_factor,
             min_sqnr, min_cosine, layerwise, isolate_layers, bisect, advise, task, no_task, data_file,
@@ -176,7 +180,7 @@ def compare(model, backends, input_specs, input_files, calib_files, calib_sample
             raise BadInput("--atol and --rtol must not be negative")
     console = Console(stderr=True)
     config = CompareConfig(
-        backends=tuple(backends) or None, seed=seed, samples=samples,
+        backends=tuple(backends) or None, seed=seed, samples=samples, compare_on=compare_on,
         input_specs=tuple(parse_input_spec(s) for s in input_specs), input_files=tuple(input_files),
         calib_files=tuple(calib_files), calib_samples=calib_samples,
         weights=weights, trust_pickle=trust_pickle, export_mode=export_mode, reference=onnx_reference, rtol=rtol,

@@ -68,13 +68,18 @@ def compare(model, inputs=None, backends=None, *, config: CompareConfig | None =
     progress("loading model")
     loaded = load_model(model, weights=config.weights, trust_pickle=config.trust_pickle)
     samples, inputs_from, specs_used = resolve_inputs(loaded, inputs, config)
+    task = resolve_task(loaded, samples, config)
+    if task is not None and inputs is None and not (config.input_files or config.input_specs) \
+            and config.compare_on == "data":
+        real = task_samples(task, samples[0], config.samples)
+        if real is not None:
+            samples, inputs_from = real, f"held-out data ({task.source})"
     cache = Cache((config.cache_dir or default_cache_dir()) if config.use_cache else None)
     handle = ModelHandle(loaded, samples, cache, export_mode=config.export_mode, onnx_reference=config.reference)
     handle.set_calibration_source(lambda: calibration_samples(config, samples, specs_used, loaded.zoo_name))
 
     progress("running the reference")
     reference = handle.reference()
-    task = resolve_task(loaded, samples, config)
     task_info = None
     if task is not None:
         progress(f"running the reference on {len(task.inputs)} {task.name} samples")
@@ -294,6 +299,23 @@ def resolve_task(loaded: LoadedModel, samples, config: CompareConfig):
         raise BadInput("--task needs labelled data: --data FILE.npz (arrays inputs and labels), --data DIR "
                        "(one sub-folder per class) or a zoo model with a task")
     return task
+
+
+def task_samples(task, first: dict, count: int) -> list[dict] | None:
+    """The first ``count`` batches of a task's held-out inputs, shaped and typed like the
+    example batch ``first`` (one input): what the backends are compared on when the model
+    has real data. None where the data cannot stand in for the example (another sample
+    shape, fewer samples than one batch)."""
+    if len(first) != 1:
+        return None
+    (name, ref), = first.items()
+    data = np.asarray(task.inputs)
+    batch = ref.shape[0] if ref.ndim else 0
+    if not batch or data.ndim != ref.ndim or tuple(data.shape[1:]) != tuple(ref.shape[1:]) or len(data) < batch:
+        return None
+    count = min(count, len(data) // batch)
+    return [{name: freeze(np.ascontiguousarray(data[i * batch:(i + 1) * batch], dtype=ref.dtype))}
+            for i in range(count)]
 
 
 def reference_task(task, reference: np.ndarray) -> dict:

@@ -13,6 +13,7 @@ class CompareConfig:
     backends: tuple[str, ...] | None = None     # spec texts; None: every available default backend
     seed: int = 0
     samples: int = 1
+    compare_on: str = "data"                    # "data": a model's held-out task inputs where it has them; "random"
     input_specs: tuple[InputSpec, ...] = ()     # --input NAME:SHAPE[:DTYPE]
     input_files: tuple[Path, ...] = ()          # --inputs FILE.npz (one sample each)
     calib_files: tuple[Path, ...] = ()          # --calib FILE.npz: int8 calibration data

@@ -16,6 +16,8 @@ PATTERNS = [
     # torch.onnx's exporter
     re.compile(r"No ONNX function found for <OpOverload\(op='(?P<op>[\w.]+)'"),
     re.compile(r"Error when translating node %(?P<node>\w+)"),
+    # torch.fx's interpreter (frontends that run the program, e.g. TVM's ExportedProgram importer)
+    re.compile(r"While executing %(?P<node>\w+) : [^\n]*?target=torch\.ops\.(?P<op>aten\.[\w.]+)"),
     # ONNX Runtime
     re.compile(r"Could not find an implementation for (?P<op>\w+)\(\d+\) node with name '(?P<node>[^']*)'"),
     re.compile(r"Node \((?P<node>[^)]+)\) Op \((?P<op>\w+)\)"),
@@ -113,13 +115,17 @@ def explain(exc: BaseException, handle, route: str | None) -> dict:
         return {}
     out = {"operator": ", ".join(ops) if ops else None, "node": node}
     try:
-        out["where"] = locate(_model_layers(handle, route), ops, node)
-        if not out["where"] and route != "onnx" and handle.has_torch:
-            # runtimes name the ops of the decomposed program (fft_rfft -> _fft_r2c)
+        layers = _model_layers(handle, route)
+        out["where"] = locate(layers, ops, node)
+        named = node is not None and any(layer.node == node for layer in layers)
+        if (not out["where"] or (node and not named)) and route != "onnx" and handle.has_torch:
+            # runtimes name the nodes and ops of the decomposed program (fft_rfft -> _fft_r2c):
+            # the node itself there beats every use of its operator here
             from .layers import graph_layers
 
-            decomposed = handle.exported_program().run_decompositions()
-            out["where"] = locate(graph_layers(decomposed.graph_module), ops, node)
+            decomposed = graph_layers(handle.exported_program().run_decompositions().graph_module)
+            if not out["where"] or any(layer.node == node for layer in decomposed):
+                out["where"] = locate(decomposed, ops, node)
     except Exception:  # noqa: BLE001 - locating is a courtesy; the failure itself is recorded
         out["where"] = []
     return {k: v for k, v in out.items() if v}
@@ -154,7 +160,11 @@ NEXT_STEPS = {
                        "the network without it (return the raw head outputs), or retry with --export draft"),
     "dynamo": "TorchDynamo could not trace this code; retry with --export non-strict (runs the Python code itself)",
     "other": "retry with --export draft to see every export issue of the model at once",
+    "onnx-op": ("the ONNX exporter has no translation for {op}: backends that import the ExportedProgram "
+                "(tvm, openvino,route=export) may still take the model, or give torch.onnx.export a "
+                "custom_translation_table entry for it"),
 }
+ONNX_UNSUPPORTED = re.compile(r"No ONNX function found for <OpOverload\(op='([\w.]+)'(?:, overload='(\w+)')?")
 
 
 def export_next_step(failure, mode: str) -> dict:
@@ -164,6 +174,10 @@ def export_next_step(failure, mode: str) -> dict:
 
     cause = getattr(failure, "cause", failure)
     text = f"{type(cause).__name__}: {cause}"
+    unsupported = ONNX_UNSUPPORTED.search(str(getattr(failure, "root", cause)))
+    if unsupported:
+        op = unsupported.group(1) + (f".{unsupported.group(2)}" if unsupported.group(2) else "")
+        return {"export_class": "onnx-op", "hint": NEXT_STEPS["onnx-op"].format(op=op)}
     if any(key in text for key in DATA_DEPENDENT):
         kind = "data-dependent"
     elif "torch._dynamo" in type(cause).__module__ or "Unsupported" in type(cause).__name__:

@@ -11,6 +11,7 @@ backend failure.
 """
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from enum import Enum
 
@@ -74,8 +75,25 @@ def trim_message(text: str, max_lines: int = 12, max_chars: int = 2000) -> str:
     return out if len(out) <= max_chars else out[: max_chars - 3] + "..."
 
 
+ANSI = re.compile(r"\x1b\[[0-9;]*m")
+
+
 def first_line(text: str) -> str:
-    for line in str(text).splitlines():
+    for line in ANSI.sub("", str(text)).splitlines():
         if line.strip():
             return line.strip()
     return ""
+
+
+def root_cause(exc: BaseException) -> BaseException:
+    """The innermost explicitly chained cause (``raise ... from``) that says something: tools
+    wrap the real error in a generic one (torch.onnx's "Failed to convert the exported
+    program to an ONNX model. This is step 3/3 ..." around "No ONNX function found for
+    aten._linalg_eigh"), and only the innermost names what failed."""
+    found, cause, seen = exc, exc.__cause__, {id(exc)}
+    while cause is not None and id(cause) not in seen:
+        seen.add(id(cause))
+        if first_line(cause):
+            found = cause
+        cause = cause.__cause__
+    return found

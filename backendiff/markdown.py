@@ -20,7 +20,8 @@ def render_markdown(report: dict) -> str:
     inputs = ", ".join(f"`{i['name']}` {tuple(i['shape'])} {i['dtype']}" for i in model.get("inputs", []))
     ref = report.get("reference", {})
     lines.append(f"Reference {ref.get('backend')} {ref.get('precision')} · inputs {inputs} "
-                 f"({model.get('inputs_from')}, seed {model.get('seed')})")
+                 f"({model.get('inputs_from')}"
+                 + (f", seed {model.get('seed')})" if "random" in str(model.get("inputs_from")) else ")"))
     if task:
         ref_score = task.get("reference")
         lines.append(f"Task: {task.get('name')} on {task.get('samples')} samples ({_cell(task.get('source', ''))})"

@@ -12,7 +12,7 @@ import numpy as np
 
 from .cache import Cache, content_key, write_atomic
 from .chatter import captured
-from .errors import BadInput, first_line, trim_message
+from .errors import BadInput, first_line, root_cause, trim_message
 from .loading import LoadedModel
 
 
@@ -28,8 +28,8 @@ class ExportFailed(Exception):
     """The model could not be exported; backends that need the export fail at stage 'export'."""
 
     def __init__(self, what: str, cause: BaseException):
-        super().__init__(f"{what} failed: {type(cause).__name__}: {first_line(cause)}")
-        self.cause = cause
+        self.what, self.cause, self.root = what, cause, root_cause(cause)
+        super().__init__(f"{what} failed: {type(self.root).__name__}: {first_line(self.root)}")
 
 
 def _to_torch(sample: dict[str, np.ndarray], names: list[str]):

@@ -374,8 +374,9 @@ def print_report(report: Report, console: Console | None = None, json_path=None)
         console.print(f"task: {t['name']} on {t['samples']} samples ({t['source']})"
                       + (f" · reference {t.get('metric', 'top1')} {ref:.2f}{t.get('unit', '%')}" if ref is not None else ""),
                       highlight=False)
-    console.print(f"inputs: {inputs} · {m.get('samples')} sample(s) from {m.get('inputs_from')} "
-                  f"(seed {m.get('seed')}) · total {report.timings.get('total_s', 0):.2f}s", highlight=False)
+    seeded = f" (seed {m.get('seed')})" if "random" in str(m.get("inputs_from")) else ""
+    console.print(f"inputs: {inputs} · {m.get('samples')} sample(s) from {m.get('inputs_from')}{seeded} "
+                  f"· total {report.timings.get('total_s', 0):.2f}s", highlight=False)
     if report.reference.get("note"):
         console.print(f"reference: {report.reference['note']}", highlight=False)
     if m.get("nonfinite_inputs"):
@@ -465,9 +466,11 @@ def scoreboard_cell(cell: dict | None) -> Text:
 def scoreboard_table(board: dict) -> Table:
     table = Table(title=f"backendiff sweep: {len(board['models'])} models × {len(board['specs'])} backends",
                   show_lines=True)
-    table.add_column("model", no_wrap=True)
+    # folded, never cut: a corpus entry is a long ``package.module:factory`` and the
+    # terminal narrower than seven backends' columns
+    table.add_column("model", overflow="fold", min_width=16)
     for spec in board["specs"]:
-        table.add_column(spec, no_wrap=True)
+        table.add_column(spec, overflow="fold")
     same = {i.get("model"): i.get("same_as") for i in board.get("identical") or () if isinstance(i, dict)}
     for model in board["models"]:
         row = board["matrix"].get(model)

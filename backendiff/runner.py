@@ -118,6 +118,14 @@ def precision_record(requested: str, info: dict) -> dict:
 FLOAT_PRECISIONS = ("fp32", "fp16", "bf16", "tf32", "fp64")
 
 
+def missing_module(e: ImportError) -> BackendUnavailable:
+    """A backend whose runtime imports a module it lacks is not installed completely: that is
+    the machine's state, not a verdict on the model (the status is ``unavailable``)."""
+    name = (e.name or "").split(".")[0]
+    hint = f"pip install {name}" if name and isinstance(e, ModuleNotFoundError) else None
+    return BackendUnavailable(f"the runtime needs {e.name or 'a module'} here: {type(e).__name__}: {first_line(e)}", hint)
+
+
 def unavailable(result: BackendResult, stage: str, e: BackendUnavailable) -> BackendResult:
     result.status = UNAVAILABLE
     result.error = Failure.of(stage, "unavailable", e.reason, hint=e.hint).to_dict()
@@ -200,12 +208,15 @@ def _run_backend(cls, shown: str, spec: BackendSpec, handle: ModelHandle, refere
         extra = {**explain(e.cause, handle, "export"), **export_next_step(e, handle.export_mode)}
         if handle.export_info.get("output"):
             extra["exporter_output"] = handle.export_info["output"]
-        result.error = Failure.of("export", type(e.cause).__name__, str(e), **extra).to_dict()
+        result.error = Failure.of("export", type(e.root).__name__, str(e), **extra).to_dict()
         return result
     except BadInput:
         raise
     except BackendUnavailable as e:  # found out while converting (e.g. no fp16 lowering)
         return unavailable(result, stage, e)
+    except ImportError as e:         # a module the runtime or its converter imports lazily
+        result.timings[f"{stage}_s"] = round(time.perf_counter() - t0, 6)
+        return unavailable(result, stage, missing_module(e))
     except Exception as e:
         result.timings[f"{stage}_s"] = round(time.perf_counter() - t0, 6)
         result.status = FAILED

@@ -60,3 +60,28 @@ def test_same_inputs_bit_for_bit_reach_every_backend():
 
     expected = random_samples([InputSpec("x", shape)], 5, 3)
     assert samples_sha256(seen) == samples_sha256(expected) == report.model["inputs_sha256"]
+
+
+def test_a_runtime_missing_a_module_it_imports_lazily_is_unavailable_not_failed():
+    """A converter that imports a module this machine lacks (as NNCF or TVM's frontends do
+    inside their calls) says what to install; it is not a verdict on the model."""
+    from backendiff.backends.pytorch import TorchAdapter
+    from backendiff.registry import register_backend, unregister_backend
+
+    class HalfInstalled(TorchAdapter):
+        name = "half-installed"
+
+        def convert(self, model, folder):
+            import backendiff_no_such_runtime_module  # noqa: F401
+
+    register_backend(HalfInstalled)
+    try:
+        factory, shape = OP_MODELS["conv_bn_relu"]
+        report = backendiff.compare(factory(), backends=["half-installed", "torch"], input_specs=(InputSpec("x", shape),),
+                                    isolate=False)
+    finally:
+        unregister_backend("half-installed")
+    broken, torch_result = report.backends
+    assert broken.status == "unavailable" and torch_result.status == "ok"
+    assert broken.error["stage"] == "convert" and "backendiff_no_such_runtime_module" in broken.error["message"]
+    assert broken.error["hint"] == "pip install backendiff_no_such_runtime_module"

@@ -25,7 +25,7 @@ def test_bisect_finds_the_first_diverging_cut_in_log_probes():
 @needs("openvino", "tvm")
 def test_bisection_on_real_runtimes_agrees_with_the_propagated_view():
     report = backendiff.compare("zoo:digits-cnn", backends=["openvino:fp32,precision_hint=default", "tvm:fp16", "torch"],
-                                bisect=True)
+                                bisect=True, compare_on="random")   # fp16 differs on noise, not on real digits
     ov, tvm16 = report.backends[0], report.backends[1]
     if ov.status == "diverged":  # bf16 by default on this CPU: the very first (conv+BN) layer
         cut = ov.info["bisection"]["first_diverging_cut"]

@@ -15,6 +15,9 @@ from .conftest import needs
      [], ["aten::frobnicate.default", "aten::foo"], None),
     ("Check failed: strides.size() == 2 (0 vs. 2)", ["from_exported_program", "_max_pool2d_impl"], ["max_pool2d"], None),
     ("something else entirely", [], [], None),
+    ("Cannot view a tensor with shape torch.Size([2, 16, 64]) and strides (64, 128, 1) as a tensor with shape "
+     "(32, 64)!\nWhile executing %view_7 : [num_users=1] = call_function[target=torch.ops.aten.view.default]"
+     "(args = (%reshape_1, [-1, 64]), kwargs = {})", [], ["aten.view.default"], "view_7"),
 ])
 def test_parse_rejection(message, frames, ops, node):
     assert parse_rejection(message, frames) == (ops, node)

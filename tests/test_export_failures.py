@@ -8,6 +8,8 @@ import sys
 import textwrap
 from pathlib import Path
 
+from backendiff.inputs import parse_input_spec
+
 from .conftest import needs
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -76,3 +78,39 @@ def test_draft_export_runs_and_says_what_it_assumed(tmp_path):
     assert ort["status"] in ("ok", "diverged")              # the draft program exports to ONNX and runs
     # OpenVINO's own converter may refuse the unbacked size; then with its own reason, past the export
     assert openvino["status"] in ("ok", "diverged") or openvino["error"]["stage"] == "convert"
+
+
+EIGH = textwrap.dedent('''
+    import torch
+
+
+    class Spectrum(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.lin = torch.nn.Linear(4, 4)
+
+        def forward(self, x):
+            y = self.lin(x)
+            return torch.linalg.eigh(y @ y.T)[0]
+
+
+    def make():
+        return Spectrum().eval()
+''')
+
+
+@needs("ort")
+def test_an_onnx_conversion_failure_names_the_operator_not_the_exporters_wrapper(tmp_path):
+    """torch.onnx wraps the real error ("No ONNX function found for aten._linalg_eigh") in a
+    generic coloured "Failed to convert ... step 3/3"; the report keeps the real one."""
+    from backendiff.compare import compare
+
+    (tmp_path / "eigh.py").write_text(EIGH)
+    report = compare(f"{tmp_path / 'eigh.py'}:make", backends=["ort"], input_specs=(parse_input_spec("x:4x4"),),
+                     use_cache=False, golden=False)
+    error = report.backends[0].error
+    assert error["stage"] == "export" and error["type"] == "DispatchError"
+    assert "aten._linalg_eigh" in error["message"] and "\x1b" not in error["message"]
+    assert "Failed to convert" not in error["message"]
+    assert error["export_class"] == "onnx-op" and "custom_translation_table" in error["hint"]
+    assert any("eigh.py:12" in w.get("source", "") for w in error.get("where", [])), error

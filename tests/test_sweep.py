@@ -267,7 +267,8 @@ def test_a_worker_that_dies_loses_only_its_cell(tmp_path, cache_dir):
 def test_cli_sweep_writes_the_scoreboard_and_cell_reports(tmp_path, cache_dir):
     out = tmp_path / "sweep"
     cmd = [sys.executable, "-m", "backendiff", "sweep", MODEL, "-b", "ort,ort:int8", "--runs", "3", "--warmup", "1",
-           "--workers", "2", "--out", str(out), "--cache-dir", str(cache_dir), "-o", "samples=2"]
+           "--workers", "2", "--out", str(out), "--cache-dir", str(cache_dir), "-o", "samples=2",
+           "-o", "compare_on=random"]
     p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
     assert p.returncode == 0, p.stderr
     assert "2 cells: 2 run, 0 resumed" in p.stdout and "ort:int8 on zoo:digits-cnn-narrow is" in p.stdout

@@ -412,3 +412,15 @@ def test_every_kind_of_cell_record_unmutated_and_stripped():
             _check_board(board, [r])
     page = render_sweep_html(scoreboard(PLAN, list(_kinds("k0", "a", "ort").values())[:1], [("a", "ort", "k0")]), {})
     assert "<svg" in page
+
+
+def test_the_terminal_scoreboard_folds_long_model_names_instead_of_cutting_them():
+    specs = ["ort", "ort:int8", "ort:fp16", "openvino", "openvino:int8", "tvm", "tvm:fp16"]
+    model = "backendiff.models.corpus.hf:swin_for_image_classification"
+    cell = {"status": "ok", "sqnr_db": 120.5}
+    board = {"models": [model], "specs": specs, "matrix": {model: {s: dict(cell) for s in specs}},
+             "latency": {"runs": 0, "warmup": 0, "threads": 1}, "findings": []}
+    out = StringIO()
+    print_scoreboard(board, Console(file=out, width=120))
+    first_column = "".join(line.split("│")[1].strip() for line in out.getvalue().splitlines() if line.count("│") > 2)
+    assert model in first_column and "…" not in out.getvalue()

@@ -62,3 +62,25 @@ def test_malformed_data_is_bad_input(tmp_path):
     np.savez(tmp_path / "bad.npz", inputs=np.zeros((3, 1, 8, 8), np.float32))
     with pytest.raises(BadInput, match="lacks labels"):
         backendiff.compare("zoo:digits-cnn", backends=["torch"], data_file=tmp_path / "bad.npz")
+
+
+def test_a_model_with_real_data_is_compared_on_it_not_on_noise(tmp_path):
+    """The backends get the first batches of the held-out split (or of --data), shaped like
+    the example batch; --compare-on random keeps the example and seeded random batches."""
+    from backendiff.inputs import samples_sha256
+    from backendiff.models.train_digits import load_digits_split
+
+    _, _, held_x, _ = load_digits_split()
+    report = backendiff.compare("zoo:digits-cnn", backends=["torch"], samples=2, golden=False)
+    assert report.model["inputs_from"] == "held-out data (zoo:digits-cnn held-out split)" and report.model["samples"] == 2
+    batch = report.model["inputs"][0]["shape"][0]
+    expected = [{"x": np.ascontiguousarray(held_x[i * batch:(i + 1) * batch], dtype=np.float32)} for i in range(2)]
+    assert report.model["inputs_sha256"] == samples_sha256(expected)
+    noise = backendiff.compare("zoo:digits-cnn", backends=["torch"], samples=2, golden=False, compare_on="random")
+    assert noise.model["inputs_from"] == "random" and noise.model["inputs_sha256"] != report.model["inputs_sha256"]
+
+    x, y = held_x[-40:], np.zeros(40, np.int64)
+    np.savez(tmp_path / "mine.npz", inputs=x, labels=y)
+    mine = backendiff.compare("zoo:digits-cnn", backends=["torch"], golden=False, data_file=tmp_path / "mine.npz")
+    assert mine.model["inputs_from"].startswith("held-out data (") and "mine.npz" in mine.model["inputs_from"]
+    assert mine.model["inputs_sha256"] == samples_sha256([{"x": np.ascontiguousarray(x[:batch], dtype=np.float32)}])

@@ -23,7 +23,9 @@ OPTION_KEYS = {
     "weights": ("weights", str), "inputs": ("input_files", list), "calib": ("calib_files", list),
     "input": ("input_specs", list), "layerwise": ("layerwise", str), "golden": ("golden", bool),
     "advise": ("advise", bool), "timeout": ("timeout", str), "nan_strict": ("nan_strict", bool),
+    "compare_on": ("compare_on", str),
 }
+CHOICES = {"compare_on": ("data", "random"), "layerwise": ("auto", "always", "never")}
 PATH_KEYS = {"data", "weights", "inputs", "calib"}
 
 
@@ -74,6 +76,8 @@ def check_options(options: dict, where: str, base: Path | None) -> dict:
             value = kind(value)
         elif not isinstance(value, str):
             raise BadInput(f"{where}: option {key!r} must be a string")
+        if key in CHOICES and value not in CHOICES[key]:
+            raise BadInput(f"{where}: option {key!r} must be one of {', '.join(CHOICES[key])}, not {value!r}")
         if key in PATH_KEYS and base is not None:
             value = [str(base / v) for v in value] if isinstance(value, list) else str(base / value)
         out[key] = value
