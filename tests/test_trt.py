@@ -12,6 +12,7 @@ import pytest
 
 from backendiff.backends import trt as T
 from backendiff.backends.trt import TrtAdapter
+from backendiff.backends.trt import build as trt_build
 from backendiff.errors import BackendUnavailable, BadInput
 from backendiff.specs import BackendSpec, parse_spec
 
@@ -243,8 +244,9 @@ def test_convert_returns_onnx_path_and_records_shapes(tmp_path):
     model = SimpleNamespace(onnx_path=lambda: onnx,
                             samples=[{"x": np.zeros((1, 3, 8, 8), np.float32), "n": np.zeros((2,), np.int64)}])
     adapter = TrtAdapter(TrtAdapter.canonical(parse_spec("trt:fp16")))
-    assert adapter.convert(model, tmp_path) == onnx
-    assert adapter._sample_shapes == {"x": (1, 3, 8, 8), "n": (2,)}
+    source = adapter.convert(model, tmp_path)
+    assert source.onnx_path == onnx
+    assert source.sample_shapes == {"x": (1, 3, 8, 8), "n": (2,)}
 
 
 # -- parser errors ----------------------------------------------------------------------
@@ -417,7 +419,7 @@ def test_build_parse_failure_lists_errors(monkeypatch):
                                          _FakeParserError("bad initializer", -1)])
     adapter = TrtAdapter(TrtAdapter.canonical(parse_spec("trt")))
     with pytest.raises(RuntimeError) as info:
-        adapter._build(trt, _logger_stub(), Path("m.onnx"))
+        T.build_plan(trt, _logger_stub(), adapter.spec, T.TrtSource(Path("m.onnx")))
     msg = str(info.value)
     assert "2 error(s)" in msg
     assert "node 3 (Foo /Foo): Unsupported op Foo" in msg and "graph: bad initializer" in msg
@@ -427,16 +429,16 @@ def test_build_failure(monkeypatch):
     trt = _fake_trt(monkeypatch, plan=None, inputs=[_FakeTensor("x", (1, 3))])
     adapter = TrtAdapter(TrtAdapter.canonical(parse_spec("trt:fp16")))
     with pytest.raises(RuntimeError, match="engine build failed") as info:
-        adapter._build(trt, _logger_stub(), Path("m.onnx"))
+        T.build_plan(trt, _logger_stub(), adapter.spec, T.TrtSource(Path("m.onnx")))
     assert "tactic failed" in str(info.value)
 
 
 def test_build_configures_and_profiles_dynamic_inputs(monkeypatch):
     trt = _fake_trt(monkeypatch, inputs=[_FakeTensor("x", (-1, 3, 8, 8))])
     adapter = TrtAdapter(TrtAdapter.canonical(parse_spec("trt:bf16,opt_level=1,workspace_mb=64")))
-    adapter.convert(SimpleNamespace(onnx_path=lambda: Path("m.onnx"),
-                                    samples=[{"x": np.zeros((2, 3, 8, 8), np.float32)}]), Path("."))
-    assert adapter._build(trt, _logger_stub(), Path("m.onnx")) == b"plan"
+    source = adapter.convert(SimpleNamespace(onnx_path=lambda: Path("m.onnx"),
+                                             samples=[{"x": np.zeros((2, 3, 8, 8), np.float32)}]), Path("."))
+    assert T.build_plan(trt, _logger_stub(), adapter.spec, source) == b"plan"
     calls = _FakeBuilder.last.config.calls
     assert calls[:4] == [("set", "BF16"), ("clear", "TF32"), ("attr", "builder_optimization_level", 1),
                          ("pool", "WORKSPACE", 64 << 20)]
@@ -482,7 +484,7 @@ def _fake_trt_module(monkeypatch):
     trt.Runtime = _FakeRuntime
     trt.TensorIOMode = SimpleNamespace(INPUT="IN", OUTPUT="OUT")
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
-    monkeypatch.setattr(T, "_LOGGER", None)
+    monkeypatch.setattr(trt_build, "_LOGGER", None)
     monkeypatch.setattr(_FakeRuntime, "loaded", [])
     monkeypatch.setattr(torch.cuda, "Stream", lambda: SimpleNamespace(cuda_stream=0))
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Fake GPU")
@@ -564,7 +566,7 @@ def test_build_strongly_typed_sets_no_precision_flag(monkeypatch):
     monkeypatch.setattr(_FakeBuilder, "create_network",
                         lambda self, f: flags.append(f) or _FakeNetwork(self.network_inputs))
     adapter = TrtAdapter(TrtAdapter.canonical(parse_spec("trt:strongly_typed")))
-    assert adapter._build(trt, _logger_stub(), Path("m.onnx")) == b"plan"
+    assert T.build_plan(trt, _logger_stub(), adapter.spec, T.TrtSource(Path("m.onnx"))) == b"plan"
     assert flags == [4]
     assert [c for c in _FakeBuilder.last.config.calls if c[0] == "set"] == []
     assert adapter.precision == "fp32"   # the export's own types
@@ -668,7 +670,7 @@ def test_engine_key_changes_with_every_component(field, value):
 def test_layer_option_does_not_rebuild_the_deployed_engine():
     a = TrtAdapter(TrtAdapter.canonical(parse_spec("trt:fp16")))
     b = TrtAdapter(TrtAdapter.canonical(parse_spec("trt:fp16,layers=outputs")))
-    assert a._engine_options() == b._engine_options() == [("opt_level", "3")]
+    assert T.engine_options(a.spec) == T.engine_options(b.spec) == [("opt_level", "3")]
 
 
 # -- parser errors name the PyTorch module ----------------------------------------------------
@@ -709,7 +711,7 @@ def test_build_parse_failure_names_the_module(monkeypatch, tmp_path):
     trt = _fake_trt(monkeypatch, errors=[_FakeParserError("Unsupported operator Foo", 0, "node_foo", "Foo")])
     adapter = TrtAdapter(TrtAdapter.canonical(parse_spec("trt")))
     with pytest.raises(RuntimeError, match=r"node 0 \(Foo node_foo\) in module features.0 at /home/u/nets.py:28"):
-        adapter._build(trt, _logger_stub(), onnx)
+        T.build_plan(trt, _logger_stub(), adapter.spec, T.TrtSource(onnx))
 
 
 # -- keep: fp32 constraints on the kept modules' layers ----------------------------------------
@@ -746,7 +748,7 @@ class _KeepLayer:
 def test_apply_keep_constrains_only_the_kept_layers(tmp_path):
     import onnx
 
-    from backendiff.backends import trt_layers as L
+    from backendiff.backends.trt import layers as L
     from backendiff.onnx_graph import nodes_in_modules
 
     model = onnx.load(str(_keep_onnx(tmp_path / "m.onnx")))
@@ -771,13 +773,13 @@ def test_build_with_keep_obeys_constraints(monkeypatch, tmp_path):
     monkeypatch.setattr(_FakeNetwork, "num_layers", len(layers), raising=False)
     monkeypatch.setattr(_FakeNetwork, "get_layer", lambda self, i: layers[i], raising=False)
     adapter = TrtAdapter(TrtAdapter.canonical(parse_spec("trt:fp16,keep=features.0")))
-    adapter._build(trt, _logger_stub(), onnx)
+    T.build_plan(trt, _logger_stub(), adapter.spec, T.TrtSource(onnx))
     assert ("set", "OBEY") in _FakeBuilder.last.config.calls
     assert layers[0].precision == "float32" and layers[1].precision is None
 
     none = TrtAdapter(TrtAdapter.canonical(parse_spec("trt:fp16,keep=fc")))   # fc has no layer in this network
     with pytest.raises(RuntimeError, match="keep=fc: no layer of the parsed network"):
-        none._build(trt, _logger_stub(), onnx)
+        T.build_plan(trt, _logger_stub(), none.spec, T.TrtSource(onnx))
 
 
 def test_build_marks_debug_tensors(monkeypatch, tmp_path):
@@ -790,11 +792,11 @@ def test_build_marks_debug_tensors(monkeypatch, tmp_path):
     monkeypatch.setattr(_FakeNetwork, "get_layer", lambda self, i: layers[i], raising=False)
     monkeypatch.setattr(_FakeNetwork, "mark_debug", lambda self, t: marked.append(t.name) or True, raising=False)
     adapter = TrtAdapter(TrtAdapter.canonical(parse_spec("trt")))
-    adapter._build(trt, _logger_stub(), Path("layers.onnx"), debug_names=["relu", "conv2d"])
+    T.build_plan(trt, _logger_stub(), adapter.spec, T.TrtSource(Path("layers.onnx")), debug_names=["relu", "conv2d"])
     assert marked == ["conv2d", "relu"] and ("set", "DEBUG") in _FakeBuilder.last.config.calls
     with pytest.raises(RuntimeError, match="no tensor of the network could be marked"):
-        adapter._build(trt, _logger_stub(), Path("layers.onnx"), debug_names=["missing"])
-    adapter._build(trt, _logger_stub(), Path("m.onnx"))   # the deployed engine: nothing marked, no DEBUG
+        T.build_plan(trt, _logger_stub(), adapter.spec, T.TrtSource(Path("layers.onnx")), debug_names=["missing"])
+    T.build_plan(trt, _logger_stub(), adapter.spec, T.TrtSource(Path("m.onnx")))   # deployed: nothing marked, no DEBUG
     assert marked == ["conv2d", "relu"] and ("set", "DEBUG") not in _FakeBuilder.last.config.calls
 
 
@@ -826,6 +828,7 @@ def test_compile_reads_the_engine_layers_back(monkeypatch, tmp_path):
         get_engine_information=lambda fmt: json.dumps(info) if fmt == "JSON" else None), raising=False)
     adapter = TrtAdapter(TrtAdapter.canonical(parse_spec("trt:fp16")))
     with adapter.compile(onnx, tmp_path) as compiled:
+        adapter.deployed = compiled     # as the runner does
         assert compiled.info["runtime_precisions"] == {"fp16": 1, "fp32": 1}
         assert compiled.info["runtime_precision"] == "mixed"
         assert compiled.info["engine_layers"][0] == {
@@ -936,8 +939,8 @@ def test_layer_values_on_a_gpu(tmp_path, method):
     folder = tmp_path / "engine"
     folder.mkdir()
     adapter = TrtAdapter(TrtAdapter.canonical(parse_spec(f"trt:fp32,layers={method}")))
-    with adapter.compile(adapter.convert(handle, folder), folder):
-        pass
+    with adapter.compile(adapter.convert(handle, folder), folder) as compiled:
+        adapter.deployed = compiled     # as the runner does
     values = adapter.layer_values(handle, handle.samples[0])
     layers, reference = handle.reference_layers()
     common = [layer.node for layer in layers if layer.node in values and layer.node in reference]

@@ -10,6 +10,7 @@ import pytest
 
 from backendiff.backends import trt as T
 from backendiff.backends.trt import TrtAdapter
+from backendiff.backends.trt import calibrator as trt_calibrator
 from backendiff.specs import parse_spec
 
 from .test_trt import _FakeConfig
@@ -184,7 +185,7 @@ def test_int8_build_sets_the_flag_the_calibrator_and_its_cache(monkeypatch, tmp_
 
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Fake GPU")
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (8, 6))
-    monkeypatch.setattr(T, "_cuda_tensor", _Buffer)     # no GPU: host buffers stand in for device ones
+    monkeypatch.setattr(trt_calibrator, "_cuda_tensor", _Buffer)   # no GPU: host buffers stand in for device ones
     onnx = tmp_path / "m.onnx"
     onnx.write_bytes(b"onnx")
     seen = {}
@@ -192,9 +193,10 @@ def test_int8_build_sets_the_flag_the_calibrator_and_its_cache(monkeypatch, tmp_
     adapter = TrtAdapter(TrtAdapter.canonical(parse_spec("trt:int8")))
     handle = SimpleNamespace(onnx_path=lambda: onnx, samples=[{"x": np.zeros((1, 3, 4, 4), np.float32)}],
                              calibration=lambda: rows(5), calibration_info={"sha256": "abc"})
-    assert adapter.convert(handle, tmp_path) == onnx
-    assert adapter._calibration_sha == "abc" and len(adapter._calibration) == 5
-    assert adapter._build(trt, SimpleNamespace(errors=[]), onnx, folder=tmp_path) == b"plan"
+    source = adapter.convert(handle, tmp_path)
+    assert source.onnx_path == onnx
+    assert source.calibration_sha == "abc" and len(source.calibration) == 5
+    assert T.build_plan(trt, SimpleNamespace(errors=[]), adapter.spec, source, folder=tmp_path) == b"plan"
     calls = seen["config"].calls
     assert ("set", "INT8") in calls and ("clear", "TF32") in calls
     assert ("attr", "profiling_verbosity", "DETAILED") in calls
@@ -211,15 +213,14 @@ def test_int8_build_with_a_dynamic_batch_calibrates_on_the_profile(monkeypatch, 
 
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Fake GPU")
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (8, 6))
-    monkeypatch.setattr(T, "_cuda_tensor", _Buffer)
+    monkeypatch.setattr(trt_calibrator, "_cuda_tensor", _Buffer)
     onnx = tmp_path / "m.onnx"
     onnx.write_bytes(b"onnx")
     seen = {}
     trt = _int8_trt([SimpleNamespace(name="x", shape=(-1, 3, 4, 4), dtype="FLOAT")], seen)
     adapter = TrtAdapter(TrtAdapter.canonical(parse_spec("trt:int8")))
-    adapter._sample_shapes = {"x": (1, 3, 4, 4)}
-    adapter._calibration, adapter._calibration_sha = rows(3), "abc"
-    adapter._build(trt, SimpleNamespace(errors=[]), onnx, folder=tmp_path)
+    source = T.TrtSource(onnx, sample_shapes={"x": (1, 3, 4, 4)}, calibration=rows(3), calibration_sha="abc")
+    T.build_plan(trt, SimpleNamespace(errors=[]), adapter.spec, source, folder=tmp_path)
     kinds = [c[0] for c in seen["config"].calls]
     assert "profile" in kinds and "calibration_profile" in kinds and len(seen["served"]) == 3
     assert seen["shapes"] == [("x", (1, 3, 4, 4), (1, 3, 4, 4), (1, 3, 4, 4))]
@@ -233,14 +234,14 @@ def test_int8_build_reports_a_calibration_failure(monkeypatch, tmp_path):
 
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Fake GPU")
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (8, 6))
-    monkeypatch.setattr(T, "_cuda_tensor", broken)
+    monkeypatch.setattr(trt_calibrator, "_cuda_tensor", broken)
     onnx = tmp_path / "m.onnx"
     onnx.write_bytes(b"onnx")
     trt = _int8_trt([SimpleNamespace(name="x", shape=(1, 3, 4, 4), dtype="FLOAT")], {})
     adapter = TrtAdapter(TrtAdapter.canonical(parse_spec("trt:int8")))
-    adapter._calibration, adapter._calibration_sha = rows(2), "abc"
+    source = T.TrtSource(onnx, calibration=rows(2), calibration_sha="abc")
     with pytest.raises(RuntimeError, match="int8 calibration failed: ZeroDivisionError: no device"):
-        adapter._build(trt, SimpleNamespace(errors=[]), onnx, folder=tmp_path)
+        T.build_plan(trt, SimpleNamespace(errors=[]), adapter.spec, source, folder=tmp_path)
 
 
 def test_int8_without_calibration_data_is_a_clear_error(monkeypatch, tmp_path):
@@ -248,4 +249,5 @@ def test_int8_without_calibration_data_is_a_clear_error(monkeypatch, tmp_path):
     trt = _int8_trt([SimpleNamespace(name="x", shape=(1, 2), dtype="FLOAT")], seen)
     adapter = TrtAdapter(TrtAdapter.canonical(parse_spec("trt:int8")))
     with pytest.raises(RuntimeError, match="needs calibration data"):
-        adapter._build(trt, SimpleNamespace(errors=[]), Path(tmp_path / "m.onnx"), folder=tmp_path)
+        T.build_plan(trt, SimpleNamespace(errors=[]), adapter.spec, T.TrtSource(Path(tmp_path / "m.onnx")),
+                     folder=tmp_path)

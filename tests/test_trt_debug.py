@@ -12,6 +12,8 @@ import pytest
 
 from backendiff.backends import trt as T
 from backendiff.backends.trt import TrtAdapter
+from backendiff.backends.trt import debug as trt_debug
+from backendiff.backends.trt import layerwise as trt_layerwise
 from backendiff.specs import parse_spec
 
 
@@ -162,7 +164,7 @@ def fake_layers(monkeypatch, tmp_path):
 
     monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: "Fake GPU")
     monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: (8, 0))
-    monkeypatch.setattr(T, "TrtCompiled", _FakeCompiled)
+    monkeypatch.setattr(trt_layerwise, "TrtCompiled", _FakeCompiled)
     plain, marked = tmp_path / "layers.onnx", tmp_path / "instrumented.onnx"
     plain.write_bytes(b"plain")
     marked.write_bytes(b"marked")
@@ -170,18 +172,25 @@ def fake_layers(monkeypatch, tmp_path):
                             instrumented_onnx=lambda: (marked, ["conv2d", "relu"]))
     built = []
 
-    def engine(self, trt, path, engine_path, debug_names=()):
-        built.append((Path(path).name, engine_path.name, list(debug_names)))
+    def engine(trt, spec, source, engine_path, debug_names=()):
+        built.append((Path(source.onnx_path).name, engine_path.name, list(debug_names)))
         return object(), object(), False
 
-    monkeypatch.setattr(TrtAdapter, "_engine", engine)
+    monkeypatch.setattr(trt_layerwise, "load_engine", engine)
     return model, built
+
+
+def _deployed(adapter):
+    """What the runner sets after compile: the deployed engine (here only what layer_values reads
+    of it: its source and folder, and its info, where the layer view is recorded)."""
+    adapter.deployed = SimpleNamespace(source=T.TrtSource(Path("model.onnx")), folder=None, info={})
+    return adapter
 
 
 def test_layer_values_by_debug_tensors(monkeypatch, fake_layers):
     model, built = fake_layers
     monkeypatch.setitem(sys.modules, "tensorrt", debug_trt())
-    adapter = TrtAdapter(TrtAdapter.canonical(parse_spec("trt:fp16")))
+    adapter = _deployed(TrtAdapter(TrtAdapter.canonical(parse_spec("trt:fp16"))))
     assert "where this TensorRT has them" in adapter.layers_from   # before: what it will try
     values = adapter.layer_values(model, {"x": np.zeros(2)})
     assert built == [("layers.onnx", built[0][1], ["conv2d", "relu"])] and built[0][1].startswith("layers-")
@@ -194,18 +203,18 @@ def test_debug_tensors_that_could_not_be_read(monkeypatch, fake_layers):
     model, _ = fake_layers
     monkeypatch.setitem(sys.modules, "tensorrt", debug_trt())
     monkeypatch.setattr(_FakeCompiled, "errors", ["add: TypeError: debug tensor type FP8 is not supported"])
-    adapter = TrtAdapter(TrtAdapter.canonical(parse_spec("trt")))
+    adapter = _deployed(TrtAdapter(TrtAdapter.canonical(parse_spec("trt"))))
     assert sorted(adapter.layer_values(model, {"x": np.zeros(2)})) == ["conv2d", "relu"]
     assert "1 debug tensor(s) could not be read, e.g. add: TypeError" in adapter.layers_from
     monkeypatch.setattr(_FakeCompiled, "errors", ["all"])
     with pytest.raises(RuntimeError, match="debug tensors could not be read: all"):
-        TrtAdapter(TrtAdapter.canonical(parse_spec("trt"))).layer_values(model, {"x": np.zeros(2)})
+        _deployed(TrtAdapter(TrtAdapter.canonical(parse_spec("trt")))).layer_values(model, {"x": np.zeros(2)})
 
 
 def test_layer_values_by_marked_outputs_without_the_debug_api(monkeypatch, fake_layers):
     model, built = fake_layers
     monkeypatch.setitem(sys.modules, "tensorrt", debug_trt(debug=False))
-    adapter = TrtAdapter(TrtAdapter.canonical(parse_spec("trt")))
+    adapter = _deployed(TrtAdapter(TrtAdapter.canonical(parse_spec("trt"))))
     values = adapter.layer_values(model, {"x": np.zeros(2)})
     assert built[0][0] == "instrumented.onnx" and built[0][2] == []
     assert sorted(values) == ["conv2d"]
@@ -215,8 +224,9 @@ def test_layer_values_by_marked_outputs_without_the_debug_api(monkeypatch, fake_
 def test_layer_engines_differ_by_method(monkeypatch, fake_layers):
     model, built = fake_layers
     monkeypatch.setitem(sys.modules, "tensorrt", debug_trt())
-    TrtAdapter(TrtAdapter.canonical(parse_spec("trt"))).layer_values(model, {"x": np.zeros(2)})
-    TrtAdapter(TrtAdapter.canonical(parse_spec("trt:fp32,layers=outputs"))).layer_values(model, {"x": np.zeros(2)})
+    _deployed(TrtAdapter(TrtAdapter.canonical(parse_spec("trt")))).layer_values(model, {"x": np.zeros(2)})
+    _deployed(TrtAdapter(TrtAdapter.canonical(parse_spec("trt:fp32,layers=outputs")))).layer_values(
+        model, {"x": np.zeros(2)})
     assert built[0][0] == "layers.onnx" and built[1][0] == "instrumented.onnx" and built[0][1] != built[1][1]
 
 
@@ -228,7 +238,7 @@ def test_run_debug_wires_the_listener(monkeypatch):
     trt = debug_trt(TensorIOMode=SimpleNamespace(INPUT="IN", OUTPUT="OUT"))
     monkeypatch.setitem(sys.modules, "tensorrt", trt)
     monkeypatch.setattr(torch.cuda, "Stream", lambda: SimpleNamespace(cuda_stream=0))
-    monkeypatch.setattr(T, "copy_debug_tensor", lambda addr, *a: np.full(2, addr, np.float32))
+    monkeypatch.setattr(trt_debug, "copy_debug_tensor", lambda addr, *a: np.full(2, addr, np.float32))
 
     class Context:
         listener, states = None, []

@@ -13,7 +13,7 @@ import json
 import pytest
 from onnx import TensorProto, helper
 
-from backendiff.backends import trt_layers as L
+from backendiff.backends.trt import layers as L
 
 # (node name, op, inputs, outputs, FX node, module path) of the recorded dynamo export
 RECORDED = [
