@@ -13,6 +13,8 @@ import hashlib
 import tempfile
 from pathlib import Path
 
+from .layers import flat_out_spec
+
 
 def bisect(candidates: list[str], diverges) -> tuple[int | None, int]:
     """Index of the first candidate for which ``diverges`` holds (None if the last does not),
@@ -68,7 +70,7 @@ def program_prefix(ep, cut: str):
     ep.graph_module.recompile()
     ep.graph_signature.output_specs[:] = [OutputSpec(kind=OutputKind.USER_OUTPUT, arg=TensorArgument(name=cut),
                                                      target=None)]
-    return ep
+    return flat_out_spec(ep)
 
 
 def bisect_program(run_prefix, ep, layer_nodes: list[str], reference: dict, out_of_tolerance) -> dict:

@@ -31,6 +31,20 @@ def cpu_name() -> str:
     return platform.processor() or platform.machine()
 
 
+def host_cpu_key() -> str:
+    """A short key of this machine's CPU (model and instruction-set flags): code compiled for
+    the host's features (``-march=native``-like builds) is only valid on a CPU with the same."""
+    import hashlib
+
+    try:
+        with open("/proc/cpuinfo") as f:
+            lines = f.read().splitlines()
+        text = "\n".join(sorted({line for line in lines if line.startswith(("model name", "flags", "Features"))}))
+    except OSError:
+        text = platform.processor()
+    return hashlib.sha256(f"{platform.machine()}\n{text}".encode()).hexdigest()[:12]
+
+
 def package_versions(names) -> dict[str, str]:
     out = {}
     for name in names:

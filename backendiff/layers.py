@@ -158,7 +158,18 @@ def program_with_outputs(ep, names) -> tuple[object, list[str]]:
     ep.graph_module.recompile()
     ep.graph_signature.output_specs.extend(
         OutputSpec(kind=OutputKind.USER_OUTPUT, arg=TensorArgument(name=n.name), target=None) for n in added)
-    return ep, [n.name for n in added]
+    return flat_out_spec(ep), [n.name for n in added]
+
+
+def flat_out_spec(ep):
+    """``ep`` with its call signature's output spec made a flat tuple of its graph's
+    outputs, in place: after a graph's outputs change, ``ep.module()`` (what AOTInductor
+    compiles, what a runtime calling the program runs) unflattens them with that spec."""
+    from torch.utils import _pytree as pytree
+
+    out = next(n for n in ep.graph.nodes if n.op == "output")
+    ep.module_call_graph[0].signature.out_spec = pytree.tree_structure(tuple(range(len(out.args[0]))))
+    return ep
 
 
 def output_nodes(graph) -> list[str]:

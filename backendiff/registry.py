@@ -16,6 +16,8 @@ BUILTIN = {
     "tvm": "backendiff.backends.tvm:TvmAdapter",
     "trt": "backendiff.backends.trt:TrtAdapter",
     "torch": "backendiff.backends.pytorch:TorchAdapter",
+    "inductor": "backendiff.backends.inductor:InductorAdapter",
+    "iree": "backendiff.backends.iree:IreeAdapter",
 }
 ALIASES = {"onnxruntime": "ort", "ov": "openvino", "tensorrt": "trt", "pytorch": "torch"}
 ENTRY_POINT_GROUP = "backendiff.backends"

@@ -139,7 +139,9 @@ def compiled_folder(cls, adapter, spec: BackendSpec, handle: ModelHandle, route:
     if adapter.needs_calibration:
         handle.calibration()
         calib = handle.calibration_info["sha256"]
-    return handle.cache.folder("compiled", content_key("compiled", handle.key, spec.text, route, cls.versions(), calib))
+    built_for = cls.build_environment(spec)      # only where the artifact is machine-specific: other keys stay as they were
+    return handle.cache.folder("compiled", content_key("compiled", handle.key, spec.text, route, cls.versions(), calib,
+                                                       *([built_for] if built_for else [])))
 
 
 def run_backend(cls, shown: str, spec: BackendSpec, handle: ModelHandle, reference, config: CompareConfig,
@@ -230,6 +232,8 @@ def _run_backend(cls, shown: str, spec: BackendSpec, handle: ModelHandle, refere
         result.error = Failure.of("compare", "OutputMismatch", f"the backend returned {len(actual[0])} outputs, "
                                   f"the reference {len(handle.output_names)}").to_dict()
         return result
+    if config.keep_outputs:
+        result.arrays = [np.asarray(a) for a in actual[0]]
     floor = floor_for(adapter.precision, config.min_sqnr, config.min_cosine)
     result.floor = floor.to_dict()
     golden = handle.golden_outputs() if config.golden and adapter.precision == "fp32" else None

@@ -98,6 +98,14 @@ class Adapter:
         return False
 
     @classmethod
+    def build_environment(cls, spec: BackendSpec) -> str | None:
+        """What a compiled artifact of this spec is specific to beyond the model, the spec
+        and the runtime versions (e.g. the host CPU's instruction set for code compiled for
+        it): part of the artifact's cache key, so that a shared cache never serves another
+        machine's build. None: portable."""
+        return None
+
+    @classmethod
     def threads(cls, spec: BackendSpec) -> int | str:
         """The intra-op threads this spec runs with (reported beside latency)."""
         return int(spec.option("threads")) if spec.option("threads") else "runtime default"

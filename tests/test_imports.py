@@ -9,7 +9,7 @@ BLOCK = r"""
 import sys, importlib.abc
 class Block(importlib.abc.MetaPathFinder):
     def find_spec(self, name, path=None, target=None):
-        if name.split(".")[0] in {"onnxruntime", "openvino", "tvm", "tensorrt", "cv2"}:
+        if name.split(".")[0] in {"onnxruntime", "openvino", "tvm", "tensorrt", "cv2", "iree"}:
             raise ImportError(f"No module named {name!r}", name=name)
 sys.meta_path.insert(0, Block())
 """
@@ -22,7 +22,8 @@ MODULES = [
     "backendiff.partial", "backendiff.diagnose", "backendiff.noise", "backendiff.sysnoise", "backendiff.runner",
     "backendiff.chatter",
     "backendiff.backends.base", "backendiff.backends.ort", "backendiff.backends.openvino",
-    "backendiff.backends.tvm", "backendiff.backends.trt", "backendiff.backends.pytorch", "backendiff.models",
+    "backendiff.backends.tvm", "backendiff.backends.trt", "backendiff.backends.pytorch", "backendiff.backends.iree",
+    "backendiff.backends.inductor", "backendiff.triage", "backendiff.ops", "backendiff.models",
 ]
 
 
@@ -39,7 +40,7 @@ def test_every_module_imports_without_runtimes():
 
 def test_missing_runtimes_are_unavailable_with_install_hint():
     code = ("import json\nfrom backendiff.registry import adapter_class\n"
-            "print(json.dumps({n: adapter_class(n).availability().__dict__ for n in ['ort','openvino','tvm','torch']},"
+            "print(json.dumps({n: adapter_class(n).availability().__dict__ for n in ['ort','openvino','tvm','torch','iree']},"
             " default=list))")
     proc = run_blocked(code)
     assert proc.returncode == 0, proc.stderr
@@ -50,6 +51,7 @@ def test_missing_runtimes_are_unavailable_with_install_hint():
     assert rows["openvino"]["hint"] == "pip install 'backendiff[openvino]'"
     assert "apache-tvm is not installed" in rows["tvm"]["reason"]
     assert rows["torch"]["available"] is True
+    assert rows["iree"]["available"] is False and rows["iree"]["hint"] == "pip install 'backendiff[iree]'"
 
 
 def test_compare_goes_on_when_a_requested_runtime_is_missing(tmp_path):
