@@ -46,6 +46,7 @@ class CompareConfig:
     timeout: str | None = None                  # --timeout: SECONDS or STAGE=SECONDS,... per stage
     partial_path: Path | None = None            # append-only log of finished backends (nothing lost)
     sysnoise: bool = False                      # also measure the SysNoise table (zoo models with a pipeline)
+    keep_outputs: bool = False                  # the backend's raw outputs of the first sample on BackendResult.arrays
     latency_runs: int = 0                       # timed runs per backend after its results (0: no latency)
     latency_warmup: int = 5                     # untimed runs before them
     command: str | None = None

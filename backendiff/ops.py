@@ -21,6 +21,7 @@ import numpy as np
 from .cache import write_atomic
 from .chatter import captured
 from .errors import BadInput, first_line
+from .triage import classify
 
 CELL_SCHEMA = "backendiff.ops.cell/1"
 #: a sample larger than this (elements over all its tensors) is left out: the database's
@@ -179,7 +180,7 @@ def _run_indices(case: OpCase, spec: str, config, indices: list[int], depth: int
         module, inputs, counts = sample_module(case, indices)
     except Exception as e:  # noqa: BLE001 - PyTorch itself cannot run these samples: nothing to compare
         return {"status": "skipped", "reason": f"PyTorch eager: {type(e).__name__}: {first_line(e)[:200]}"}
-    report = backendiff.compare(module, inputs=inputs, backends=[spec], config=config)
+    report = backendiff.compare(module, inputs=inputs, backends=[spec], config=config.but(keep_outputs=True))
     b = report.backends[0]
     if b.status in ("unavailable",):
         return {"status": "skipped", "reason": f"unavailable: {b.error['message']}"}
@@ -194,7 +195,7 @@ def _run_indices(case: OpCase, spec: str, config, indices: list[int], depth: int
         return {"status": "failed", "stage": err.get("stage"), "message": first_line(err.get("message") or "")[:300],
                 "examples": [describe(case.samples[i]) for i in indices[:3]], "samples": len(indices),
                 "failed_samples": len(indices), "index": indices[0]}
-    return verdicts(case, indices, counts, b)
+    return verdicts(case, indices, counts, b, module, inputs)
 
 
 def names_the_op(message: str, name: str) -> bool:
@@ -206,26 +207,46 @@ def names_the_op(message: str, name: str) -> bool:
     return bool(re.search(rf"(?<![A-Za-z0-9]){re.escape(base)}(?![A-Za-z0-9])", message))
 
 
-def verdicts(case: OpCase, indices: list[int], counts: list[int], b) -> dict:
-    """Per-sample verdicts from the outputs of one run (``counts``: results per sample)."""
-    bad, start = [], 0
+def verdicts(case: OpCase, indices: list[int], counts: list[int], b, module=None, inputs=()) -> dict:
+    """Per-sample verdicts from the outputs of one run (``counts``: results per sample). A
+    diverged sample that a triage rule explains (tie order, a random draw, undefined values)
+    is counted apart as ``semantics``: the cell is ``diverged`` only for the others."""
+    reference = _eager(module, inputs) if module is not None and b.arrays is not None else None
+    bad, explained, start = [], [], 0
     for i, n in zip(indices, counts):
         mine = b.outputs[start:start + n]
-        start += n
         diverged = [o for o in mine if o.status == "diverged"]
         if diverged:
             worst = min(diverged, key=lambda o: (o.metrics or {}).get("sqnr_db") or -1e9)
-            bad.append({"sample": describe(case.samples[i]), "index": i, "metrics": worst.metrics,
-                        "reason": worst.reason or ("another shape" if worst.reference_shape else "outside tolerance")})
-    if not bad:
-        return {"status": "agree", "samples": len(indices)}
-    return {"status": "diverged", "samples": len(indices), "diverged_samples": len(bad), "worst": bad[0],
-            "examples": bad[:3]}
+            entry = {"sample": describe(case.samples[i]), "index": i, "metrics": worst.metrics,
+                     "reason": worst.reason or ("another shape" if worst.reference_shape else "outside tolerance")}
+            why = None
+            if reference is not None:
+                s = case.samples[i]
+                why = classify(case.name, [t.numpy() for t in tensors_of((s.input, s.args, s.kwargs))],
+                               reference[start:start + n], b.arrays[start:start + n])
+            (explained if why else bad).append(entry | ({"triage": why} if why else {}))
+        start += n
+    out = {"samples": len(indices)}
+    if explained:
+        out |= {"semantics_samples": len(explained), "semantics": explained[0]["triage"],
+                "semantics_examples": explained[:3]}
+    if bad:
+        return {"status": "diverged", **out, "diverged_samples": len(bad), "worst": bad[0], "examples": bad[:3]}
+    return {"status": "semantics" if explained else "agree", **out}
+
+
+def _eager(module, inputs) -> list[np.ndarray]:
+    """PyTorch eager's outputs of the sample module, as numpy arrays (what triage compares)."""
+    import torch
+
+    with torch.no_grad():
+        return [t.detach().numpy() for t in tensors_of(module(*inputs))]
 
 
 def merge(parts: list[dict]) -> dict:
-    """Two halves of a batch into one cell: failed wins over diverged over agree."""
-    order = {"failed": 0, "diverged": 1, "agree": 2, "skipped": 3}
+    """Two halves of a batch into one cell: failed wins over diverged over semantics over agree."""
+    order = {"failed": 0, "diverged": 1, "semantics": 2, "agree": 3, "skipped": 4}
     parts = sorted(parts, key=lambda p: order.get(p["status"], 4))
     first = dict(parts[0])
     total = sum(p.get("samples", 0) for p in parts)
@@ -238,6 +259,10 @@ def merge(parts: list[dict]) -> dict:
             first["also_diverged"] = other["worst"]
     elif first["status"] == "diverged":
         first["diverged_samples"] = sum(p.get("diverged_samples", 0) for p in parts)
+    explained = [p for p in parts if p.get("semantics_samples")]
+    if explained:
+        first["semantics_samples"] = sum(p["semantics_samples"] for p in explained)
+        first["semantics"] = explained[0]["semantics"]
     return first
 
 

@@ -515,7 +515,7 @@ def print_ops(matrix: dict, console: Console, path) -> None:
     shown = 0
     for row in matrix["rows"]:
         cells = [row["cells"].get(spec, {}) for spec in specs]
-        if all(c.get("status") in ("agree", "skipped") for c in cells):
+        if all(c.get("status") in ("agree", "skipped", "semantics") for c in cells):
             continue
         shown += 1
         table.add_row(row["op"], *[Text(ops_cell(c), style=_STATUS_STYLE.get(_OPS_STYLE.get(c.get("status")), ""))
@@ -527,7 +527,7 @@ def print_ops(matrix: dict, console: Console, path) -> None:
     console.print(f"matrix: {path}", highlight=False)
 
 
-_OPS_STYLE = {"agree": "ok", "diverged": "diverged", "failed": "failed", "skipped": "unavailable"}
+_OPS_STYLE = {"agree": "ok", "diverged": "diverged", "failed": "failed", "skipped": "unavailable", "semantics": "vacuous"}
 
 
 def ops_cell(cell: dict) -> str:
@@ -540,4 +540,6 @@ def ops_cell(cell: dict) -> str:
         return f"failed [{cell.get('stage')}] {cell.get('message', '')[:160]} ({cell.get('failed_samples')} samples)"
     if status == "skipped":
         return f"skipped: {cell.get('reason', '')[:80]}"
+    if status == "semantics":
+        return f"semantics {cell.get('semantics_samples')}/{cell.get('samples')} · {cell['semantics']['reason']}"
     return status

@@ -53,6 +53,9 @@ class BackendResult:
     advice: dict | None = None
     info: dict = field(default_factory=dict)
     latency: dict | None = None   # sweep: median/spread/throughput of compiled.run, threads
+    #: the backend's raw outputs of the first sample, only with ``CompareConfig.keep_outputs``
+    #: (``backendiff ops`` triages them); not a field: never in the JSON
+    arrays = None
 
     @property
     def ran(self) -> bool:
