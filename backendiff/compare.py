@@ -143,7 +143,7 @@ def known_divergent_ops(handle: ModelHandle, shown: list[str], config: CompareCo
     """Pre-flight: per backend, the model's operators that the latest stored operator matrix
     (``backendiff ops``) lists as diverged or failed there, and where the model uses them.
     Nothing where no matrix is stored, the cache is off or the model has no program."""
-    from .ops import load_latest_matrix, preflight
+    from .ops import load_latest_matrix, node_arguments, preflight
 
     if not config.use_cache or not handle.has_torch:
         return {}
@@ -153,10 +153,12 @@ def known_divergent_ops(handle: ModelHandle, shown: list[str], config: CompareCo
     try:
         from .layers import graph_layers
 
-        layers = graph_layers(handle.exported_program().graph_module)
+        gm = handle.exported_program().graph_module
+        layers = graph_layers(gm)
+        arguments = {n.name: node_arguments(n, gm) for n in gm.graph.nodes if n.op == "call_function"}
     except Exception:  # noqa: BLE001 - a model that does not export has no operators to check
         return {}
-    return preflight(matrix, layers, shown)
+    return preflight(matrix, layers, shown, arguments)
 
 
 def model_key(model, config: CompareConfig | None = None) -> str | None:

@@ -220,3 +220,8 @@ def render_sweep_html(board: dict, pages: dict[str, str]) -> str:
             scatters.append(svg)
     return _env().get_template("sweep.html.j2").render(board=board, rows=rows, specs=specs, heatmap=heatmap,
                                                        scatters=scatters, chart_failures=failures)
+
+
+def render_ops_html(view: dict) -> str:
+    """The operator matrix (``ops.html_view``) as one self-contained page."""
+    return _env(lenient=False).get_template("ops.html.j2").render(**view)

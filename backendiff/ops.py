@@ -145,6 +145,86 @@ def aten_ops(case: OpCase) -> list[str]:
                    if n.op == "call_function" and getattr(n.target, "_opname", None)})
 
 
+def _plain(value):
+    """An argument value as plain JSON data (lists for tuples, text for dtypes and the like)."""
+    if isinstance(value, (list, tuple)):
+        return [_plain(v) for v in value]
+    if value is None or isinstance(value, (bool, int, float, str)):
+        return value
+    return str(value)
+
+
+def node_arguments(node, graph_module) -> dict:
+    """A call's non-tensor arguments by their schema names (``kernel_size``, ``ceil_mode``):
+    what tells a model's call apart from the samples that diverged."""
+    import torch
+
+    try:
+        pair = node.normalized_arguments(graph_module, normalize_to_only_use_kwargs=True)
+    except Exception:  # noqa: BLE001 - an op without a schema PyTorch can normalize: no arguments to match
+        pair = None
+    if pair is None:
+        return {}
+    nodes = torch.fx.node.map_arg
+    out = {}
+    for key, value in pair.kwargs.items():
+        found = []
+        nodes(value, found.append)
+        if not found:
+            out[key] = _plain(value)
+    return out
+
+
+def sample_calls(case: OpCase, index: int, aten: list[str]) -> list[dict]:
+    """The ATen calls (``aten`` ops only) one sample exports to, each with its arguments."""
+    import torch
+
+    module, inputs, _ = sample_module(case, [index])
+    try:
+        with captured(streams=True):
+            ep = torch.export.export(module, inputs, strict=False)
+    except Exception:  # noqa: BLE001 - a sample that does not export has no calls to record
+        return []
+    return [{"op": str(n.target._opname), "args": node_arguments(n, ep.graph_module)} for n in ep.graph.nodes
+            if n.op == "call_function" and str(getattr(n.target, "_opname", "")) in aten]
+
+
+def diverging_calls(case: OpCase, cell: dict, aten: list[str], limit: int = 8) -> dict:
+    """The calls of (up to ``limit``) diverged and agreeing samples of a diverged cell: what
+    the pre-flight matches a model's calls against (``same_arguments``)."""
+    bad = set(cell.get("diverged_indices") or [])
+    explained = {e["index"] for e in cell.get("semantics_examples") or []}
+    good = [i for i in range(len(case.samples)) if i not in bad and i not in explained]
+    return {"diverged": [c for i in sorted(bad)[:limit] for c in sample_calls(case, i, aten)],
+            "agreeing": [c for i in good[:limit] for c in sample_calls(case, i, aten)]}
+
+
+def same_arguments(calls: dict | None, op: str, args: dict) -> tuple[bool | None, dict]:
+    """Whether a model's call of ``op`` with ``args`` is like a diverged sample: on the
+    arguments whose values only diverging samples have (every value of ``ceil_mode`` among
+    diverged samples is True, never among agreeing ones). Returns (True / False, the
+    deciding arguments), or (None, {}) where no argument tells them apart (then only the
+    operator is known to diverge)."""
+    if not calls:
+        return None, {}
+    diverged = [c["args"] for c in calls.get("diverged", []) if c["op"] == op]
+    agreeing = [c["args"] for c in calls.get("agreeing", []) if c["op"] == op]
+    if not diverged:                  # this ATen op only ever agreed (another overload diverged)
+        return (False, {}) if agreeing else (None, {})
+
+    def seen(group, key):
+        return {json.dumps(a.get(key), sort_keys=True) for a in group if key in a}
+
+    keys = [k for k in diverged[0] if all(k in d for d in diverged) and agreeing
+            and not (seen(diverged, k) & seen(agreeing, k))]
+    if not keys:
+        return None, {}
+    for d in diverged:
+        if all(json.dumps(args.get(k), sort_keys=True) == json.dumps(d[k], sort_keys=True) for k in keys):
+            return True, {k: d[k] for k in keys}
+    return False, {k: diverged[0][k] for k in keys}
+
+
 def describe(sample) -> str:
     """The sample's arguments in one line: shapes for tensors, values for the rest."""
     import torch
@@ -232,7 +312,8 @@ def verdicts(case: OpCase, indices: list[int], counts: list[int], b, module=None
         out |= {"semantics_samples": len(explained), "semantics": explained[0]["triage"],
                 "semantics_examples": explained[:3]}
     if bad:
-        return {"status": "diverged", **out, "diverged_samples": len(bad), "worst": bad[0], "examples": bad[:3]}
+        return {"status": "diverged", **out, "diverged_samples": len(bad), "worst": bad[0], "examples": bad[:3],
+                "diverged_indices": [e["index"] for e in bad]}
     return {"status": "semantics" if explained else "agree", **out}
 
 
@@ -259,6 +340,7 @@ def merge(parts: list[dict]) -> dict:
             first["also_diverged"] = other["worst"]
     elif first["status"] == "diverged":
         first["diverged_samples"] = sum(p.get("diverged_samples", 0) for p in parts)
+        first["diverged_indices"] = [i for p in parts for i in p.get("diverged_indices", [])]
     explained = [p for p in parts if p.get("semantics_samples")]
     if explained:
         first["semantics_samples"] = sum(p["semantics_samples"] for p in explained)
@@ -298,6 +380,8 @@ def run(patterns: list[str], specs: list[str], dtypes: list[str], limit: int, ou
                     row["aten"] = aten_ops(case)
                 cell = {"schema": CELL_SCHEMA, "op": case.name, "spec": spec, "dtype": dtype, "aten": row["aten"],
                         **run_case(case, spec, config)}
+                if cell["status"] == "diverged" and row["aten"]:
+                    cell["calls"] = diverging_calls(case, cell, row["aten"])
                 index = (cell.get("worst") or {}).get("index", cell.get("index"))
                 if cell["status"] in ("diverged", "failed") and index is not None:
                     made = reproducer(case, index, spec, out / "reproducers")
@@ -315,6 +399,47 @@ def run(patterns: list[str], specs: list[str], dtypes: list[str], limit: int, ou
     return matrix
 
 
+def cell_text(cell: dict) -> str:
+    """One line of what a cell found, beyond its status (terminal and HTML matrix)."""
+    status = cell.get("status", "-")
+    if status == "diverged":
+        w = cell["worst"]
+        sqnr = (w.get("metrics") or {}).get("sqnr_db")
+        shown = "n/a" if sqnr is None else ("inf" if sqnr == float("inf") else f"{sqnr:.1f}")
+        return f"{cell['diverged_samples']}/{cell['samples']} · SQNR {shown} dB · {w['reason']} · {w['sample'][:120]}"
+    if status == "failed":
+        return f"[{cell.get('stage')}] {cell.get('message', '')[:160]} ({cell.get('failed_samples')} samples)"
+    if status == "skipped":
+        return cell.get("reason", "")[:80]
+    if status == "semantics":
+        return f"{cell.get('semantics_samples')}/{cell.get('samples')} · {cell['semantics']['reason']}"
+    if status == "agree":
+        return f"{cell.get('samples')} samples"
+    return ""
+
+
+def html_view(matrix: dict, out: Path) -> dict:
+    """What the HTML matrix shows: per operator, each backend's status, text and the
+    reproducer's path relative to the page in ``out``."""
+    specs = matrix["specs"]
+    rows = []
+    for row in matrix["rows"]:
+        cells = []
+        for spec in specs:
+            cell = row["cells"].get(spec, {})
+            repro = cell.get("reproducer")
+            if repro:
+                try:
+                    repro = str(Path(repro).resolve().relative_to(Path(out).resolve()))
+                except ValueError:
+                    repro = Path(repro).resolve().as_uri()
+            cells.append({"status": cell.get("status", "missing"), "text": cell_text(cell), "reproducer": repro})
+        rows.append({"op": row["op"], "aten": row.get("aten") or [], "cells": cells,
+                     "bad": any(c["status"] in ("diverged", "failed") for c in cells)})
+    statuses = ["agree", "diverged", "semantics", "failed", "skipped"]
+    return {"matrix": matrix, "specs": specs, "rows": rows, "statuses": statuses}
+
+
 def latest_matrix_path(cache_dir=None) -> Path:
     """Where the latest operator matrix is kept for ``compare``'s pre-flight (in the cache)."""
     from .cache import default_cache_dir
@@ -323,15 +448,19 @@ def latest_matrix_path(cache_dir=None) -> Path:
 
 
 # -- pre-flight: a backend about to run an operator the matrix knows it gets wrong --------------
-def preflight(matrix: dict | None, layers, specs: list[str]) -> dict[str, list[dict]]:
+def preflight(matrix: dict | None, layers, specs: list[str], arguments: dict | None = None) -> dict[str, list[dict]]:
     """spec -> the model's operators that diverged or failed on that spec in ``matrix``: the
     matrix row, its status and worst SQNR, and where the model uses the operator (module,
-    source line; ``layers`` are the model's FX layers)."""
+    source line; ``layers`` are the model's FX layers). Where the cell recorded which
+    arguments only its diverging samples have (``same_arguments``), only the model's calls
+    with those arguments count (``arguments``: FX node name -> its arguments) and the note
+    names them; a model whose every call differs gets no note."""
     if not matrix:
         return {}
     uses: dict[str, list] = {}
     for layer in layers:
         uses.setdefault(layer.op_type, []).append(layer)
+    arguments = arguments or {}
     out: dict[str, list[dict]] = {}
     for row in matrix.get("rows", []):
         ops = [op for op in row.get("aten") or [] if op in uses]
@@ -341,11 +470,20 @@ def preflight(matrix: dict | None, layers, specs: list[str]) -> dict[str, list[d
             cell = row.get("cells", {}).get(spec) or {}
             if cell.get("status") not in ("diverged", "failed"):
                 continue
-            where = [{"module": layer.module, "op": layer.op_type, "source": layer.source}
-                     for op in ops for layer in uses[op]][:3]
+            hits, deciding = [], {}
+            for op in ops:
+                for layer in uses[op]:
+                    like, keys = same_arguments(cell.get("calls"), op, arguments.get(layer.node, {}))
+                    if like is not False:
+                        hits.append(layer)
+                        deciding = deciding or (keys if like else {})
+            if not hits:
+                continue
+            where = [{"module": layer.module, "op": layer.op_type, "source": layer.source} for layer in hits][:3]
             sqnr = ((cell.get("worst") or {}).get("metrics") or {}).get("sqnr_db")
             out.setdefault(spec, []).append({"op": row["op"], "status": cell["status"], "sqnr_db": sqnr,
-                                             "stage": cell.get("stage"), "where": where})
+                                             "stage": cell.get("stage"), "where": where,
+                                             **({"arguments": deciding} if deciding else {})})
     return out
 
 

@@ -187,8 +187,9 @@ def preflight_lines(report) -> list[str]:
                                                            else "") for w in note["where"])
             how = f" ({note['sqnr_db']:.1f} dB)" if note.get("sqnr_db") is not None else \
                 (f" at {note['stage']}" if note.get("stage") else "")
+            like = ", ".join(f"{k}={v}" for k, v in (note.get("arguments") or {}).items())
             lines.append(f"pre-flight {b.spec}: {note['op']} {note['status']} in the operator matrix{how}; "
-                         f"this model uses it at {places}")
+                         f"this model uses it" + (f" with the diverging samples' {like}" if like else "") + f" at {places}")
     return lines
 
 

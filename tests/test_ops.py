@@ -121,3 +121,50 @@ def test_compare_notes_a_known_divergent_operator_before_running(tmp_path):
     print_report(report, Console(file=out, width=200))
     assert "pre-flight tvm: nn.functional.selu diverged in the operator matrix" in out.getvalue()
     assert "this model uses it at act (test_ops.py:" in out.getvalue()
+
+
+@needs("tvm")
+def test_pre_flight_matches_the_calls_that_diverged_not_every_use_of_the_operator(tmp_path):
+    """TVM's max_pool2d diverges only where the indices are returned (max_pool2d_with_indices);
+    a model pooling without indices gets no note, one asking for the indices gets it."""
+    import torch
+
+    import backendiff
+    import backendiff.ops as ops
+
+    matrix = ops.run(["nn.functional.max_pool2d"], ["tvm"], ["fp32"], 16, tmp_path / "ops", False, config(tmp_path))
+    cell = matrix["rows"][0]["cells"]["tvm"]
+    assert cell["status"] == "diverged" and {c["op"] for c in cell["calls"]["diverged"]} == {"max_pool2d_with_indices"}
+
+    class Pool(torch.nn.Module):
+        def __init__(self, indices):
+            super().__init__()
+            self.pool = torch.nn.MaxPool2d(3, stride=2, ceil_mode=True, return_indices=indices)
+
+        def forward(self, x):
+            out = self.pool(x)
+            return (out[0], out[1].float()) if isinstance(out, tuple) else out
+
+    def notes(indices):
+        report = backendiff.compare(Pool(indices).eval(), inputs=(torch.randn(1, 2, 9, 9),), backends=["tvm"],
+                                    cache_dir=tmp_path / "cache", isolate=False, layerwise="never", advise=False)
+        return report.backend("tvm").info.get("known_divergent_ops")
+
+    assert notes(False) is None
+    (note,) = notes(True)
+    assert note["op"] == "nn.functional.max_pool2d" and note["where"][0]["module"] == "pool"
+
+
+def test_the_deciding_arguments_are_the_values_only_diverging_samples_have():
+    from backendiff.ops import same_arguments
+
+    calls = {"diverged": [{"op": "pool", "args": {"k": 3, "ceil_mode": True}},
+                          {"op": "pool", "args": {"k": 2, "ceil_mode": True}}],
+             "agreeing": [{"op": "pool", "args": {"k": 3, "ceil_mode": False}},
+                          {"op": "pool", "args": {"k": 2, "ceil_mode": False}}, {"op": "other", "args": {}}]}
+    assert same_arguments(calls, "pool", {"k": 5, "ceil_mode": True}) == (True, {"ceil_mode": True})
+    assert same_arguments(calls, "pool", {"k": 3, "ceil_mode": False}) == (False, {"ceil_mode": True})
+    assert same_arguments(calls, "other", {}) == (False, {})             # this op only ever agreed
+    assert same_arguments(None, "pool", {}) == (None, {})                # an older cell: the operator alone
+    mixed = {"diverged": calls["diverged"], "agreeing": [{"op": "pool", "args": {"k": 3, "ceil_mode": True}}]}
+    assert same_arguments(mixed, "pool", {"k": 3, "ceil_mode": False}) == (None, {})   # nothing tells them apart
