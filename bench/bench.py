@@ -13,6 +13,8 @@
    against the ONNX-route instrumentation used before, per backend.
 3. ``backendiff sweep`` (``--sweep-models``, ``--sweep-backends``): wall time with 1 and 2
    local workers on a warm compile cache, and their ratio.
+4. Compile time per backend (``--compile-models``, ``--compile-backends``, default with the
+   ahead-of-time compilers iree and inductor), cold and on a cache hit, as ratios to ORT's.
 
 Runs ``backendiff.compare`` twice, each in a fresh process: cold (empty cache) and warm
 (the same cache again); PyTorch is imported before the clock starts. For each run it prints the
@@ -194,6 +196,35 @@ def sweep_bench(models: list[str], backends: str) -> None:
     print(f"speed-up 2 workers / 1 worker: {one_worker / two_workers:.2f}x")
 
 
+def compile_bench(models: list[str], backends: str) -> None:
+    """4. Compile time per backend, each model cold (empty cache) then warm (a cache hit: the
+    artifact loaded, not rebuilt), every backend of a model in one fresh process per run; the
+    ratio to ONNX Runtime's compile shows what an ahead-of-time compiler costs."""
+    rows = []
+    for model in models:
+        with tempfile.TemporaryDirectory(prefix="backendiff-bench-compile-") as cache:
+            for label in ("cold", "warm"):
+                out = f"{cache}/{label}.json"
+                subprocess.run([sys.executable, __file__, "--model", model, "--backends", backends, "--one", cache, out],
+                               check=True)
+                with open(out) as f:
+                    rows.append((model, label, json.load(f)["backends"]))
+    specs = backends.split(",")
+    print(f"\nbackendiff bench: convert + compile seconds per backend (each run a fresh process; ratio to "
+          f"{specs[0]}'s cold build)\n")
+    print(f"{'model':<18} {'run':<5} " + " ".join(f"{s:>16}" for s in specs))
+    for model, label, per in rows:
+        base = next((r for m, lab, r in rows if m == model and lab == "cold"), per)[specs[0]]
+        base_s = base["convert_s"] + base["compile_s"] or float("nan")
+        cells = []
+        for s in specs:
+            b = per.get(s, {})
+            t = b.get("convert_s", 0.0) + b.get("compile_s", 0.0)
+            ran = b.get("status") in ("ok", "diverged")
+            cells.append(f"{t:7.2f}s {t / base_s:5.1f}x" if ran else f"{b.get('status', '-'):>16}")
+        print(f"{model:<18} {label:<5} " + " ".join(f"{c:>16}" for c in cells))
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="zoo:resnet18")
@@ -204,6 +235,9 @@ def main() -> int:
     parser.add_argument("--sweep-models", default="zoo:digits-cnn,zoo:tiny-transformer,zoo:resnet18")
     parser.add_argument("--sweep-backends", default="ort,ort:int8,openvino,tvm")
     parser.add_argument("--skip-sweep", action="store_true")
+    parser.add_argument("--compile-models", default="zoo:digits-cnn,zoo:resnet18")
+    parser.add_argument("--compile-backends", default="ort,openvino,tvm,iree,inductor")
+    parser.add_argument("--skip-compile", action="store_true")
     parser.add_argument("--one-layerwise", nargs=3, metavar=("SPECS", "CACHE", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one_layerwise:
@@ -249,6 +283,8 @@ def main() -> int:
         instrumentation_bench(args.layerwise_model)
     if not args.skip_sweep:
         sweep_bench(args.sweep_models.split(","), args.sweep_backends)
+    if not args.skip_compile:
+        compile_bench(args.compile_models.split(","), args.compile_backends)
     return 0
 
 
