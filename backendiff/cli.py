@@ -7,11 +7,7 @@ comparison was vacuous (the reference output carries no signal).
 from __future__ import annotations
 
 import json
-import os
-import re
-import shlex
 import sys
-import time
 from pathlib import Path
 
 import click
@@ -53,24 +49,6 @@ def _fail(message: str) -> None:
 @click.version_option(package_name="backendiff")
 def cli():
     """Does your PyTorch model still compute the same thing on each deployment runtime?"""
-
-
-def _default_report_path(source: str) -> Path:
-    name = source.split(":")[-1] if source.startswith("zoo:") else source.split(":")[0]
-    stem = re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(name).stem)
-    return Path("reports") / f"{stem or 'model'}-{time.strftime('%Y%m%d-%H%M%S')}.json"
-
-
-def _check_writable(path: Path) -> None:
-    parent = path.parent if str(path.parent) else Path(".")
-    try:
-        parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise BadInput(f"cannot write report to {path}: {e.strerror or e}") from None
-    if path.is_dir():
-        raise BadInput(f"cannot write report to {path}: it is a folder")
-    if not os.access(parent, os.W_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise BadInput(f"cannot write report to {path}: permission denied")
 
 
 @cli.command()
@@ -152,159 +130,48 @@ def _check_writable(path: Path) -> None:
 @click.option("--sysnoise", is_flag=True,
               help="Also measure the SysNoise table on these backends (zoo models that declare their pipeline).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress display.")
-def compare(model, backends, input_specs, input_files, calib_files, calib_samples, seed, samples, compare_on, weights,
-            trust_pickle,
-            export_mode, onnx_reference, atol, rtol,
-            json_path, no_json, html_path, md_path, nan_strict, isolate, timeout, no_cache, cache_dir, no_golden, fp64_factor,
-            min_sqnr, min_cosine, layerwise, isolate_layers, bisect, advise, task, no_task, data_file,
-            preprocess, max_task_drop, sysnoise, quiet):
+def compare(model, quiet, **opts):
     """Compare MODEL on each backend against PyTorch eager fp32.
 
     MODEL is a .pt2 (torch.export), .pt (TorchScript), .onnx file, file.py:factory,
     package.module:factory or zoo:NAME.
     """
+    from .cli_options import config_from_cli, report_path
     from .compare import compare as run_compare
-    from .config import CompareConfig
-    from .inputs import parse_input_spec
-    from .isolation import parse_limits
-    from .partial import PartialLog, partial_path_for
-    from .render import print_report
+    from .documents import write_documents, write_report
+    from .progress import progress_display
+    from .render import print_report, stdout_console
 
-    parse_limits(timeout)               # a malformed --timeout fails before any work
-    out_path = None if no_json else (json_path or _default_report_path(model))
-    for path in (out_path, html_path, md_path):
-        if path is not None:
-            _check_writable(path)
-    for spec in (atol, rtol):
-        if spec is not None and spec < 0:
-            raise BadInput("--atol and --rtol must not be negative")
-    console = Console(stderr=True)
-    config = CompareConfig(
-        backends=tuple(backends) or None, seed=seed, samples=samples, compare_on=compare_on,
-        input_specs=tuple(parse_input_spec(s) for s in input_specs), input_files=tuple(input_files),
-        calib_files=tuple(calib_files), calib_samples=calib_samples,
-        weights=weights, trust_pickle=trust_pickle, export_mode=export_mode, reference=onnx_reference, rtol=rtol,
-        atol=atol, cache_dir=cache_dir,
-        use_cache=not no_cache, golden=not no_golden, fp64_factor=fp64_factor, min_sqnr=min_sqnr, min_cosine=min_cosine,
-        layerwise={None: "auto", True: "always", False: "never"}[layerwise], isolate_layers=isolate_layers,
-        bisect=bisect, advise=advise,
-        task="off" if no_task else ("auto" if task is None else "on"),
-        task_name=None if task in (None, "on") else task, data_file=data_file, preprocess=preprocess,
-        max_task_drop=max_task_drop, sysnoise=sysnoise,
-        nan_strict=nan_strict, isolate=isolate, timeout=timeout, partial_path=partial_path_for(out_path) if out_path else None,
-        command="backendiff " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
-    )
+    out_path = report_path(model, opts)
+    config = config_from_cli(opts, out_path, sys.argv[1:])
     try:
-        if quiet or not console.is_terminal:
-            report = run_compare(model, config=config)
-        else:
-            with console.status("backendiff: starting") as status, StepClock(status) as clock:
-                report = run_compare(model, config=config.but(progress=clock.step))
+        with progress_display(quiet, "backendiff: starting") as progress:
+            report = run_compare(model, config=config.but(progress=progress))
     except KeyboardInterrupt:
         log = config.partial_path
         kept = f"; the finished backends are in {log} (backendiff report {log})" if log and log.exists() else ""
         click.echo(f"backendiff: interrupted{kept}", err=True)
         sys.exit(130)
     if out_path is not None:
-        report.write(out_path)
-        PartialLog(config.partial_path).remove()
-    print_report(report, _stdout_console(), json_path=out_path)
-    write_documents(json.loads(report.to_json()), html_path, md_path)
+        write_report(report, out_path)
+    console = stdout_console()
+    print_report(report, console, json_path=out_path)
+    write_documents(json.loads(report.to_json()), opts["html_path"], opts["md_path"], console)
     return report.exit_code
-
-
-class StepClock:
-    """The progress line of a long step: its message, the seconds it has taken so far, and for
-    a counted step (``sample 3/10``) an estimate of what is left; refreshed every second by a
-    background thread, so a 160 s compile does not look stuck."""
-
-    def __init__(self, status):
-        self.status, self.message, self.started = status, "starting", time.monotonic()
-        self.first, self.eta = None, None     # (prefix, time, index) of the counted step's first item
-
-    def step(self, message: str) -> None:
-        from .render import count_of
-
-        now, counted, self.eta = time.monotonic(), count_of(message), None
-        if counted is not None:
-            prefix, i, n = counted
-            if self.first is None or self.first[0] != prefix or i <= self.first[2]:
-                self.first = (prefix, now, i)
-            else:                             # the items so far set the pace of the rest
-                self.eta = (now - self.first[1]) / (i - self.first[2]) * (n - i + 1)
-        self.message, self.started = message, now
-        self.show()
-
-    def show(self) -> None:
-        from .render import step_line
-
-        elapsed = time.monotonic() - self.started
-        left = None if self.eta is None else max(self.eta - elapsed, 0.0)
-        self.status.update("backendiff: " + step_line(self.message, elapsed, left))
-
-    def __enter__(self):
-        import threading
-
-        self._stop = threading.Event()
-
-        def tick():
-            while not self._stop.wait(1.0):
-                self.show()
-        self._thread = threading.Thread(target=tick, daemon=True)
-        self._thread.start()
-        return self
-
-    def __exit__(self, *exc):
-        self._stop.set()
-        self._thread.join(timeout=2)
-        return False
-
-
-def write_documents(data: dict, html_path: Path | None, md_path: Path | None) -> None:
-    """The HTML report and the Markdown summary, both from the report's JSON data (so a saved
-    run renders to the same bytes)."""
-    if html_path is not None:
-        from .html import render_html
-
-        html_path.write_text(render_html(data), encoding="utf-8")
-        _stdout_console().print(f"html report: {html_path}", highlight=False)
-    if md_path is not None:
-        from .markdown import render_markdown
-
-        md_path.write_text(render_markdown(data), encoding="utf-8")
-        _stdout_console().print(f"markdown summary: {md_path}", highlight=False)
 
 
 @cli.command("backends")
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def backends_cmd(as_json):
     """List every backend adapter: available here or not, versions, why not."""
-    from rich.table import Table
+    from .listings import backend_rows
+    from .render import print_backends
 
-    from .registry import adapter_class, names
-
-    classes = [adapter_class(n) for n in names()]
-    rows = [cls.availability() for cls in classes]
-    # specs of an available backend that cannot run here (ort:cuda without onnxruntime-gpu, trt:bf16 on an old GPU)
-    missing = {cls.name: cls.unavailable_variants() if r.available and hasattr(cls, "unavailable_variants") else {}
-               for cls, r in zip(classes, rows)}
+    rows = backend_rows()
     if as_json:
-        click.echo(json.dumps([r.__dict__ | {"variants": list(r.variants),
-                                             "variants_unavailable": {k: {"reason": why, "hint": hint}
-                                                                      for k, (why, hint) in missing[r.name].items()}}
-                               for r in rows], indent=2))
-        return 0
-    table = Table(title="backendiff backends", title_justify="left")
-    for col in ("backend", "available", "versions", "variants", "notes"):
-        table.add_column(col, overflow="fold")
-    for r in rows:
-        versions = ", ".join(f"{k} {v}" for k, v in r.versions.items())
-        notes = r.description if r.available else f"{r.reason}" + (f" — {r.hint}" if r.hint else "")
-        for spec, (why, hint) in missing[r.name].items():
-            notes += f"\n[yellow]{spec}[/yellow]: {why}" + (f" — {hint}" if hint else "")
-        table.add_row(r.name, "[green]yes[/green]" if r.available else "[yellow]no[/yellow]", versions,
-                      ", ".join(r.variants), notes)
-    Console().print(table)
+        click.echo(json.dumps(rows, indent=2))
+    else:
+        print_backends(rows, Console())
     return 0
 
 
@@ -312,55 +179,14 @@ def backends_cmd(as_json):
 @click.option("--json", "as_json", is_flag=True, help="Print as JSON.")
 def zoo_cmd(as_json):
     """List the built-in models: inputs, size, task, and the reference score on its data."""
-    from rich.table import Table
+    from .listings import zoo_rows
+    from .render import print_zoo, stdout_console
 
-    from backendiff.models import ZOO
-
-    from .tasks import evaluate
-
-    rows = []
-    for name, entry in ZOO.items():
-        try:
-            module = entry.build()
-        except BadInput as e:        # an entry whose package is not installed (zoo:minilm without [hf])
-            rows.append({"name": name, "description": entry.description, "inputs": [s.to_dict() for s in entry.inputs],
-                         "parameters": None, "task": entry.task, "score": None, "unavailable": str(e)})
-            continue
-        row = {"name": name, "description": entry.description,
-               "inputs": [s.to_dict() for s in entry.inputs],
-               "parameters": sum(p.numel() for p in module.parameters()), "task": entry.task, "score": None}
-        task = entry.task_data()
-        if task is not None:
-            import numpy as np
-            import torch
-
-            from .runner import task_outputs
-
-            spec = entry.inputs[0]
-            sample = {spec.name: np.zeros(spec.shape, spec.dtype)}
-
-            def run(batch):
-                with torch.no_grad():
-                    return [module(torch.from_numpy(batch[spec.name])).numpy()]
-
-            outputs = task_outputs(run, task, sample)
-            result = evaluate(task, outputs, outputs)
-            row["score"] = {"metric": result["metric"], "value": result["reference"], "samples": int(len(task.inputs))}
-        rows.append(row)
+    rows = zoo_rows()
     if as_json:
         click.echo(json.dumps(rows, indent=2))
-        return 0
-    table = Table(title="backendiff zoo", title_justify="left")
-    for col in ("model", "inputs", "parameters", "task", "reference score", "description"):
-        table.add_column(col, overflow="fold")
-    for r in rows:
-        inputs = ", ".join(f"{i['name']}{tuple(i['shape'])}" for i in r["inputs"])
-        score = f"{r['score']['metric']} {r['score']['value']:.2f}% ({r['score']['samples']})" if r["score"] else "-"
-        params = r["parameters"]
-        size = "-" if params is None else f"{params / 1e6:.2f}M" if params >= 1e5 else f"{params / 1e3:.1f}k"
-        table.add_row(f"zoo:{r['name']}", inputs, size, r["task"] or "-", score,
-                      r["description"] + (f" (unavailable here: {r['unavailable']})" if r.get("unavailable") else ""))
-    _stdout_console().print(table)
+    else:
+        print_zoo(rows, stdout_console())
     return 0
 
 
@@ -375,40 +201,21 @@ def zoo_cmd(as_json):
 @click.option("--isolate/--no-isolate", default=True, show_default=True, help="Each backend in its own worker process.")
 @click.option("--timeout", metavar="SECONDS|STAGE=SECONDS,...", help="Time limit per backend worker stage.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress display.")
-def sysnoise_cmd(model, backends, json_path, html_path, no_cache, cache_dir, isolate, timeout, quiet):
+def sysnoise_cmd(model, json_path, html_path, quiet, **opts):
     """SysNoise on real runtimes: the task metric each pre-processing, inference and
     post-processing noise costs on each backend (Δ = clean − noisy), for a zoo model that
     declares its training pipeline (zoo:digits-cnn, zoo:digits-cnn-narrow, zoo:mspn-tiny)."""
-    from .config import CompareConfig
-    from .isolation import parse_limits
-    from .registry import adapter_class
-    from .render import print_sysnoise
+    from .cli_options import sysnoise_from_cli
+    from .documents import write_sysnoise
+    from .progress import progress_display
+    from .render import print_sysnoise, stdout_console
     from .sysnoise import measure
 
-    parse_limits(timeout)
-    names = [b.strip() for b in backends.split(",") if b.strip()]
-    for name in names:
-        if ":" in name or "=" in name:
-            raise BadInput(f"sysnoise takes base backend names (torch, ort, openvino, tvm), not {name!r}: "
-                           "their variants are rows of the table")
-        adapter_class(name)                     # unknown names fail here, before any work
-    for path in (json_path, html_path):
-        if path is not None:
-            _check_writable(path)
-    config = CompareConfig(use_cache=not no_cache, cache_dir=cache_dir, isolate=isolate, timeout=timeout)
-    console = Console(stderr=True)
-    if quiet or not console.is_terminal:
-        result = measure(model, names, config)
-    else:
-        with console.status("backendiff sysnoise: starting") as status:
-            result = measure(model, names, config, progress=lambda m: status.update(f"backendiff: {m}"))
-    if json_path is not None:
-        json_path.write_text(json.dumps(result, indent=2) + "\n")
-    if html_path is not None:
-        from .html import render_sysnoise_html
-
-        html_path.write_text(render_sysnoise_html(result), encoding="utf-8")
-    print_sysnoise(result, _stdout_console())
+    names, config = sysnoise_from_cli(opts, (json_path, html_path))
+    with progress_display(quiet, "backendiff sysnoise: starting", prefix="backendiff: ") as progress:
+        result = measure(model, names, config, progress=progress)
+    write_sysnoise(result, json_path, html_path)
+    print_sysnoise(result, stdout_console())
     return 0
 
 
@@ -419,31 +226,14 @@ def decoders_cmd(quality, as_json):
     """SysNoise's decoder noise on real photographs that ship in scikit-learn and
     scikit-image: Pillow against OpenCV on each shipped JPEG and on a Pillow JPEG round trip
     at --quality, as pixel differences and as prediction flips of zoo:photo-patches."""
-    from rich.table import Table
-
+    from .render import print_decoders, stdout_console
     from .sysnoise import decoder_flips, decoder_table
 
-    rows, flips = decoder_table(quality), decoder_flips(quality)
+    result = {"images": decoder_table(quality), "prediction_flips": decoder_flips(quality)}
     if as_json:
-        click.echo(json.dumps({"images": rows, "prediction_flips": flips}, indent=2))
-        return 0
-    table = Table(title="backendiff decoders · Pillow vs OpenCV", title_justify="left")
-    for col in ("image", "stored as", "size", "max |Δ|", "mean |Δ|", "values differing", "JPEG loss (mean)"):
-        table.add_column(col, justify="left" if col in ("image", "stored as") else "right")
-    for r in rows:
-        loss = f"{r['jpeg_loss_mean_abs']:.2f}" if "jpeg_loss_mean_abs" in r else "-"
-        table.add_row(r["image"], r["stored"], "x".join(map(str, r["size"])), str(r["max_abs"]), f"{r['mean_abs']:.3f}",
-                      f"{100 * r['differing']:.2f}%", loss)
-    console = _stdout_console()
-    console.print(table)
-    table = Table(title=f"prediction flips of {flips['model']} on its {flips['crops']} held-out crops "
-                        f"(shipped JPEGs: {', '.join(flips['shipped_jpegs'])})", title_justify="left")
-    for col in ("decoded as", "against", "flips", "top-1 a", "top-1 b", "max |Δ|", "mean |Δ|"):
-        table.add_column(col, justify="left" if col in ("decoded as", "against") else "right")
-    for r in flips["rows"]:
-        table.add_row(r["a"], r["b"], f"{r['flips']} ({100 * r['flip_rate']:.2f}%)", f"{r['top1_a']:.2f}",
-                      f"{r['top1_b']:.2f}", str(r["max_abs"]), f"{r['mean_abs']:.3f}")
-    console.print(table)
+        click.echo(json.dumps(result, indent=2))
+    else:
+        print_decoders(result, stdout_console())
     return 0
 
 
@@ -470,125 +260,37 @@ def decoders_cmd(quality, as_json):
               help="Run nothing: redraw the scoreboard of the last run of this sweep (same models, backends, "
                    "options) from the store; cells missing there are shown as not run (exit 3).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress display.")
-def sweep_cmd(models, sweep_file, backends, options, out_dir, store_dir, force, executor, workers, ray_address, threads,
-              runs, warmup, plugins, cache_dir, render_only, quiet):
+def sweep_cmd(out_dir, store_dir, render_only, quiet, **opts):
     """Sweep MODELS (zoo names, files, factories) x backend specs into one scoreboard, with
     latency; finished cells are stored and skipped on a rerun. Exit 0 when every cell ran,
     3 when some could not (or the scoreboard could not be written)."""
-    from .render import print_scoreboard
-    from .sweep import CellStore, SweepPlan, exit_code, load_sweep_file, make_plan, render_from_store, run_sweep, split_specs
+    from .cli_options import check_writable, redraw_command, sweep_from_cli
+    from .documents import write_scoreboard
+    from .progress import progress_display
+    from .render import stdout_console
+    from .sweep import CellStore, exit_code, render_from_store, run_sweep
 
-    if executor != "ray" and ray_address:
-        raise BadInput("--ray-address needs --executor ray")
-    if render_only and force:
-        raise BadInput("--render-only runs nothing: it cannot --force a rerun")
-    extra = {}
-    for item in options:
-        key, sep, value = item.partition("=")
-        if not sep or not key:
-            raise BadInput(f"--option {item!r}: expected KEY=VALUE")
-        extra[key.strip()] = _option_value(value.strip())
-    specs = [s for text in backends for s in split_specs(text)]
-    if sweep_file is None and not models:
-        raise BadInput("sweep needs models (zoo:NAME, files) or --file SWEEP.toml")
-    base = load_sweep_file(sweep_file) if sweep_file is not None else SweepPlan(models=(), specs=("ort", "openvino", "tvm"))
-    # the command line over the file: models, specs and options replace or join its own
-    plan = make_plan(models or base.models, specs or base.specs, {**base.options, **extra},
-                     warmup=base.warmup if warmup is None else warmup, runs=base.runs if runs is None else runs,
-                     threads=base.threads if threads is None else threads, resources=base.resources,
-                     plugins=tuple(base.plugins) + tuple(plugins))
+    plan, run_options = sweep_from_cli(opts, render_only)
     out_dir.mkdir(parents=True, exist_ok=True)
-    _check_writable(out_dir / "sweep.json")
+    check_writable(out_dir / "sweep.json")
     store = CellStore(store_dir or out_dir / "store")
-    console = Console(stderr=True)
-    kwargs = dict(executor=executor, workers=workers, ray_address=ray_address, force=force,
-                  cache_dir=str(cache_dir) if cache_dir else None)
     try:
         if render_only:
             board = render_from_store(plan, store)
-        elif quiet or not console.is_terminal:
-            board = run_sweep(plan, store, **kwargs)
         else:
-            with console.status("backendiff sweep: starting") as status:
-                board = run_sweep(plan, store, progress=lambda m: status.update(f"backendiff sweep: {m}"), **kwargs)
+            with progress_display(quiet, "backendiff sweep: starting", prefix="backendiff sweep: ") as progress:
+                board = run_sweep(plan, store, progress=progress, **run_options)
     except KeyboardInterrupt:
         click.echo(f"backendiff: interrupted; the finished cells are in {store.root} (rerun to resume)", err=True)
         sys.exit(130)
     for line in (board.get("run") or {}).get("unstored", []):
         click.echo(f"backendiff: warning: a finished cell could not be stored: {line}", err=True)
-    failed = _write_scoreboard(board, out_dir, print_scoreboard)
+    failed = write_scoreboard(board, out_dir, stdout_console())
     if failed:
-        again = " ".join(shlex.quote(a) for a in sys.argv[1:] if a not in ("--render-only", "--force"))
         click.echo(f"backendiff: the scoreboard could not be fully written ({'; '.join(failed)}); every finished "
-                   f"cell is in {store.root}: `backendiff {again} --render-only` redraws it", err=True)
+                   f"cell is in {store.root}: `backendiff {redraw_command(sys.argv[1:])} --render-only` redraws it", err=True)
         return 3
     return exit_code(board)
-
-
-def _write_scoreboard(board: dict, out_dir: Path, print_scoreboard) -> list[str]:
-    """Each cell's report page, sweep.json, sweep.html and the terminal table: each part
-    written as far as it goes; returns what failed (one short line each)."""
-    from .errors import first_line
-    from .html import render_html, render_sweep_html
-    from .report import json_safe
-    from .sweep import cell_page
-
-    failed: list[str] = []
-
-    def attempt(what: str, write) -> bool:
-        try:
-            write()
-            return True
-        except Exception as e:  # noqa: BLE001 - the store holds the cells; say what is missing, go on
-            failed.append(f"{what}: {type(e).__name__}: {first_line(e)}"[:300])
-            return False
-
-    records = {r["key"]: r for r in board["cells"]}
-    pages, bad_pages = {}, []    # each cell's own report beside the scoreboard (a resumed one's kept)
-    for model, row in board["matrix"].items():
-        for spec, cell in row.items():
-            record = records.get(cell.get("key"))
-            if record is None or not isinstance(record.get("report"), dict):
-                continue
-            if cell["key"] not in pages:
-                name = cell_page({"model": model, "spec": spec})
-                page = out_dir / name
-
-                def write(page=page, record=record):
-                    if not (record.get("resumed") and page.exists()):
-                        page.parent.mkdir(parents=True, exist_ok=True)
-                        page.write_text(render_html(record["report"]), encoding="utf-8")
-                try:
-                    write()
-                    pages[cell["key"]] = name
-                except Exception as e:  # noqa: BLE001
-                    bad_pages.append(f"{model} on {spec}: {type(e).__name__}: {first_line(e)}")
-                    pages[cell["key"]] = None
-            cell["report"] = pages[cell["key"]]
-    if bad_pages:
-        failed.append(f"{len(bad_pages)} cell page(s), first {bad_pages[0]}"[:300])
-    links = {f"{m}|{s}": c["report"] for m, row in board["matrix"].items() for s, c in row.items() if c.get("report")}
-    attempt("sweep.json", lambda: (out_dir / "sweep.json").write_text(
-        json.dumps(json_safe(board), indent=1, allow_nan=False) + "\n"))
-    attempt("sweep.html", lambda: (out_dir / "sweep.html").write_text(render_sweep_html(board, links), encoding="utf-8"))
-    attempt("the terminal table", lambda: print_scoreboard(board, _stdout_console()))
-    written = [p for p in ("sweep.json", "sweep.html") if not any(f.startswith(p) for f in failed)]
-    if written:
-        _stdout_console().print(f"scoreboard: {', '.join(str(out_dir / p) for p in written)}", highlight=False)
-    return failed
-
-
-def _option_value(text: str):
-    """--option values: numbers and true/false as such, everything else a string."""
-    low = text.lower()
-    if low in ("true", "false"):
-        return low == "true"
-    for kind in (int, float):
-        try:
-            return kind(text)
-        except ValueError:
-            pass
-    return text
 
 
 @cli.command("ops")
@@ -606,22 +308,15 @@ def _option_value(text: str):
 def ops_cmd(backends, patterns, dtypes, limit, out_dir, force, cache_dir, quiet):
     """Run PyTorch's operator database (OpInfo) through each backend against PyTorch: which
     operators each runtime gets wrong, before a model hits them."""
-    from .config import CompareConfig
+    from .cli_options import ops_from_cli
     from .ops import run as run_ops
-    from .render import print_ops
-    from .specs import parse_specs
+    from .progress import progress_display
+    from .render import print_ops, stdout_console
 
-    specs = [s.text for s in parse_specs(backends)]
-    if limit < 1:
-        raise BadInput("--samples must be at least 1")
-    config = CompareConfig(layerwise="never", advise=False, cache_dir=cache_dir, task="off")
-    console = Console(stderr=True)
-    if quiet or not console.is_terminal:
-        matrix = run_ops(list(patterns), specs, dtypes.split(","), limit, out_dir, force, config)
-    else:
-        with console.status("backendiff: loading PyTorch's operator database") as status, StepClock(status) as clock:
-            matrix = run_ops(list(patterns), specs, dtypes.split(","), limit, out_dir, force, config, clock.step)
-    print_ops(matrix, _stdout_console(), out_dir / "matrix.json")
+    specs, config = ops_from_cli(backends, limit, cache_dir)
+    with progress_display(quiet, "backendiff: loading PyTorch's operator database") as progress:
+        matrix = run_ops(list(patterns), specs, dtypes.split(","), limit, out_dir, force, config, progress)
+    print_ops(matrix, stdout_console(), out_dir / "matrix.json")
     bad = any(cell.get("status") in ("diverged", "failed") for row in matrix["rows"] for cell in row["cells"].values())
     return 1 if bad else 0
 
@@ -633,28 +328,18 @@ def ops_cmd(backends, patterns, dtypes, limit, out_dir, force, cache_dir, quiet)
 def report_cmd(run, html_path, md_path):
     """Show a saved run (a JSON report, or the .partial.jsonl log of an interrupted run) again,
     or render it as HTML / Markdown."""
-    from .render import print_report
-    from .report import Report
+    from .cli_options import check_outputs
+    from .documents import load_run, write_documents
+    from .render import print_report, stdout_console
 
     if not run.is_file():
         raise BadInput(f"report file not found: {run}")
-    for path in (html_path, md_path):
-        if path is not None:
-            _check_writable(path)
-    try:
-        if run.name.endswith(".jsonl"):
-            from .partial import read_partial
-
-            report = read_partial(run)
-            data = json.loads(report.to_json())
-        else:
-            data = json.loads(run.read_text())
-            report = Report.from_dict(data)
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
-        raise BadInput(f"cannot read {run} as a backendiff report: {e}") from None
+    check_outputs(html_path, md_path)
+    report, data = load_run(run)
+    console = stdout_console()
     if html_path is None and md_path is None:
-        print_report(report, _stdout_console())
-    write_documents(data, html_path, md_path)
+        print_report(report, console)
+    write_documents(data, html_path, md_path, console)
     return report.exit_code
 
 
@@ -672,8 +357,3 @@ def main() -> None:
     warnings.filterwarnings("ignore", category=FutureWarning)
     warnings.filterwarnings("ignore", category=DeprecationWarning)
     cli()
-
-
-def _stdout_console() -> Console:
-    """Wide enough for the table when the output goes to a file or a CI log."""
-    return Console() if sys.stdout.isatty() else Console(width=max(160, Console().width))

@@ -1,6 +1,7 @@
 """Terminal rendering of a Report with rich. Reads the report; computes nothing new."""
 from __future__ import annotations
 
+import sys
 from dataclasses import asdict
 
 from rich.console import Console
@@ -544,3 +545,62 @@ def ops_cell(cell: dict) -> str:
     if status == "semantics":
         return f"semantics {cell.get('semantics_samples')}/{cell.get('samples')} · {cell['semantics']['reason']}"
     return status
+
+
+def stdout_console() -> Console:
+    """The console of a command's results: wide enough for the table when the output goes to a
+    file or a CI log."""
+    return Console() if sys.stdout.isatty() else Console(width=max(160, Console().width))
+
+
+def print_backends(rows: list[dict], console: Console) -> None:
+    """The backend adapters (``listings.backend_rows``): available or not, versions, variants,
+    and why one or some of its specs cannot run here."""
+    table = Table(title="backendiff backends", title_justify="left")
+    for col in ("backend", "available", "versions", "variants", "notes"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        versions = ", ".join(f"{k} {v}" for k, v in r["versions"].items())
+        notes = r["description"] if r["available"] else f"{r['reason']}" + (f" — {r['hint']}" if r["hint"] else "")
+        for spec, why in r["variants_unavailable"].items():
+            notes += f"\n[yellow]{spec}[/yellow]: {why['reason']}" + (f" — {why['hint']}" if why["hint"] else "")
+        table.add_row(r["name"], "[green]yes[/green]" if r["available"] else "[yellow]no[/yellow]", versions,
+                      ", ".join(r["variants"]), notes)
+    console.print(table)
+
+
+def print_zoo(rows: list[dict], console: Console) -> None:
+    """The built-in models (``listings.zoo_rows``): inputs, size, task, reference score."""
+    table = Table(title="backendiff zoo", title_justify="left")
+    for col in ("model", "inputs", "parameters", "task", "reference score", "description"):
+        table.add_column(col, overflow="fold")
+    for r in rows:
+        inputs = ", ".join(f"{i['name']}{tuple(i['shape'])}" for i in r["inputs"])
+        score = f"{r['score']['metric']} {r['score']['value']:.2f}% ({r['score']['samples']})" if r["score"] else "-"
+        params = r["parameters"]
+        size = "-" if params is None else f"{params / 1e6:.2f}M" if params >= 1e5 else f"{params / 1e3:.1f}k"
+        table.add_row(f"zoo:{r['name']}", inputs, size, r["task"] or "-", score,
+                      r["description"] + (f" (unavailable here: {r['unavailable']})" if r.get("unavailable") else ""))
+    console.print(table)
+
+
+def print_decoders(result: dict, console: Console) -> None:
+    """Decoder noise: Pillow against OpenCV per shipped image (``images``), then the
+    prediction flips those decodes cause (``prediction_flips``)."""
+    table = Table(title="backendiff decoders · Pillow vs OpenCV", title_justify="left")
+    for col in ("image", "stored as", "size", "max |Δ|", "mean |Δ|", "values differing", "JPEG loss (mean)"):
+        table.add_column(col, justify="left" if col in ("image", "stored as") else "right")
+    for r in result["images"]:
+        loss = f"{r['jpeg_loss_mean_abs']:.2f}" if "jpeg_loss_mean_abs" in r else "-"
+        table.add_row(r["image"], r["stored"], "x".join(map(str, r["size"])), str(r["max_abs"]), f"{r['mean_abs']:.3f}",
+                      f"{100 * r['differing']:.2f}%", loss)
+    console.print(table)
+    flips = result["prediction_flips"]
+    table = Table(title=f"prediction flips of {flips['model']} on its {flips['crops']} held-out crops "
+                        f"(shipped JPEGs: {', '.join(flips['shipped_jpegs'])})", title_justify="left")
+    for col in ("decoded as", "against", "flips", "top-1 a", "top-1 b", "max |Δ|", "mean |Δ|"):
+        table.add_column(col, justify="left" if col in ("decoded as", "against") else "right")
+    for r in flips["rows"]:
+        table.add_row(r["a"], r["b"], f"{r['flips']} ({100 * r['flip_rate']:.2f}%)", f"{r['top1_a']:.2f}",
+                      f"{r['top1_b']:.2f}", str(r["max_abs"]), f"{r['mean_abs']:.3f}")
+    console.print(table)
