@@ -309,6 +309,8 @@ def ops_cmd(backends, patterns, dtypes, limit, out_dir, force, cache_dir, quiet)
     """Run PyTorch's operator database (OpInfo) through each backend against PyTorch: which
     operators each runtime gets wrong, before a model hits them."""
     from .cli_options import ops_from_cli
+    from .documents import write_ops_html
+    from .ops import exit_code
     from .ops import run as run_ops
     from .progress import progress_display
     from .render import print_ops, stdout_console
@@ -316,9 +318,9 @@ def ops_cmd(backends, patterns, dtypes, limit, out_dir, force, cache_dir, quiet)
     specs, config = ops_from_cli(backends, limit, cache_dir)
     with progress_display(quiet, "backendiff: loading PyTorch's operator database") as progress:
         matrix = run_ops(list(patterns), specs, dtypes.split(","), limit, out_dir, force, config, progress)
-    print_ops(matrix, stdout_console(), out_dir / "matrix.json")
-    bad = any(cell.get("status") in ("diverged", "failed") for row in matrix["rows"] for cell in row["cells"].values())
-    return 1 if bad else 0
+    page = write_ops_html(matrix, out_dir)
+    print_ops(matrix, stdout_console(), out_dir / "matrix.json", page)
+    return exit_code(matrix)
 
 
 @cli.command("report")

@@ -1,5 +1,6 @@
 """A run's files: the JSON report (and reading a saved one back), the HTML report and the
-Markdown summary, the SysNoise table, and a sweep's scoreboard with each cell's page. The
+Markdown summary, the SysNoise table, a sweep's scoreboard with each cell's page, and the
+operator matrix's page. The
 documents are rendered from the report's JSON data only, so a saved run renders to the
 same bytes as the live one."""
 from __future__ import annotations
@@ -9,9 +10,11 @@ from pathlib import Path
 
 from rich.console import Console
 
+from .cache import write_atomic
 from .errors import BadInput, first_line
-from .html import render_html, render_sweep_html, render_sysnoise_html
+from .html import render_html, render_ops_html, render_sweep_html, render_sysnoise_html
 from .markdown import render_markdown
+from .ops import html_view
 from .partial import PartialLog, partial_path_for, read_partial
 from .render import print_scoreboard
 from .report import Report, json_safe
@@ -99,3 +102,10 @@ def write_scoreboard(board: dict, out_dir: Path, console: Console) -> list[str]:
     if written:
         console.print(f"scoreboard: {', '.join(str(out_dir / p) for p in written)}", highlight=False)
     return failed
+
+
+def write_ops_html(matrix: dict, out_dir: Path) -> Path:
+    """The operator matrix as a self-contained page beside its ``matrix.json``."""
+    path = out_dir / "matrix.html"
+    write_atomic(path, lambda tmp: tmp.write_text(render_ops_html(html_view(matrix, out_dir))))
+    return path

@@ -440,6 +440,13 @@ def html_view(matrix: dict, out: Path) -> dict:
     return {"matrix": matrix, "specs": specs, "rows": rows, "statuses": statuses}
 
 
+def exit_code(matrix: dict) -> int:
+    """1 when some operator diverged or failed on some backend (semantics choices do not
+    count), else 0."""
+    return int(any(cell.get("status") in ("diverged", "failed") for row in matrix["rows"]
+                   for cell in row["cells"].values()))
+
+
 def latest_matrix_path(cache_dir=None) -> Path:
     """Where the latest operator matrix is kept for ``compare``'s pre-flight (in the cache)."""
     from .cache import default_cache_dir

@@ -8,6 +8,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
+from .ops import cell_text
 from .report import Report
 
 _STATUS_STYLE = {"ok": "green", "diverged": "bold red", "failed": "red", "unavailable": "yellow",
@@ -505,7 +506,7 @@ def print_scoreboard(board: dict, console: Console | None = None) -> None:
                       + f" ({run['executor']} executor, {run['workers']} workers, {run['wall_s']:.1f} s)", highlight=False)
 
 
-def print_ops(matrix: dict, console: Console, path) -> None:
+def print_ops(matrix: dict, console: Console, path, page=None) -> None:
     """The operator matrix: per backend how many operators agree, diverge, fail, are skipped;
     then every operator that does not agree everywhere, with its worst sample."""
     specs = matrix["specs"]
@@ -526,7 +527,7 @@ def print_ops(matrix: dict, console: Console, path) -> None:
         console.print(table)
     for spec, counts in matrix["summary"].items():
         console.print(f"{spec}: " + " · ".join(f"{k} {v}" for k, v in sorted(counts.items())), highlight=False)
-    console.print(f"matrix: {path}", highlight=False)
+    console.print(f"matrix: {path}" + (f", {page}" if page else ""), highlight=False)
 
 
 _OPS_STYLE = {"agree": "ok", "diverged": "diverged", "failed": "failed", "skipped": "unavailable", "semantics": "vacuous"}
@@ -534,17 +535,8 @@ _OPS_STYLE = {"agree": "ok", "diverged": "diverged", "failed": "failed", "skippe
 
 def ops_cell(cell: dict) -> str:
     status = cell.get("status", "-")
-    if status == "diverged":
-        w = cell["worst"]
-        return (f"diverged {cell['diverged_samples']}/{cell['samples']} · {fmt_sqnr(w['metrics'] or {})} dB · "
-                f"{w['reason']} · {w['sample'][:120]}")
-    if status == "failed":
-        return f"failed [{cell.get('stage')}] {cell.get('message', '')[:160]} ({cell.get('failed_samples')} samples)"
-    if status == "skipped":
-        return f"skipped: {cell.get('reason', '')[:80]}"
-    if status == "semantics":
-        return f"semantics {cell.get('semantics_samples')}/{cell.get('samples')} · {cell['semantics']['reason']}"
-    return status
+    text = cell_text(cell) if status != "agree" else ""
+    return f"{status}{': ' if status == 'skipped' else ' '}{text}".strip()
 
 
 def stdout_console() -> Console:

@@ -67,7 +67,7 @@ def test_an_operator_a_runtime_cannot_convert_fails_with_its_reason_without_spli
 def test_halves_of_a_batch_merge_worst_first():
     failed = {"status": "failed", "stage": "convert", "message": "m", "examples": ["a"], "samples": 2,
               "failed_samples": 2}
-    diverged = {"status": "diverged", "samples": 3, "diverged_samples": 1, "worst": {"sample": "b"}}
+    diverged = {"status": "diverged", "samples": 3, "diverged_samples": 1, "worst": {"sample": "b"}, "diverged_indices": [1]}
     merged = merge([diverged, failed])
     assert merged["status"] == "failed" and merged["samples"] == 5 and merged["also_diverged"] == {"sample": "b"}
     assert merge([{"status": "agree", "samples": 2}, diverged]) | {} == {**diverged, "samples": 5}
@@ -168,3 +168,18 @@ def test_the_deciding_arguments_are_the_values_only_diverging_samples_have():
     assert same_arguments(None, "pool", {}) == (None, {})                # an older cell: the operator alone
     mixed = {"diverged": calls["diverged"], "agreeing": [{"op": "pool", "args": {"k": 3, "ceil_mode": True}}]}
     assert same_arguments(mixed, "pool", {"k": 3, "ceil_mode": False}) == (None, {})   # nothing tells them apart
+
+
+@needs("tvm")
+def test_the_cli_writes_the_matrix_page_with_each_divergence_and_its_reproducer(tmp_path):
+    from click.testing import CliRunner
+
+    from backendiff.cli import cli
+
+    result = CliRunner().invoke(cli, ["ops", "-b", "tvm", "--ops", "nn.functional.selu", "--ops", "empty_like",
+                                      "--samples", "2", "--out", str(tmp_path), "--cache-dir", str(tmp_path / "c"), "-q"])
+    assert result.exit_code == 1, result.output                      # SELU diverges on TVM
+    page = (tmp_path / "matrix.html").read_text()
+    assert "matrix.html" in result.output and "nn.functional.selu" in page
+    assert 'class="diverged"' in page and 'href="reproducers/' in page and "SQNR" in page
+    assert 'class="semantics"' in page and "uninitialized memory" in page
