@@ -183,3 +183,14 @@ def test_the_cli_writes_the_matrix_page_with_each_divergence_and_its_reproducer(
     assert "matrix.html" in result.output and "nn.functional.selu" in page
     assert 'class="diverged"' in page and 'href="reproducers/' in page and "SQNR" in page
     assert 'class="semantics"' in page and "uninitialized memory" in page
+
+
+@needs("ort")
+def test_a_batch_the_reference_cannot_run_as_one_module_is_split_not_the_end_of_the_run(tmp_path):
+    """broadcast_tensors' samples, put in one module, make PyTorch's own reference fail (the
+    full run ended there with exit 2); each half is tried alone and the run goes on."""
+    import backendiff.ops as ops
+
+    matrix = ops.run(["broadcast_tensors", "sigmoid"], ["ort"], ["fp32"], 8, tmp_path, False, config(tmp_path))
+    cells = {row["op"]: row["cells"]["ort"] for row in matrix["rows"]}
+    assert cells["sigmoid"]["status"] == "agree" and cells["broadcast_tensors"]["status"] in ("agree", "skipped")
