@@ -52,7 +52,9 @@ corpus: $(STAMP)
 ops: $(STAMP)
 	$(BIN)/backendiff ops --backends ort,openvino,tvm --out reports/ops
 
+# Polygraphy (NVIDIA's peer tool) is installed for the comparison only, not a dependency
 bench: $(STAMP)
+	$(PIP) install -q polygraphy
 	$(BIN)/python bench/bench.py
 
 clean:

@@ -15,6 +15,9 @@
    local workers on a warm compile cache, and their ratio.
 4. Compile time per backend (``--compile-models``, ``--compile-backends``, default with the
    ahead-of-time compilers iree and inductor), cold and on a cache hit, as ratios to ORT's.
+5. Layer-wise ORT against Polygraphy (``--poly-models``: ResNet-50 and a ViT-B/16-sized
+   transformer, 86 M parameters), warm and cold, wall time and peak RSS of whole processes,
+   and backendiff's peak RSS at two depths of one width (``--depth-models``).
 
 Runs ``backendiff.compare`` twice, each in a fresh process: cold (empty cache) and warm
 (the same cache again); PyTorch is imported before the clock starts. For each run it prints the
@@ -196,6 +199,83 @@ def sweep_bench(models: list[str], backends: str) -> None:
     print(f"speed-up 2 workers / 1 worker: {one_worker / two_workers:.2f}x")
 
 
+def child_run(cmd: list[str], ok=(0, 1)) -> tuple[float, float]:
+    """Wall seconds and peak RSS (MB) of one child process (exit code 1, a divergence, is a
+    finished run)."""
+    import os
+
+    with tempfile.TemporaryFile() as err:
+        t0 = time.perf_counter()
+        proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        wall = time.perf_counter() - t0
+        proc.returncode = os.waitstatus_to_exitcode(status)
+        if proc.returncode not in ok:
+            err.seek(0)
+            raise SystemExit(f"{' '.join(cmd[:6])} ... failed ({proc.returncode}): {err.read().decode()[-600:]}")
+    return wall, usage.ru_maxrss / 1024
+
+
+def export_onnx(model: str, out: str) -> None:
+    """The ONNX file a Polygraphy user starts from: the model's dynamo export, optimized, as
+    backendiff deploys it (this child's time is the cold run's export)."""
+    import torch
+
+    from backendiff.compare import resolve_inputs
+    from backendiff.config import CompareConfig
+    from backendiff.loading import load_model
+
+    loaded = load_model(model)
+    sample = resolve_inputs(loaded, None, CompareConfig(compare_on="random"))[0][0]
+    args = tuple(torch.from_numpy(a.copy()) for a in sample.values())
+    ep = torch.export.export(loaded.module, args, strict=False) if loaded.exported is None else loaded.exported
+    torch.onnx.export(ep, dynamo=True, optimize=True).save(out)
+
+
+def polygraphy_bench(models: list[str], depths: tuple[str, str] | None) -> None:
+    """5. Layer-wise ONNX Runtime against Polygraphy (``polygraphy run M.onnx --onnxrt --onnxrt
+    --onnx-outputs mark all``): wall time and peak RSS of each whole process, warm (caches
+    filled) and cold (``--no-cache`` against ONNX export + Polygraphy), per model; then
+    backendiff's peak RSS at two depths of one width."""
+    poly = shutil.which("polygraphy") or str(Path(sys.executable).with_name("polygraphy"))
+    if not Path(poly).exists():
+        print("\npolygraphy not installed: `pip install polygraphy` (make bench installs it) for the comparison")
+        return
+    lines = []
+    with tempfile.TemporaryDirectory(prefix="backendiff-bench-poly-") as tmp:
+        def ours(model: str, *extra: str) -> tuple[float, float]:
+            return child_run([sys.executable, "-m", "backendiff", "compare", model, "-b", "ort", "--layerwise",
+                              "--no-json", "-q", *extra])
+
+        for model in models:
+            cache, onnx = f"{tmp}/cache", f"{tmp}/model.onnx"
+            cold = ours(model, "--no-cache")
+            export = child_run([sys.executable, __file__, "--export-onnx", model, onnx], ok=(0,))
+            ours(model, "--cache-dir", cache)                          # fills the cache
+            warm = ours(model, "--cache-dir", cache)
+            theirs = child_run([poly, "run", onnx, "--onnxrt", "--onnxrt", "--onnx-outputs", "mark", "all"], ok=(0,))
+            lines.append((model, cold, export, warm, theirs))
+        depth_rss = []
+        for model in depths or ():
+            cache = f"{tmp}/depth"
+            ours(model, "--cache-dir", cache)
+            depth_rss.append((model, ours(model, "--cache-dir", cache)[1]))
+    print("\nbackendiff bench: layer-wise ORT, backendiff (`compare -b ort --layerwise`) against Polygraphy "
+          "(`run --onnxrt --onnxrt --onnx-outputs mark all`), whole processes\n")
+    print(f"{'model':<52} {'run':<5} {'backendiff s':>12} {'polygraphy s':>12} {'ratio':>6} "
+          f"{'backendiff MB':>13} {'polygraphy MB':>13} {'ratio':>6}")
+    for model, cold, export, warm, theirs in lines:
+        for label, mine, other in (("warm", warm, theirs),
+                                   ("cold", cold, (export[0] + theirs[0], max(export[1], theirs[1])))):
+            print(f"{model:<52} {label:<5} {mine[0]:>12.2f} {other[0]:>12.2f} {mine[0] / other[0]:>6.2f} "
+                  f"{mine[1]:>13.0f} {other[1]:>13.0f} {mine[1] / other[1]:>6.2f}")
+    print("(targets <= 1.0; cold Polygraphy = the ONNX export's process + Polygraphy's; peak = the larger of the two)")
+    if len(depth_rss) == 2:
+        (m1, r1), (m2, r2) = depth_rss
+        print(f"backendiff peak RSS by depth (warm): {m1} {r1:.0f} MB, {m2} {r2:.0f} MB -> ratio {r1 / r2:.2f} "
+              f"(target: flat in depth, about 1)")
+
+
 def compile_bench(models: list[str], backends: str) -> None:
     """4. Compile time per backend, each model cold (empty cache) then warm (a cache hit: the
     artifact loaded, not rebuilt), every backend of a model in one fresh process per run; the
@@ -235,11 +315,19 @@ def main() -> int:
     parser.add_argument("--sweep-models", default="zoo:digits-cnn,zoo:tiny-transformer,zoo:resnet18")
     parser.add_argument("--sweep-backends", default="ort,ort:int8,openvino,tvm")
     parser.add_argument("--skip-sweep", action="store_true")
+    parser.add_argument("--poly-models", default="zoo:resnet50,backendiff.models.corpus.vision_transformers:vit_b16")
+    parser.add_argument("--depth-models", default="backendiff.models.corpus.vision_transformers:vit_b16,"
+                                                   "backendiff.models.corpus.vision_transformers:vit_b16_half_depth")
+    parser.add_argument("--skip-polygraphy", action="store_true")
+    parser.add_argument("--export-onnx", nargs=2, metavar=("MODEL", "OUT"), help=argparse.SUPPRESS)
     parser.add_argument("--compile-models", default="zoo:digits-cnn,zoo:resnet18")
     parser.add_argument("--compile-backends", default="ort,openvino,tvm,iree,inductor")
     parser.add_argument("--skip-compile", action="store_true")
     parser.add_argument("--one-layerwise", nargs=3, metavar=("SPECS", "CACHE", "OUT"), help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if args.export_onnx:
+        export_onnx(*args.export_onnx)
+        return 0
     if args.one_layerwise:
         specs, cache, out = args.one_layerwise
         with open(out, "w") as f:
@@ -285,6 +373,9 @@ def main() -> int:
         sweep_bench(args.sweep_models.split(","), args.sweep_backends)
     if not args.skip_compile:
         compile_bench(args.compile_models.split(","), args.compile_backends)
+    if not args.skip_polygraphy:
+        depths = args.depth_models.split(",")
+        polygraphy_bench(args.poly_models.split(","), tuple(depths) if len(depths) == 2 else None)
     return 0
 
 

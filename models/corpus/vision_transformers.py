@@ -96,3 +96,21 @@ class Features(nn.Module):
     def forward(self, pixel_values):
         out = self.model(pixel_values=pixel_values)
         return out.pooler_output, out.last_hidden_state
+
+
+def vit_b16(layers: int = 12):
+    """ViT-B/16 at its real size (224x224 in 16x16 patches, hidden 768, 12 heads, 3072 MLP,
+    1000 classes: 86 M parameters with 12 layers), one image: the large model of the
+    layer-wise memory benchmark (``layers`` changes only the depth)."""
+    from transformers import ViTConfig, ViTForImageClassification
+
+    config = ViTConfig(image_size=224, patch_size=16, num_channels=3, hidden_size=768, num_hidden_layers=layers,
+                       num_attention_heads=12, intermediate_size=3072, num_labels=1000)
+    example = (pixels(1, 3, 224, 224),)
+    wrapped = declare(ImageLogits(build(ViTForImageClassification, config)), pixels_spec("pixel_values", 1, 3, 224, 224))
+    return trained_like_head(wrapped, example, "model.classifier"), example
+
+
+def vit_b16_half_depth():
+    """``vit_b16`` with 6 layers: the same width at half the depth (peak memory against depth)."""
+    return vit_b16(layers=6)
