@@ -11,6 +11,7 @@ import time
 import numpy as np
 
 from . import metrics as M
+from .artifacts import Artifacts
 from .cache import Cache, default_cache_dir
 from .config import CompareConfig
 from .environment import environment, peak_rss_mb
@@ -33,7 +34,7 @@ from .model import ModelHandle
 from .partial import PartialLog
 from .registry import adapter_class, default_backends
 from .report import CRASHED, BackendResult, Report
-from .runner import run_backend, task_outputs
+from .runner import run_backend
 from .specs import BackendSpec, parse_specs
 
 
@@ -75,25 +76,25 @@ def compare(model, inputs=None, backends=None, *, config: CompareConfig | None =
         if real is not None:
             samples, inputs_from = real, f"held-out data ({task.source})"
     cache = Cache((config.cache_dir or default_cache_dir()) if config.use_cache else None)
-    handle = ModelHandle(loaded, samples, cache, export_mode=config.export_mode, onnx_reference=config.reference)
-    handle.set_calibration_source(lambda: calibration_samples(config, samples, specs_used, loaded.zoo_name))
+    handle = ModelHandle(loaded, samples, cache, export_mode=config.export_mode, onnx_reference=config.reference,
+                         task=task,
+                         calibration_source=lambda: calibration_samples(config, samples, specs_used, loaded.zoo_name))
 
     progress("running the reference")
-    reference = handle.reference()
+    reference = handle.reference.outputs()
     task_info = None
     if task is not None:
         progress(f"running the reference on {len(task.inputs)} {task.name} samples")
-        handle.task = task
-        handle.task_reference = task_outputs(lambda s: handle.reference_on(s), task, samples[0])
-        task_info = reference_task(task, handle.task_reference)
+        task_info = reference_task(task, handle.reference.on_task())
     baseline = None
     if config.golden:
-        golden, why_not = handle.golden()
-        baseline = golden_baseline(handle.output_names, reference, golden, why_not)
+        golden, why_not = handle.reference.golden()
+        baseline = golden_baseline(handle.reference.output_names, reference, golden, why_not)
     if handle.has_torch and handle.loaded.content_key is None:
         progress("exporting (the cache key is the exported program)")
-    handle.key  # noqa: B018 - keyed now, before any worker forks, by what the runtimes consume
-    cache = handle.cache          # a temporary one when the model cannot be keyed (no export)
+    # keyed now, before any worker forks, by what the runtimes consume; the cache is a
+    # temporary one when the model cannot be keyed (no export)
+    cache = handle.artifacts.cache
     known = known_divergent_ops(handle, [shown for _, shown, _ in specs], config)
     for shown, notes in known.items():
         progress(f"{shown}: the operator matrix lists {', '.join(n['op'] for n in notes)} as {notes[0]['status']}")
@@ -168,9 +169,8 @@ def model_key(model, config: CompareConfig | None = None) -> str | None:
     config = config or CompareConfig()
     loaded = load_model(model, weights=config.weights, trust_pickle=config.trust_pickle)
     samples, _, _ = resolve_inputs(loaded, None, config)
-    handle = ModelHandle(loaded, samples, Cache(None), export_mode=config.export_mode)
-    key = handle.key
-    return key if handle.cacheable else None
+    keyed = Artifacts(loaded, samples[0], Cache(None), config.export_mode).keyed()
+    return keyed.key if keyed.cacheable else None
 
 
 def sysnoise_block(model: str, names: list[str], config: CompareConfig, progress) -> dict:
@@ -203,8 +203,8 @@ def report_fields(loaded, handle, samples, inputs_from, config, requested, basel
         model={
             "source": loaded.source,
             "format": loaded.format,
-            "key": handle.key,
-            "cached": handle.cache.enabled,
+            "key": handle.artifacts.key,
+            "cached": handle.artifacts.cache.enabled,
             "inputs": [s.to_dict() for s in specs_of(samples[0])],
             "inputs_from": inputs_from,
             **({"drawn": describe_draws(specs_used)} if "random" in inputs_from and specs_used else {}),
@@ -212,11 +212,12 @@ def report_fields(loaded, handle, samples, inputs_from, config, requested, basel
             "seed": config.seed,
             "inputs_sha256": samples_sha256(samples),
             "nonfinite_inputs": nonfinite_inputs(samples),
-            "outputs": handle.output_names,
-            **({"export": {"mode": handle.export_mode, **handle.export_info}} if handle.has_torch else {}),
+            "outputs": handle.reference.output_names,
+            **({"export": {"mode": handle.artifacts.export_mode, **handle.artifacts.export_info}}
+               if handle.has_torch else {}),
         },
-        reference={"backend": handle.reference_backend, "precision": "fp32", "device": "cpu",
-                   **({"note": handle.reference_note} if handle.reference_note else {})},
+        reference={"backend": handle.reference.backend, "precision": "fp32", "device": "cpu",
+                   **({"note": handle.reference.note} if handle.reference.note else {})},
         baseline=baseline,
         environment=environment(versions),
         command=config.command,

@@ -19,7 +19,7 @@ class CompareConfig:
     calib_files: tuple[Path, ...] = ()          # --calib FILE.npz: int8 calibration data
     calib_samples: int = 32                     # random calibration batches when no data is given
     weights: Path | None = None
-    export_mode: str = "non-strict"             # --export: torch.export's tracing (model.EXPORT_MODES)
+    export_mode: str = "non-strict"             # --export: torch.export's tracing (artifacts.EXPORT_MODES)
     reference: str = "auto"                     # --reference for .onnx sources: auto, onnx or ort
     trust_pickle: bool = False
     rtol: float | None = None

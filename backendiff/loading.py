@@ -38,7 +38,7 @@ class LoadedModel:
     # a hash of what the runtimes consume: the file's bytes for self-contained archives
     # (.pt2, TorchScript, .onnx with its external data), the ExportedProgram for an
     # in-memory program; None for Python modules (zoo, factories, pickles), which are keyed
-    # by their export (``model.ModelHandle.key``), never by their Python source
+    # by their export (``artifacts.Artifacts.key``), never by their Python source
     content_key: str | None
     module: Any = None              # torch.nn.Module (eager), or a ScriptModule
     exported: Any = None            # torch.export.ExportedProgram

@@ -48,7 +48,7 @@ def localize(adapter, handle: ModelHandle, result: BackendResult, tol, progress,
     if present is None and groups is None:  # fused_into None then means "not known", not "not fused"
         result.info["fusion"] = "unknown: this backend (or variant) does not say what its deployed model fused"
     if config.golden:
-        fp64_rows(rows, reference, handle.reference_layers_fp64(kind))
+        fp64_rows(rows, reference, handle.reference.layers_fp64(kind))
     if config.isolate_layers:
         isolated_view(adapter, handle, result, rows, reference, tol, kind)
     result.layers = rows
@@ -59,7 +59,7 @@ def localize(adapter, handle: ModelHandle, result: BackendResult, tol, progress,
         if result.first_divergence and config.isolate_layers:
             confirm(result.first_divergence, rows)
     result.info["layers_from"] = adapter.layers_source(handle)
-    changed = instrumentation_changes(handle.output_layer_names(kind), handle.output_names, deployed, actual,
+    changed = instrumentation_changes(handle.output_layer_names(kind), handle.reference.output_names, deployed, actual,
                                       reference_outputs)
     born = [row["module"] or row["node"] for row in rows if row["nonfinite_born"]]
     if born and not any((~np.isfinite(d)).any() for d in deployed if np.asarray(d).dtype.kind == "f"):

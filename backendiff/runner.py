@@ -10,6 +10,7 @@ import time
 import numpy as np
 
 from . import metrics as M
+from .artifacts import ExportFailed
 from .cache import content_key
 from .chatter import captured
 from .config import CompareConfig
@@ -18,24 +19,12 @@ from .environment import peak_rss_mb
 from .errors import BackendUnavailable, BadInput, Failure, first_line
 from .latency import measure as measure_latency
 from .localize import localize, mixed_precision_advice
-from .model import ExportFailed, ModelHandle
+from .model import ModelHandle
+from .reference import task_outputs
 from .report import DIVERGED, FAILED, OK, UNAVAILABLE, VACUOUS, BackendResult, OutputResult
 from .specs import BackendSpec
 from .tolerance import tolerance_for
 from .verdict import FP64_FACTOR, Floor, floor_for, judge_output
-
-
-def task_outputs(run, task, sample0: dict) -> np.ndarray:
-    """The model's first output on every task sample, batched like the model's input."""
-    from .tasks import batches
-
-    name, example = next(iter(sample0.items()))
-    if tuple(task.inputs.shape[1:]) != tuple(example.shape[1:]):
-        raise BadInput(f"task inputs have shape {task.inputs.shape[1:]} per sample, the model takes {example.shape[1:]}")
-    outs = []
-    for batch, real in batches(task.inputs.astype(example.dtype, copy=False), example.shape[0]):
-        outs.append(np.asarray(run({name: batch})[0])[:real])
-    return np.concatenate(outs)
 
 
 def task_result(task, reference: np.ndarray, actual: np.ndarray) -> dict:
@@ -140,8 +129,9 @@ def compiled_folder(cls, adapter, spec: BackendSpec, handle: ModelHandle, route:
         handle.calibration()
         calib = handle.calibration_info["sha256"]
     built_for = cls.build_environment(spec)      # only where the artifact is machine-specific: other keys stay as they were
-    return handle.cache.folder("compiled", content_key("compiled", handle.key, spec.text, route, cls.versions(), calib,
-                                                       *([built_for] if built_for else [])))
+    artifacts = handle.artifacts
+    return artifacts.cache.folder("compiled", content_key("compiled", artifacts.key, spec.text, route, cls.versions(),
+                                                          calib, *([built_for] if built_for else [])))
 
 
 def run_backend(cls, shown: str, spec: BackendSpec, handle: ModelHandle, reference, config: CompareConfig,
@@ -196,7 +186,7 @@ def _run_backend(cls, shown: str, spec: BackendSpec, handle: ModelHandle, refere
                 progress(f"{shown}: running sample {i + 1}/{len(handle.samples)}")
                 actual.append(compiled.run(sample))
             result.timings["infer_s"] = round(time.perf_counter() - t0, 6)
-            if getattr(handle, "task", None) is not None:
+            if handle.task is not None:
                 t1 = time.perf_counter()
                 task_actual = task_outputs(compiled.run, handle.task, handle.samples[0])
                 result.timings["task_s"] = round(time.perf_counter() - t1, 6)
@@ -207,9 +197,9 @@ def _run_backend(cls, shown: str, spec: BackendSpec, handle: ModelHandle, refere
         result.info = dict(compiled.info)
     except ExportFailed as e:
         result.status = FAILED
-        extra = {**explain(e.cause, handle, "export"), **export_next_step(e, handle.export_mode)}
-        if handle.export_info.get("output"):
-            extra["exporter_output"] = handle.export_info["output"]
+        extra = {**explain(e.cause, handle, "export"), **export_next_step(e, handle.artifacts.export_mode)}
+        if handle.artifacts.export_info.get("output"):
+            extra["exporter_output"] = handle.artifacts.export_info["output"]
         result.error = Failure.of("export", type(e.root).__name__, str(e), **extra).to_dict()
         return result
     except BadInput:
@@ -225,24 +215,25 @@ def _run_backend(cls, shown: str, spec: BackendSpec, handle: ModelHandle, refere
         # the operator and where the model uses it
         result.error = Failure.from_exception(stage, e, **explain(e, handle, result.route)).to_dict()
         return result
-    result.cache = ("hit" if adapter.cache_hit else "miss") if handle.cache.enabled else "off"
+    result.cache = ("hit" if adapter.cache_hit else "miss") if handle.artifacts.cache.enabled else "off"
     result.precision = precision_record(adapter.precision, result.info)
-    if len(actual[0]) != len(handle.output_names):
+    names = handle.reference.output_names
+    if len(actual[0]) != len(names):
         result.status = FAILED
         result.error = Failure.of("compare", "OutputMismatch", f"the backend returned {len(actual[0])} outputs, "
-                                  f"the reference {len(handle.output_names)}").to_dict()
+                                  f"the reference {len(names)}").to_dict()
         return result
     if config.keep_outputs:
         result.arrays = [np.asarray(a) for a in actual[0]]
     floor = floor_for(adapter.precision, config.min_sqnr, config.min_cosine)
     result.floor = floor.to_dict()
-    golden = handle.golden_outputs() if config.golden and adapter.precision == "fp32" else None
-    result.outputs = compare_outputs(handle.output_names, reference, actual, tol, config.nan_strict,
+    golden = handle.reference.golden()[0] if config.golden and adapter.precision == "fp32" else None
+    result.outputs = compare_outputs(names, reference, actual, tol, config.nan_strict,
                                      precision=adapter.precision, floor=floor, golden=golden,
                                      fp64_factor=config.fp64_factor)
     result.status = output_status(result.outputs)
-    if getattr(handle, "task", None) is not None:
-        result.task = task_result(handle.task, handle.task_reference, task_actual)
+    if handle.task is not None:
+        result.task = task_result(handle.task, handle.reference.on_task(), task_actual)
         if "error" not in result.task and config.max_task_drop is not None and -result.task["delta"] > config.max_task_drop:
             result.task["exceeds_max_drop"] = True
             result.status = DIVERGED

@@ -169,7 +169,8 @@ def other_route(base: str) -> str | None:
 
 def _outputs(cls, spec, handle, task: TaskData, inputs_list: list[np.ndarray]) -> list[np.ndarray]:
     """Compile ``spec`` for the model of ``handle`` and run every inputs array through it."""
-    from .runner import compiled_folder, task_outputs
+    from .reference import task_outputs
+    from .runner import compiled_folder
 
     adapter = cls(spec)
     cls.check()
@@ -209,9 +210,8 @@ def backend_column(base: str, module, input_name: str, batch: int, cache, task: 
     calibration = [{input_name: clean_inputs[i:i + batch]} for i in range(0, len(clean_inputs) - batch + 1, batch)][:32]
 
     def handle_for(m):
-        handle = ModelHandle(load_model(m), [{input_name: clean_inputs[:batch]}], cache)
-        handle.set_calibration_source(lambda: (calibration, {"source": "sysnoise clean inputs"}))
-        return handle
+        return ModelHandle(load_model(m), [{input_name: clean_inputs[:batch]}], cache,
+                           calibration_source=lambda: (calibration, {"source": "sysnoise clean inputs"}))
 
     def spec_of(text):
         return cls.canonical(parse_specs(text)[0])

@@ -4,7 +4,8 @@ An adapter is a small class with plain class attributes (``name = "ort"``) and t
 steps, ``convert`` (the model in the runtime's own format, by its own route) and
 ``compile`` (a ready-to-run ``Compiled``). Building is separate from running: the
 ``Compiled`` object is a context manager whose ``run`` maps one input sample to the list
-of output arrays, in the model's output order.
+of output arrays, in the model's output order. The hooks get the model as a ``ModelView``
+(``backendiff.contract``): the members listed there are all an adapter may read of it.
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ from typing import Any
 
 import numpy as np
 
+from backendiff.contract import ModelView
 from backendiff.errors import BackendUnavailable, BadInput
 from backendiff.specs import BackendSpec
 
@@ -189,7 +191,7 @@ class Adapter:
         """The precision this spec asks for (judges which default tolerance applies)."""
         return self.variant
 
-    def route(self, model) -> str:
+    def route(self, model: ModelView) -> str:
         """How this adapter gets the model: ``export`` (ExportedProgram) or ``onnx``."""
         route = self.spec.option("route") or "export"
         return "onnx" if not model.has_torch else route
@@ -201,7 +203,7 @@ class Adapter:
     #: deployed model, instead of state ``compile`` leaves on the adapter
     deployed: Compiled | None = None
 
-    def layers_source(self, model) -> str | None:
+    def layers_source(self, model: ModelView) -> str | None:
         """``layers_from`` for the route ``model`` really takes: an ONNX source goes the onnx
         route whatever the spec's default route says."""
         import copy
@@ -215,13 +217,13 @@ class Adapter:
                                   tuple((k, v) for k, v in self.spec.options if k != "route") + (("route", "onnx"),))
         return shadow.layers_from
 
-    def layers_program(self, model) -> str:
-        """The FX program whose node names key this adapter's layer values (``ModelHandle.program``):
+    def layers_program(self, model: ModelView) -> str:
+        """The FX program whose node names key this adapter's layer values (``model.program``):
         ``onnx`` (decomposed as the ONNX exporter does: the ONNX routes) or ``core_aten``
         (the ExportedProgram as an importer that runs the default decompositions sees it)."""
         return "onnx"
 
-    def layer_values(self, model, sample: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
+    def layer_values(self, model: ModelView, sample: dict[str, np.ndarray]) -> dict[str, np.ndarray] | None:
         """Every FX node's output on this backend for one sample, keyed by node name
         (propagated mode), or None when this adapter cannot give them yet."""
         return None
@@ -241,7 +243,7 @@ class Adapter:
         """The variant's lowering of an ONNX file, for runtimes that lower at the ONNX level."""
         return path
 
-    def isolated_values(self, model, sample: dict[str, np.ndarray], reference: dict[str, np.ndarray]):
+    def isolated_values(self, model: ModelView, sample: dict[str, np.ndarray], reference: dict[str, np.ndarray]):
         """Isolated mode: every layer run on the reference's values of its inputs, all in one
         compiled model. Returns FX node -> value, or None when not supported."""
         if not self.runs_onnx:
@@ -250,7 +252,7 @@ class Adapter:
         named = {name: reference[value] for name, value in boundary.items()}
         return self.run_onnx(self.lower_onnx(path), list(sample.values()), named)
 
-    def bisect(self, model, sample: dict[str, np.ndarray], out_of_tolerance) -> dict | None:
+    def bisect(self, model: ModelView, sample: dict[str, np.ndarray], out_of_tolerance) -> dict | None:
         """Bisection over unmodified prefixes through this adapter's deployed route (see
         ``backendiff.bisect``), keyed on the program of that route: {"first_diverging_cut":
         node or None, "probes", "candidates", "graph": what was cut, "program": its kind}. None
@@ -271,7 +273,7 @@ class Adapter:
         return None, None
 
     # -- build and run ---------------------------------------------------------------
-    def convert(self, model, folder: Path) -> Any:
+    def convert(self, model: ModelView, folder: Path) -> Any:
         raise NotImplementedError
 
     def compile(self, converted: Any, folder: Path) -> Compiled:

@@ -44,6 +44,7 @@ from pathlib import Path
 import numpy as np
 
 from backendiff.cache import write_atomic
+from backendiff.contract import ModelView
 from backendiff.errors import BackendUnavailable, BadInput
 
 from .base import Adapter, Compiled, positive_int
@@ -225,7 +226,7 @@ class InductorCompiled(Compiled):
     def run(self, sample):
         import torch
 
-        from backendiff.model import flatten_outputs
+        from backendiff.reference import flatten_outputs
 
         args = [torch.from_numpy(np.array(a)).to(self.device) for a in sample.values()]
         with torch.no_grad(), torch_threads(self.threads), fp32_mode(self.device, self.tf32):
@@ -299,10 +300,10 @@ class InductorAdapter(Adapter):
                 f"threads={threads}: GNU OpenMP's thread pool does not survive the fork of backendiff's isolated "
                 "worker (a parallel region would wait forever)", "run with --no-isolate (isolate=False)")
 
-    def route(self, model) -> str:
+    def route(self, model: ModelView) -> str:
         return "export"
 
-    def layers_program(self, model) -> str:
+    def layers_program(self, model: ModelView) -> str:
         return "core_aten"
 
     # -- build ------------------------------------------------------------------------
@@ -321,10 +322,10 @@ class InductorAdapter(Adapter):
         threads = self.spec.option("threads")
         return InductorCompiled(path, self.device, self.variant == "tf32", int(threads) if threads else None)
 
-    def _lowered(self, ep, model):
+    def _lowered(self, ep, model: ModelView):
         return deployed_program(ep, _DTYPES[self.variant], self.device, model.example_args())
 
-    def convert(self, model, folder: Path):
+    def convert(self, model: ModelView, folder: Path):
         """The cached package when the folder has one; else the program to compile."""
         package = folder / PACKAGE
         if package.exists():
@@ -352,7 +353,7 @@ class InductorAdapter(Adapter):
         return out
 
     # -- layer view ---------------------------------------------------------------------
-    def layer_values(self, model, sample):
+    def layer_values(self, model: ModelView, sample):
         """Every node of the core-ATen program returned as an output, compiled once (cached
         beside the deployed package) and run. Returns node name -> value (float32)."""
         from backendiff.layers import program_with_outputs
@@ -363,7 +364,7 @@ class InductorAdapter(Adapter):
             where = folder or Path(tmp)
             package, names_file = where / LAYERS_PACKAGE, where / LAYERS_NAMES
             if not (package.exists() and names_file.exists()):
-                program, added = program_with_outputs(model.core_aten_program(), [layer.node for layer in layers])
+                program, added = program_with_outputs(model.program("core_aten"), [layer.node for layer in layers])
                 self._package(self._lowered(program, model), package)
                 write_atomic(names_file, lambda t: t.write_text(json.dumps(model.output_layer_names("core_aten") + added)))
             names = json.loads(names_file.read_text())
@@ -372,7 +373,7 @@ class InductorAdapter(Adapter):
             raise RuntimeError(f"the instrumented package returned {len(outputs)} values for {len(names)} nodes")
         return dict(zip(names, outputs))
 
-    def bisect(self, model, sample, out_of_tolerance):
+    def bisect(self, model: ModelView, sample, out_of_tolerance):
         """Prefixes of the core-ATen program, each compiled unmodified by AOTInductor with one
         output (one AOT compile per probe: O(log N) of them)."""
         from backendiff.bisect import bisect_program
@@ -385,7 +386,7 @@ class InductorAdapter(Adapter):
                 path = self._package(self._lowered(prefix, model), Path(tmp) / f"prefix_{next(probes)}.pt2")
                 return self._load(path).run(sample)[0]
 
-            found = bisect_program(run_prefix, model.core_aten_program(), [layer.node for layer in layers], reference,
+            found = bisect_program(run_prefix, model.program("core_aten"), [layer.node for layer in layers], reference,
                                    out_of_tolerance)
         return found | {"graph": ("prefixes of the core-ATen ExportedProgram, each compiled unmodified by AOTInductor "
                                   "with one output"), "program": "core_aten"}

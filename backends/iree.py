@@ -43,6 +43,7 @@ from pathlib import Path
 import numpy as np
 
 from backendiff.cache import write_atomic
+from backendiff.contract import ModelView
 from backendiff.errors import BackendUnavailable
 
 from .base import Adapter, Compiled, as_float32, feeds_in_order, positive_int
@@ -267,7 +268,7 @@ class IreeAdapter(Adapter):
                 outputs = compiled.run(dict(zip(inputs, arrays)))
         return as_float32(dict(zip([o.name for o in graph.graph.output], outputs)))
 
-    def layer_values(self, model, sample):
+    def layer_values(self, model: ModelView, sample):
         path, _ = model.instrumented_onnx()
         return self.run_onnx(path, list(sample.values()), {})
 
@@ -281,7 +282,7 @@ class IreeAdapter(Adapter):
     def _vmfb(self, folder: Path) -> Path:
         return folder / "model.vmfb"
 
-    def convert(self, model, folder: Path):
+    def convert(self, model: ModelView, folder: Path):
         """The imported MLIR (``model.mlir`` in ``folder``, removed once compiled), or the
         cached ``.vmfb`` when there is one."""
         vmfb = self._vmfb(folder)

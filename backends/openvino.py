@@ -27,6 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
+from backendiff.contract import ModelView
 from backendiff.errors import BackendUnavailable
 
 from .base import Adapter, Compiled, as_float32, feeds_in_order, positive_int
@@ -107,7 +108,7 @@ def nncf_error(exc: BaseException, converted, modules: dict[str, str], spec) -> 
     return f"nncf.quantize failed{where}: {message}{why}" + (f"; try {' or '.join(hints)}" if hints else "")
 
 
-def node_modules(model, route: str) -> dict[str, str]:
+def node_modules(model: ModelView, route: str) -> dict[str, str]:
     """FX node (export route) or ONNX node (route onnx) -> its PyTorch module, for naming
     the op an NNCF failure is about; empty where the model has neither."""
     try:
@@ -262,7 +263,7 @@ class OpenVinoAdapter(Adapter):
                 "and precision settings (added outputs can change fusion; final outputs are measured on the "
                 "unmodified model)")
 
-    def layers_program(self, model) -> str:
+    def layers_program(self, model: ModelView) -> str:
         if self.route(model) == "onnx":
             return "onnx"   # tensors named after FX nodes by the dynamo exporter
         model.program("openvino", decompose=openvino_decomposition)
@@ -299,7 +300,7 @@ class OpenVinoAdapter(Adapter):
                 values[name] = np.array(results[port])
         return as_float32(values)
 
-    def layer_values(self, model, sample):
+    def layer_values(self, model: ModelView, sample):
         if self.variant == "int8":
             return self._values_with_outputs(self._deployed_model(), model, sample)
         if self.route(model) == "onnx":
@@ -323,7 +324,7 @@ class OpenVinoAdapter(Adapter):
         return ov.Core().compile_model(ov.Core().read_model(f"{folder}/model.xml"),
                                        self.spec.option("device", "CPU"), self._config(None))
 
-    def bisect(self, model, sample, out_of_tolerance):
+    def bisect(self, model: ModelView, sample, out_of_tolerance):
         import tempfile
 
         import openvino as ov
@@ -360,7 +361,7 @@ class OpenVinoAdapter(Adapter):
                                   "route), each converted and compiled unmodified with one output"),
                         "program": kind}
 
-    def _values_with_outputs(self, converted, model, sample):
+    def _values_with_outputs(self, converted, model: ModelView, sample):
         """The converted model as deployed with every layer's tensor added as an output
         (``add_outputs``; quantized tensors through their FakeQuantize), saved and compiled
         with the variant's settings. Returns node name -> value (float32)."""
@@ -393,7 +394,7 @@ class OpenVinoAdapter(Adapter):
             config["INFERENCE_NUM_THREADS"] = int(threads)
         return config
 
-    def convert(self, model, folder: Path):
+    def convert(self, model: ModelView, folder: Path):
         import openvino as ov
 
         xml = folder / "model.xml"
@@ -431,7 +432,7 @@ class OpenVinoAdapter(Adapter):
         tmp.rmdir()
         return converted if self.variant != "fp16" else ov.Core().read_model(str(xml))
 
-    def _ignored_scope(self, model, converted=None):
+    def _ignored_scope(self, model: ModelView, converted=None):
         """NNCF ignored scope for the ``keep`` modules: every OpenVINO op made from their ONNX
         nodes (OpenVINO names them ``NODE`` and ``NODE/...``). A module that owns no node of the
         export is a BadInput naming the candidates; given the converted model, a module none of

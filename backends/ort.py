@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from backendiff.cache import write_atomic
+from backendiff.contract import ModelView
 from backendiff.errors import BackendUnavailable, BadInput
 from backendiff.onnx_graph import parse_keep
 from backendiff.specs import BackendSpec
@@ -477,7 +478,7 @@ class OrtAdapter(Adapter):
                 out[f"ort:{ep}"] = found
         return out
 
-    def route(self, model) -> str:
+    def route(self, model: ModelView) -> str:
         return "onnx"
 
     @property
@@ -523,7 +524,7 @@ class OrtAdapter(Adapter):
             raise RuntimeError("the int8 model was not built in this process")
         return self.deployed.artifact
 
-    def int8_layer_values(self, model, sample):
+    def int8_layer_values(self, model: ModelView, sample):
         """Layer values of the deployed QDQ int8 model (``qdq_values``), keyed by FX node."""
         import tempfile
 
@@ -542,7 +543,7 @@ class OrtAdapter(Adapter):
             values = self.run_onnx(path, list(sample.values()), {})
         return {marks[name]: value for name, value in values.items() if name in marks}  # marked and own outputs
 
-    def bisect(self, model, sample, out_of_tolerance):
+    def bisect(self, model: ModelView, sample, out_of_tolerance):
         if self.variant != "int8":
             return super().bisect(model, sample, out_of_tolerance)
         from backendiff.bisect import bisect_backend
@@ -607,7 +608,7 @@ class OrtAdapter(Adapter):
 
         return "_keep-" + hashlib.sha256(";".join(self.keep).encode()).hexdigest()[:12] if self.keep else ""
 
-    def layer_values(self, model, sample):
+    def layer_values(self, model: ModelView, sample):
         if self.variant == "int8":
             return self.int8_layer_values(model, sample)
         path, _ = model.instrumented_onnx()
@@ -634,7 +635,7 @@ class OrtAdapter(Adapter):
     def keep(self) -> list[str]:
         return parse_keep(self.spec.option("keep"))
 
-    def convert(self, model, folder: Path):
+    def convert(self, model: ModelView, folder: Path):
         import onnx
 
         from backendiff.onnx_graph import check_keep

@@ -13,6 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
+from backendiff.contract import ModelView
+
 from .base import Adapter, Compiled
 
 _DTYPES = {"fp32": "float32", "fp16": "float16", "bf16": "bfloat16"}
@@ -30,7 +32,7 @@ class TorchCompiled(Compiled):
 
         import torch
 
-        from backendiff.model import flatten_outputs
+        from backendiff.reference import flatten_outputs
 
         args = [torch.from_numpy(np.array(a)) for a in sample.values()]
         if self.dtype is not None and not self.autocast:
@@ -62,17 +64,17 @@ class TorchAdapter(Adapter):
 
         return torch.get_num_threads()
 
-    def route(self, model) -> str:
+    def route(self, model: ModelView) -> str:
         return "eager"
 
-    def _layer_module(self, model, sample):
+    def _layer_module(self, model: ModelView, sample):
         """The layer program's graph module and arguments at this variant's precision, and
         the autocast context to run them in."""
         import contextlib
 
         import torch
 
-        graph_module = model.layer_program().module()
+        graph_module = model.program("onnx").module()
         args = [torch.from_numpy(np.array(a)) for a in sample.values()]
         ctx = contextlib.nullcontext()
         if self.variant != "fp32":
@@ -84,21 +86,21 @@ class TorchAdapter(Adapter):
                 args = [a.to(dtype) if a.is_floating_point() else a for a in args]
         return graph_module, args, ctx
 
-    def isolated_values(self, model, sample, reference):
+    def isolated_values(self, model: ModelView, sample, reference):
         from backendiff.layers import record_isolated
 
         graph_module, args, ctx = self._layer_module(model, sample)
         with ctx:
             return record_isolated(graph_module, args, reference)
 
-    def layer_values(self, model, sample):
+    def layer_values(self, model: ModelView, sample):
         from backendiff.layers import record_nodes
 
         graph_module, args, ctx = self._layer_module(model, sample)
         with ctx:
             return record_nodes(graph_module, args)
 
-    def convert(self, model, folder: Path):
+    def convert(self, model: ModelView, folder: Path):
         if not model.has_torch:
             raise ValueError("the torch backend needs a PyTorch model, not an ONNX file")
         return model.loaded.module

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from backendiff.cache import write_atomic
+from backendiff.contract import ModelView
 from backendiff.errors import BackendUnavailable
 
 from .base import Adapter, Compiled, as_float32, feeds_in_order
@@ -122,7 +123,7 @@ class TvmAdapter(Adapter):
                 "and opt level (returning values can change fusion; final outputs are measured on the "
                 "unmodified model)")
 
-    def layers_program(self, model) -> str:
+    def layers_program(self, model: ModelView) -> str:
         return "onnx" if self.route(model) == "onnx" else "core_aten"
 
     def run_onnx(self, path, originals, named):
@@ -145,7 +146,7 @@ class TvmAdapter(Adapter):
         outputs = TvmCompiled(lib).run(dict(zip(inputs, arrays)))
         return as_float32(dict(zip([o.name for o in graph.graph.output], outputs)))
 
-    def layer_values(self, model, sample):
+    def layer_values(self, model: ModelView, sample):
         if self.route(model) == "onnx":
             path, _ = model.instrumented_onnx()
             return self.run_onnx(path, list(sample.values()), {})
@@ -162,19 +163,19 @@ class TvmAdapter(Adapter):
         with tvm.transform.PassContext(opt_level=int(self.spec.option("opt", "3"))):
             return TvmCompiled(tvm.compile(mod, target=tvm.target.Target(self.spec.option("target", "llvm"))))
 
-    def bisect(self, model, sample, out_of_tolerance):
+    def bisect(self, model: ModelView, sample, out_of_tolerance):
         if self.route(model) == "onnx":
             return super().bisect(model, sample, out_of_tolerance)
         from backendiff.bisect import bisect_program
 
         layers, reference = model.reference_layers("core_aten")
         found = bisect_program(lambda prefix: as_float32({"v": self._compile_program(prefix).run(sample)[0]})["v"],
-                               model.core_aten_program(), [layer.node for layer in layers], reference,
+                               model.program("core_aten"), [layer.node for layer in layers], reference,
                                out_of_tolerance)
         return found | {"graph": ("prefixes of the core-ATen ExportedProgram (the deployed export route), each "
                                   "imported and compiled unmodified with one output"), "program": "core_aten"}
 
-    def run_export_layers(self, model, sample):
+    def run_export_layers(self, model: ModelView, sample):
         """The deployed route with every node's value returned: the core-ATen program (what
         ``from_exported_program`` decomposes the ExportedProgram to) with its nodes appended
         to the outputs, imported without decomposing again, lowered and compiled as the
@@ -182,7 +183,7 @@ class TvmAdapter(Adapter):
         from backendiff.layers import program_with_outputs
 
         layers, _ = model.reference_layers("core_aten")
-        program, added = program_with_outputs(model.core_aten_program(), [layer.node for layer in layers])
+        program, added = program_with_outputs(model.program("core_aten"), [layer.node for layer in layers])
         outputs = self._compile_program(program).run(sample)
         own = model.output_layer_names("core_aten")
         names = own + added
@@ -202,7 +203,7 @@ class TvmAdapter(Adapter):
         except Exception as e:
             raise BackendUnavailable(f"Relax cannot convert this model to fp16: {type(e).__name__}: {e}") from None
 
-    def convert(self, model, folder: Path):
+    def convert(self, model: ModelView, folder: Path):
         lib = folder / "model.so"
         if lib.exists():
             self.cache_hit = True

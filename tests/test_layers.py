@@ -115,7 +115,7 @@ class Nudge(TorchAdapter):
     target: str = ""
 
     def _nudged(self, model):
-        gm = model.layer_program().module()
+        gm = model.program("onnx").module()
         node = next(n for n in gm.graph.nodes if n.name == self.target)
         with gm.graph.inserting_after(node):
             shifted = gm.graph.call_function(torch.ops.aten.add.Tensor, (node, 0.1))

@@ -44,7 +44,7 @@ def test_a_graph_onnx_reference_cannot_run_falls_back_to_ort(tmp_path):
     from backendiff.model import ModelHandle
 
     x = np.random.default_rng(1).standard_normal((2, 8)).astype(np.float32)
-    got = ModelHandle(load_model(str(path)), [{"x": x}], Cache(None)).reference()[0][0]
+    got = ModelHandle(load_model(str(path)), [{"x": x}], Cache(None)).reference.outputs()[0][0]
     h = x.astype(np.float64) @ w.astype(np.float64)
     assert np.allclose(got, np.vectorize(lambda v: 0.5 * v * (1 + erf(v / sqrt(2))))(h), atol=1e-5)
 

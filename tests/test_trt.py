@@ -886,10 +886,9 @@ def _handle(tmp_path):
 
     rng = np.random.default_rng(0)
     x = rng.standard_normal((1, 3, 16, 16)).astype(np.float32)
-    handle = ModelHandle(load_model(_tiny_conv()), [{"x": x}], Cache(tmp_path / "cache"))
     calib = [{"x": rng.standard_normal((1, 3, 16, 16)).astype(np.float32)} for _ in range(16)]
-    handle.set_calibration_source(lambda: (calib, {"source": "test"}))
-    return handle
+    return ModelHandle(load_model(_tiny_conv()), [{"x": x}], Cache(tmp_path / "cache"),
+                       calibration_source=lambda: (calib, {"source": "test"}))
 
 
 @pytest.mark.gpu
@@ -899,7 +898,7 @@ def _handle(tmp_path):
 def test_tiny_conv_end_to_end(tmp_path, variant, tol, allowed):
     handle = _handle(tmp_path)
     x = handle.samples[0]["x"]
-    reference = handle.reference()[0]
+    reference = handle.reference.outputs()[0]
     folder = tmp_path / "engine"
     folder.mkdir()
 

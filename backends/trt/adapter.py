@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from backendiff.contract import ModelView
 from backendiff.errors import BackendUnavailable
 from backendiff.specs import BackendSpec
 
@@ -68,11 +69,11 @@ class TrtAdapter(Adapter):
         # strongly typed: the ONNX graph's own types, fp32 for the dynamo export
         return "fp32" if self.variant == "strongly_typed" else self.variant
 
-    def route(self, model) -> str:
+    def route(self, model: ModelView) -> str:
         return "onnx"
 
     # -- convert and compile -----------------------------------------------------------
-    def convert(self, model, folder: Path):
+    def convert(self, model: ModelView, folder: Path):
         return source_of(model, self.spec)
 
     def compile(self, converted, folder: Path) -> Compiled:
@@ -99,7 +100,7 @@ class TrtAdapter(Adapter):
     def layers_from(self) -> str | None:
         return layerwise.describe(layerwise.view_of(self.deployed))
 
-    def layer_values(self, model, sample):
+    def layer_values(self, model: ModelView, sample):
         return layerwise.layer_values(self.spec, self.deployed, model, sample)
 
     def deployed_fusion(self):

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import replace
 from pathlib import Path
 
+from backendiff.contract import ModelView
 from backendiff.specs import BackendSpec
 
 from ..base import as_float32
@@ -43,7 +44,7 @@ def describe(view: dict) -> str:
                    "TensorRT has them, else marked as a network output") + caveat
 
 
-def layer_values(spec: BackendSpec, deployed, model, sample) -> dict:
+def layer_values(spec: BackendSpec, deployed, model: ModelView, sample) -> dict:
     """Every FX node's value for one sample (float32), from a layer engine cached beside the
     ``deployed`` one, built from the same calibration data and sample shapes."""
     import tensorrt as trt

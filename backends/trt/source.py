@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from backendiff.contract import ModelView
 from backendiff.specs import BackendSpec
 
 from .config import check_keep, keep_modules, variant_of
@@ -27,16 +28,15 @@ class TrtSource:
     kept: dict[str, int] | None = None
 
 
-def source_of(model, spec: BackendSpec) -> TrtSource:
-    """The ``TrtSource`` of a ``ModelHandle`` for this spec (BadInput for a keep= module that
-    owns no ONNX node)."""
-    samples = getattr(model, "samples", None)
-    shapes = {n: tuple(np.shape(a)) for n, a in samples[0].items()} if samples else None
+def source_of(model: ModelView, spec: BackendSpec) -> TrtSource:
+    """The ``TrtSource`` of the model for this spec (BadInput for a keep= module that owns no
+    ONNX node)."""
+    shapes = {n: tuple(np.shape(a)) for n, a in model.samples[0].items()}
     path = model.onnx_path()
     calibration = calibration_sha = None
     if variant_of(spec) == "int8":
         calibration = model.calibration()
-        calibration_sha = (getattr(model, "calibration_info", None) or {}).get("sha256")
+        calibration_sha = model.calibration_info["sha256"]
     keep = keep_modules(spec)
     return TrtSource(Path(path), shapes, calibration, calibration_sha, check_keep(path, keep) if keep else None)
 

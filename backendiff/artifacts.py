@@ -1,0 +1,345 @@
+"""What the runtimes consume of one model, made on first request and cached by content: the
+ExportedProgram, the ONNX export and its layer-view variants (plain, instrumented, isolated),
+the programs decomposed per importer, and the content key all of them are cached under.
+
+Every lazy value is a private field that starts as None (or an empty dict, per kind) with one
+accessor that fills it. An export that failed is kept as its ``ExportFailed`` and raised again
+by the accessor: a model is exported at most once per run, whichever backend asks.
+"""
+from __future__ import annotations
+
+import copy
+import functools
+import json
+import time
+import uuid
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from . import layers as L
+from .cache import Cache, content_key, write_atomic
+from .chatter import captured
+from .environment import package_versions
+from .errors import first_line, root_cause, trim_message
+from .loading import LoadedModel, program_key
+from .onnx_graph import isolate, mark_outputs
+
+#: how ``torch.export`` traces a Python model: ``non-strict`` (the default: runs the Python
+#: code), ``strict`` (TorchDynamo), ``draft`` (``draft_export``: continues past data-dependent
+#: guards by taking the example's branch, and says so)
+EXPORT_MODES = ("non-strict", "strict", "draft")
+
+#: the programs every model can be decomposed to without an adapter naming how
+DECOMPOSITIONS = {"core_aten": lambda ep: ep.run_decompositions()}
+
+
+class ExportFailed(Exception):
+    """The model could not be exported; backends that need the export fail at stage 'export'."""
+
+    def __init__(self, what: str, cause: BaseException):
+        self.what, self.cause, self.root = what, cause, root_cause(cause)
+        super().__init__(f"{what} failed: {type(self.root).__name__}: {first_line(self.root)}")
+
+
+class Keyed(NamedTuple):
+    """The model's content key, whether it is one (False: the model does not export, so the
+    key is this run's own), and the cache its artifacts go to (a temporary one when not)."""
+
+    key: str
+    cacheable: bool
+    cache: Cache
+
+
+def to_torch(sample: dict[str, np.ndarray], names: list[str]) -> tuple:
+    """The sample's arrays as torch tensors, in the order of ``names``."""
+    import torch
+
+    return tuple(torch.from_numpy(np.array(sample[n])) for n in names)
+
+
+def raise_failed(outcome):
+    """``outcome`` itself, or raised where it is the ``ExportFailed`` a made-once export kept."""
+    if isinstance(outcome, ExportFailed):
+        raise outcome from outcome.cause
+    return outcome
+
+
+@functools.lru_cache(maxsize=1)
+def _onnx_registry():
+    from torch.onnx._internal.exporter import _registration
+
+    with captured():   # the registry logs a warning per missing torchvision op
+        return _registration.ONNXRegistry.from_torchlib()
+
+
+def draft_issues(ep) -> list[str]:
+    """One line per issue ``draft_export`` found (a guard it could not decide and took the
+    example's branch for), with the user's source line: ``data dependent error `u0 > 10`
+    (took True) at model.py:14: if keep.shape[0] > 10:``."""
+    report = getattr(ep, "_report", None)
+    names = getattr(report, "str_to_filename", {}) or {}
+    out = []
+    for failure in getattr(report, "failures", []) or []:
+        kind = str(getattr(failure, "failure_type", "")).rsplit(".", 1)[-1].lower().replace("_", " ")
+        data = getattr(failure, "data", None)
+        data = data if isinstance(data, dict) else {}
+        frames = [f for f in data.get("user_stack") or [] if isinstance(f, dict)
+                  and "/torch/" not in str(names.get(f.get("filename"), f.get("filename")))]
+        where = ""
+        if frames:
+            f = frames[-1]
+            where = f" at {Path(str(names.get(f['filename'], f['filename']))).name}:{f.get('line')}: {f.get('loc', '')}"
+        took = f" (took {data['result']})" if data.get("result") else ""
+        out.append(f"{kind or 'issue'}" + (f" `{data['expr']}`" if data.get("expr") else "") + took + where)
+    return out
+
+
+def _exporter_versions() -> dict:
+    """The ONNX exporter's packages, part of the key of every ONNX file it writes."""
+    return package_versions(("onnx", "onnxscript", "onnx-ir"))
+
+
+class Artifacts:
+    """The export artifacts of one model on the inputs of ``sample`` (the first sample: the
+    example the export traces, and the input signature of the key). ``timings`` is the run's
+    shared dict each export adds its seconds to; ``export_info`` what the exporters said
+    besides their program (draft issues, their own printout and logs)."""
+
+    def __init__(self, loaded: LoadedModel, sample: dict[str, np.ndarray], cache: Cache,
+                 export_mode: str = "non-strict", timings: dict[str, float] | None = None):
+        self.loaded = loaded
+        self.export_mode = export_mode
+        self.timings = {} if timings is None else timings
+        self.export_info: dict = {}
+        self.onnx_from_cache = False   # the ONNX export was found in the cache, not made by this run
+        self._cache = cache
+        self._sample = sample
+        self._input_names = list(sample)
+        self._keyed: Keyed | None = None
+        self._exported = loaded.exported
+        self._onnx = loaded.onnx_path
+        self._programs: dict = {}
+
+    @property
+    def has_torch(self) -> bool:
+        """Whether the model has a PyTorch form (an ``.onnx`` source has none)."""
+        return self.loaded.format != "onnx"
+
+    # -- the content key --------------------------------------------------------------
+    def keyed(self) -> Keyed:
+        """The content key of everything cached for this model: a hash of what the runtimes
+        consume, never of Python source. Self-contained files (.pt2, TorchScript, .onnx) are
+        keyed by their bytes; Python modules by their ExportedProgram (graph, module paths and
+        source locations, signature, weights, buffers, constants), so this exports the model
+        on first use. A model that does not export gets a key of its own for this run only
+        and its artifacts go to a temporary folder: nothing of it is cached or reused."""
+        if self._keyed is None:
+            self._keyed = self._make_key()
+        return self._keyed
+
+    @property
+    def key(self) -> str:
+        return self.keyed().key
+
+    @property
+    def cacheable(self) -> bool:
+        return self.keyed().cacheable
+
+    @property
+    def cache(self) -> Cache:
+        return self.keyed().cache
+
+    def _make_key(self) -> Keyed:
+        import torch
+
+        signature = [(n, list(a.shape), a.dtype.name) for n, a in self._sample.items()]
+        base, cacheable, cache = self.loaded.content_key, True, self._cache
+        if base is None:
+            try:
+                base = program_key(self.exported_program())
+            except ExportFailed:
+                base, cacheable = f"uncacheable-{uuid.uuid4().hex}", False
+                cache = Cache(None) if cache.enabled else cache
+        return Keyed(content_key("model", base, signature, torch.__version__), cacheable, cache)
+
+    # -- the export and the ONNX file -------------------------------------------------
+    def example_args(self) -> tuple:
+        """The first sample as torch tensors, in input order (what the export traces)."""
+        return to_torch(self._sample, self._input_names)
+
+    def exported_program(self):
+        """The torch.export ExportedProgram (made once per run, on first request)."""
+        if self._exported is None:
+            self._exported = self._export()
+        return raise_failed(self._exported)
+
+    def _export(self):
+        """The ExportedProgram by ``export_mode``, or the ``ExportFailed`` that says why not."""
+        if not self.has_torch:
+            return ExportFailed("torch.export", ValueError("an ONNX model has no PyTorch program"))
+        import torch
+
+        t0 = time.perf_counter()
+        try:
+            with captured(streams=True) as said:
+                if self.loaded.torchscript:
+                    from torch._export.converter import TS2EPConverter
+
+                    return TS2EPConverter(self.loaded.module, self.example_args()).convert()
+                if self.export_mode == "draft":
+                    ep = torch.export.draft_export(self.loaded.module, self.example_args())
+                    self.export_info["draft_issues"] = draft_issues(ep)
+                    return ep
+                return torch.export.export(self.loaded.module, self.example_args(), strict=self.export_mode == "strict")
+        except Exception as e:
+            return ExportFailed("torch.export", e)
+        finally:
+            self.timings["torch_export_s"] = self.timings.get("torch_export_s", 0.0) + time.perf_counter() - t0
+            if said.text.strip():   # the exporter's own printout (an FX graph of thousands of lines)
+                self.export_info["output"] = trim_message(said.text, max_lines=40, max_chars=4000)
+            if said.summary():
+                self.export_info["log"] = said.summary()
+
+    def onnx_path(self) -> Path:
+        """The ONNX file: the source itself, or the dynamo export of the ExportedProgram
+        (optimized as torch.onnx ships it), cached by content."""
+        if self._onnx is None:
+            self._onnx = self._export_onnx()
+        return raise_failed(self._onnx)
+
+    def _export_onnx(self):
+        """The cached or newly written ONNX export, or the ``ExportFailed`` of torch.onnx (a
+        failed torch.export raises: it is not this export's failure to keep)."""
+        import torch
+
+        path = self._cache_folder("onnx", "dynamo", "optimize") / "model.onnx"
+        if path.exists():
+            self.onnx_from_cache = True
+            return path
+        ep = self.exported_program()
+        t0 = time.perf_counter()
+        try:
+            with captured(streams=True) as said:     # per-op registry warnings, the optimizer's "Evaluation failed"
+                program = torch.onnx.export(ep, dynamo=True, optimize=True, verbose=False)
+                write_atomic(path, lambda tmp: program.save(str(tmp)))
+        except Exception as e:
+            return ExportFailed("torch.onnx.export", e)
+        finally:
+            self.timings["onnx_export_s"] = self.timings.get("onnx_export_s", 0.0) + time.perf_counter() - t0
+            if said.summary():
+                self.export_info["onnx_log"] = said.summary()
+        return path
+
+    def _cache_folder(self, kind: str, *parts) -> Path:
+        """The cache folder of an ONNX artifact ``kind`` of this model (by the exporter's versions)."""
+        return self.cache.folder("onnx", content_key(kind, self.key, *parts, _exporter_versions()))
+
+    # -- the programs the layer rows are keyed on -------------------------------------
+    def program(self, kind: str = "onnx", decompose=None):
+        """The FX program layer rows are keyed on, made once per kind: ``onnx`` (decomposed
+        exactly as the ONNX exporter decomposes it, so that FX node names, ONNX value names
+        and the layer rows are one key; cached on disk), ``core_aten`` (``run_decompositions()``
+        with the default table, as importers that decompose on their own see it: TVM's
+        ``from_exported_program``), or another kind an adapter names, made from a copy of the
+        ExportedProgram by its ``decompose(ep) -> ExportedProgram`` (its importer's own)."""
+        if kind not in self._programs:
+            self._programs[kind] = self._onnx_program() if kind == "onnx" else self._decomposed(kind, decompose)
+        return self._programs[kind]
+
+    def _decomposed(self, kind: str, decompose):
+        decompose = decompose or DECOMPOSITIONS.get(kind)
+        if decompose is None:
+            raise KeyError(f"no program {kind!r} was made for this model")
+        t0 = time.perf_counter()
+        program = decompose(copy.deepcopy(self.exported_program()))
+        self.timings[f"program_{kind}_s"] = time.perf_counter() - t0
+        return program
+
+    def _onnx_program(self):
+        """The ExportedProgram through the ONNX exporter's own preparation step (saved in the
+        cache; read back from it where it is there)."""
+        import torch
+
+        path = self._cache_folder("layers") / "layer_program.pt2"
+        if path.exists():
+            return torch.export.load(str(path))
+        ep = copy.deepcopy(self.exported_program())
+        t0 = time.perf_counter()
+        try:  # the exporter's own preparation step (internal API of torch.onnx)
+            from torch.onnx._internal.exporter import _core
+
+            program = _core._prepare_exported_program_for_export(ep, registry=_onnx_registry())
+        except (ImportError, AttributeError, TypeError):
+            program = ep.run_decompositions()
+        self.timings["layer_program_s"] = time.perf_counter() - t0
+        if self.cache.enabled:  # saving costs about as much as decomposing a small model again
+            try:
+                write_atomic(path, lambda tmp: torch.export.save(program, str(tmp)))
+            except Exception:  # a program that does not serialise is still usable in memory
+                pass
+        return program
+
+    def output_layer_names(self, kind: str = "onnx") -> list[str]:
+        """The layers (FX nodes, or ONNX values) that are the model's outputs, in order."""
+        if self.has_torch:
+            return L.output_nodes(self.program(kind).graph)
+        import onnx
+
+        return [o.name for o in onnx.load(str(self.loaded.onnx_path), load_external_data=False).graph.output]
+
+    # -- the ONNX files of the layer view (cached on disk, never in memory) -----------
+    def layer_onnx(self) -> tuple[Path, list[str]]:
+        """The ONNX export of the ``onnx`` program without the exporter's optimizer, so every
+        FX node keeps a value of its own name (nothing marked yet); cached. Returns (path, the
+        FX node names that have a floating-point value in it)."""
+        import onnx
+        import torch
+
+        folder = self._cache_folder("layers")
+        path, names_file = folder / "layers.onnx", folder / "nodes.txt"
+        if path.exists() and names_file.exists():
+            return path, names_file.read_text().split()
+        if not self.has_torch:  # an ONNX source: its own graph, with every value's type inferred
+            model = onnx.shape_inference.infer_shapes(onnx.load(str(self.loaded.onnx_path)))
+            names = [layer.node for layer in L.onnx_layers(model)]
+        else:
+            program = self.program("onnx")
+            t0 = time.perf_counter()
+            with captured(streams=True):
+                model = torch.onnx.export(program, dynamo=True, optimize=False, verbose=False).model_proto
+            self.timings["layers_export_s"] = time.perf_counter() - t0
+            fx = {n.name for n in program.graph.nodes if n.op == "call_function"}
+            names = [vi.name for vi in model.graph.value_info if vi.name in fx]
+        write_atomic(path, lambda tmp: onnx.save(model, str(tmp)))
+        names_file.write_text("\n".join(names))
+        return path, names
+
+    def instrumented_onnx(self) -> tuple[Path, list[str]]:
+        """``layer_onnx`` with every FX node's value marked as a graph output; cached."""
+        import onnx
+
+        plain, names = self.layer_onnx()
+        path = plain.with_name("instrumented.onnx")
+        if not path.exists():
+            model = onnx.load(str(plain))
+            marked = mark_outputs(model, names)
+            write_atomic(path, lambda tmp: onnx.save(model, str(tmp)))
+            path.with_name("marked.txt").write_text("\n".join(marked))
+        return path, path.with_name("marked.txt").read_text().split()
+
+    def isolated_onnx(self) -> tuple[Path, dict[str, str], int]:
+        """``layer_onnx`` with every layer cut loose from the others (``onnx_graph.isolate``);
+        cached. Returns (path, graph input -> FX value fed to it, uncut edges)."""
+        import onnx
+
+        plain, names = self.layer_onnx()
+        path, meta = plain.with_name("isolated.onnx"), plain.with_name("isolated.json")
+        if not (path.exists() and meta.exists()):
+            model = onnx.load(str(plain))
+            boundary, uncut = isolate(model, names)
+            write_atomic(path, lambda tmp: onnx.save(model, str(tmp)))
+            meta.write_text(json.dumps({"boundary": boundary, "uncut": uncut}))
+        info = json.loads(meta.read_text())
+        return path, info["boundary"], info["uncut"]
