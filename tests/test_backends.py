@@ -85,3 +85,22 @@ def test_a_runtime_missing_a_module_it_imports_lazily_is_unavailable_not_failed(
     assert broken.status == "unavailable" and torch_result.status == "ok"
     assert broken.error["stage"] == "convert" and "backendiff_no_such_runtime_module" in broken.error["message"]
     assert broken.error["hint"] == "pip install backendiff_no_such_runtime_module"
+
+
+def test_torch_on_cuda_is_the_gpu_baseline_and_unavailable_without_a_gpu():
+    import torch
+
+    factory, shape = OP_MODELS["conv_bn_relu"]
+    report = backendiff.compare(factory(), backends=["torch:fp32,device=cuda", "torch"], input_specs=(InputSpec("x", shape),))
+    gpu, cpu = report.backends
+    assert cpu.status == "ok"
+    if torch.cuda.is_available():
+        assert gpu.status == "ok" and gpu.outputs[0].metrics["sqnr_db"] > 100    # TF32 off: IEEE fp32
+    else:
+        assert gpu.status == "unavailable" and "needs an NVIDIA GPU" in gpu.error["message"]
+        assert "CUDA build of PyTorch" in gpu.error["hint"]
+    from backendiff.registry import adapter_class
+    from backendiff.specs import parse_specs
+
+    (spec,) = parse_specs(["torch:fp32,device=cuda"])
+    assert adapter_class("torch").needs_gpu(spec) and not adapter_class("torch").needs_gpu(parse_specs(["torch"])[0])
