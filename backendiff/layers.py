@@ -16,6 +16,7 @@ from __future__ import annotations
 import operator
 import re
 from dataclasses import dataclass
+from typing import Literal, TypedDict
 
 import numpy as np
 
@@ -34,6 +35,43 @@ class Layer:
     module: str
     source: str | None
     inputs: tuple[str, ...]
+
+
+class LayerRow(TypedDict, total=False):
+    """One layer of a backend's layer view, as the report's ``backends[].layers[]`` holds it
+    (the JSON is this dict: typed here, unchanged there). Made by ``layer_rows``; ``mark_fused``
+    sets ``fused_into``, ``layout`` is there only where the value was realigned."""
+    index: int
+    module: str
+    op_type: str
+    node: str
+    source: str | None
+    fused_into: str | None
+    metrics: dict
+    growth: float
+    within_tolerance: bool
+    nonfinite_born: bool
+    layout: dict
+    isolated: dict                # isolated mode: {"metrics", "within_tolerance", "nonfinite_born"} on the reference's inputs
+
+
+class FirstDivergence(TypedDict, total=False):
+    """Where a backend starts to differ (``backends[].first_divergence``): a row's summary and
+    why it was chosen. ``reason`` nonfinite / growth / tolerance come from the rows
+    (``first_divergence``); bisection from a cut (``localize.adopt_bisection``, ``found_by``)."""
+    index: int | None
+    module: str
+    op_type: str
+    node: str
+    source: str | None
+    metrics: dict | None
+    growth: float
+    reason: Literal["nonfinite", "growth", "tolerance", "bisection"]
+    caveat: str                   # the instrumented run changed the result
+    isolated: dict                # isolated mode (``localize.confirm``): its metrics on the reference's inputs,
+    confirmed: bool               # whether it makes the error on its own,
+    own_error_first_at: dict      # else the first layer that does
+    found_by: str
 
 
 def _module_path(node) -> str:
@@ -256,7 +294,7 @@ def realign(a: np.ndarray, r: np.ndarray) -> tuple[np.ndarray, tuple[int, ...]] 
     return (best[1], best[2]) if best else None
 
 
-def layer_rows(layers: list[Layer], reference: dict, actual: dict, rtol: float, atol: float) -> list[dict]:
+def layer_rows(layers: list[Layer], reference: dict, actual: dict, rtol: float, atol: float) -> list[LayerRow]:
     """One row per layer both sides have: metrics, growth, within tolerance, and whether a
     NaN/Inf is born there (appears where the reference is finite, from inputs that had
     none). A layer without a row (a multi-output
@@ -288,11 +326,11 @@ def layer_rows(layers: list[Layer], reference: dict, actual: dict, rtol: float, 
             tainted.add(layer.node)
         born = mismatch and not inherited  # a NaN/Inf is born here, not carried in
         delta[layer.node] = m["mean_abs"]
-        rows.append({
-            "index": layer.index, "module": layer.module, "op_type": layer.op_type, "node": layer.node,
-            "source": layer.source, "fused_into": None, "metrics": m, "growth": growth(m["mean_abs"], inputs),
-            "within_tolerance": outside == 0, "nonfinite_born": born,
-        })
+        rows.append(LayerRow(
+            index=layer.index, module=layer.module, op_type=layer.op_type, node=layer.node, source=layer.source,
+            fused_into=None, metrics=m, growth=growth(m["mean_abs"], inputs), within_tolerance=outside == 0,
+            nonfinite_born=born,
+        ))
         if layout is not None:
             rows[-1]["layout"] = {"buffer_order": layout, "note": "the backend's value is the reference's in another "
                                   "dimension order; compared after bringing it back"}
@@ -354,22 +392,23 @@ def downstream_present(node: str, later: list[Layer], present: set[str]) -> str 
     return None
 
 
-def first_nonfinite(rows: list[dict]) -> dict | None:
+def first_nonfinite(rows: list[LayerRow]) -> LayerRow | None:
     return next((row for row in rows if row["nonfinite_born"]), None)
 
 
-def first_divergence(rows: list[dict]) -> dict | None:
+def first_divergence(rows: list[LayerRow]) -> FirstDivergence | None:
     """Where a NaN/Inf is first born; else the earliest layer past tolerance whose error
     grows over its inputs'; else the earliest layer past tolerance."""
     born = first_nonfinite(rows)
     if born is not None:
-        return {**_summary(born), "reason": "nonfinite"}
+        return _summary(born, "nonfinite")
     past = [row for row in rows if not row["within_tolerance"]]
     for row in past:
         if row["growth"] >= GROWTH_MIN:
-            return {**_summary(row), "reason": "growth"}
-    return {**_summary(past[0]), "reason": "tolerance"} if past else None
+            return _summary(row, "growth")
+    return _summary(past[0], "tolerance") if past else None
 
 
-def _summary(row: dict) -> dict:
-    return {k: row[k] for k in ("index", "module", "op_type", "node", "source", "metrics", "growth")}
+def _summary(row: LayerRow, reason: str) -> FirstDivergence:
+    return FirstDivergence(index=row["index"], module=row["module"], op_type=row["op_type"], node=row["node"],
+                           source=row["source"], metrics=row["metrics"], growth=row["growth"], reason=reason)

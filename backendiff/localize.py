@@ -12,6 +12,7 @@ import numpy as np
 from . import metrics as M
 from .config import CompareConfig
 from .errors import BadInput, first_line
+from .layers import FirstDivergence, LayerRow
 from .model import ModelHandle
 from .report import DIVERGED, BackendResult
 from .specs import BackendSpec, parse_specs
@@ -82,7 +83,7 @@ def localize(adapter, handle: ModelHandle, result: BackendResult, tol, progress,
     result.timings["layers_s"] = round(time.perf_counter() - t0, 6)
 
 
-def adopt_bisection(result: BackendResult, rows: list[dict]) -> None:
+def adopt_bisection(result: BackendResult, rows: list[LayerRow]) -> None:
     """Where the propagated view names no trustworthy start (none, or one seen only with
     intermediates marked) and bisection found a cut, the cut is the first divergence."""
     cut = (result.info.get("bisection") or {}).get("first_diverging_cut")
@@ -90,9 +91,9 @@ def adopt_bisection(result: BackendResult, rows: list[dict]) -> None:
     if not isinstance(cut, dict) or (fd and not fd.get("caveat")):
         return
     row = next((r for r in rows if r["node"] == cut["node"]), None)
-    result.first_divergence = {**cut, "index": row["index"] if row else None,
-                               "metrics": row["metrics"] if row else None, "reason": "bisection",
-                               "found_by": "bisection over unmodified prefixes of the deployed route"}
+    result.first_divergence = FirstDivergence(**cut, index=row["index"] if row else None,
+                                              metrics=row["metrics"] if row else None, reason="bisection",
+                                              found_by="bisection over unmodified prefixes of the deployed route")
 
 
 def isolated_view(adapter, handle: ModelHandle, result: BackendResult, rows, reference, tol, kind: str) -> None:
@@ -139,7 +140,7 @@ def bisect_layers(adapter, handle: ModelHandle, result: BackendResult, tol) -> N
     result.info["bisection"] = found
 
 
-def confirm(first: dict, rows: list[dict]) -> None:
+def confirm(first: FirstDivergence, rows: list[LayerRow]) -> None:
     """LEMON's check: the suspect is confirmed when, fed the reference's inputs, it still
     makes an error past tolerance (or a NaN/Inf) on its own; else the error it shows is
     inherited and the suspect is dropped in favour of the first layer that does."""

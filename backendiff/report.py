@@ -7,6 +7,10 @@ import json
 import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from .layers import FirstDivergence, LayerRow
 
 SCHEMA = "backendiff.report/1"
 
@@ -47,8 +51,8 @@ class BackendResult:
     cache: str | None = None
     timings: dict = field(default_factory=dict)
     outputs: list[OutputResult] = field(default_factory=list)
-    layers: list = field(default_factory=list)
-    first_divergence: dict | None = None
+    layers: list[LayerRow] = field(default_factory=list)
+    first_divergence: FirstDivergence | None = None
     task: dict | None = None
     advice: dict | None = None
     info: dict = field(default_factory=dict)
