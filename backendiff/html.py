@@ -10,18 +10,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from . import charts
+from .metrics import worst_of_outputs
 from .render import fmt, fmt_sqnr, nonfinite_cell, output_notes, top_suspects, unmeasured_lines
 
 TEMPLATES = Path(__file__).parent / "templates"
 STATUS_CLASS = {"ok": "ok", "diverged": "bad", "failed": "bad", "crashed": "bad", "timeout": "bad",
                 "unavailable": "na", "baseline": "na", "vacuous": "warn"}
-
-
-def worst(outputs: list[dict]) -> dict:
-    """The worst metrics over a backend's outputs (as ``BackendResult.worst`` on the dict)."""
-    from .metrics import worst_of_outputs
-
-    return worst_of_outputs(outputs)
 
 
 def _metrics_cells(m: dict) -> dict:
@@ -65,7 +59,7 @@ def _task_view(task: dict | None) -> dict | None:
 
 
 def _backend_view(b: dict) -> dict:
-    w = worst(b.get("outputs", []))
+    w = worst_of_outputs(b.get("outputs", []))
     t = b.get("timings", {})
     err = b.get("error") or {}
     precision = b.get("precision") or {}
@@ -130,7 +124,7 @@ def view(report: dict) -> dict:
     model = report.get("model", {})
     backends = report.get("backends", [])
     base = report.get("baseline") or {}
-    base_worst = worst(base.get("outputs", [])) if base.get("available") else {}
+    base_worst = worst_of_outputs(base.get("outputs", [])) if base.get("available") else {}
     env = report.get("environment", {})
     views = [_backend_view(b) for b in backends]
     return {

@@ -3,7 +3,7 @@ the verdict, one table row per backend, where each diverged backend starts to di
 advice, the task, and the command to reproduce. Rendered from the report's JSON dict."""
 from __future__ import annotations
 
-from .html import worst
+from .metrics import worst_of_outputs
 from .render import fmt, fmt_sqnr, nonfinite_cell, output_notes
 
 
@@ -38,7 +38,7 @@ def render_markdown(report: dict) -> str:
     head.append("notes")
     lines += ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for b in backends:
-        w = worst(b.get("outputs", []))
+        w = worst_of_outputs(b.get("outputs", []))
         p = b.get("precision") or {}
         precision = f"{p.get('requested')}→{p.get('runtime')}" if p else ""
         row = [f"`{b['spec']}`", b["status"], precision, fmt(w.get("max_abs")), fmt_sqnr(w),
