@@ -57,7 +57,7 @@ class TorchAdapter(Adapter):
     packages = {"torch": "torch"}
     variants = ("fp32", "fp16", "bf16")
     options = {"mode": ("cast", "autocast"), "device": ("cpu", "cuda")}
-    defaults = {"mode": "cast", "device": "cpu"}
+    defaults = {"mode": "cast"}                  # device: cpu unless given (the spec stays as written)
     default = False
 
     layers_from = "torch.fx.Interpreter over the ExportedProgram at the variant's precision (no fusion to disturb)"
