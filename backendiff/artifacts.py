@@ -4,7 +4,10 @@ the programs decomposed per importer, and the content key all of them are cached
 
 Every lazy value is a private field that starts as None (or an empty dict, per kind) with one
 accessor that fills it. An export that failed is kept as its ``ExportFailed`` and raised again
-by the accessor: a model is exported at most once per run, whichever backend asks.
+by the accessor: a model is exported at most once per run, whichever backend asks. It is also
+translated to ONNX at most once: the deployed ONNX (that translation optimized), the layer
+view's ONNX (the same translation before the optimizer) and the program the layer rows are
+keyed on (what the translation was made from) all come from one ``torch.onnx.export``.
 """
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ import numpy as np
 
 from . import layers as L
 from .cache import Cache, content_key, write_atomic
-from .chatter import captured
+from .chatter import captured, summarize
 from .environment import package_versions
 from .errors import first_line, root_cause, trim_message
 from .loading import LoadedModel, program_key
@@ -96,6 +99,49 @@ def draft_issues(ep) -> list[str]:
     return out
 
 
+#: where an initializer of ``_without_weights`` says its data is (until ``_with_weights`` fills it in)
+_PENDING = "backendiff:weights-pending"
+
+
+def _without_weights(model) -> tuple:
+    """The ONNX IR ``model`` as it is now, as a ModelProto whose main-graph initializers hold
+    no data yet (an external-data reference to ``_PENDING``), and their tensors by name: the
+    graph is copied now, before ``model`` is optimized in place; the weights, which the
+    optimizer does not change, are read when the proto is completed (``_with_weights``). It
+    costs no weight copy and leaves no IR objects alive (an ``ir.Model.clone()`` would share
+    tensors that the optimizer renames, and hold thousands of objects the garbage collector
+    then walks)."""
+    import onnx_ir as ir
+
+    graph, held = model.graph, {}
+    try:
+        for name, value in graph.initializers.items():
+            tensor = value.const_value
+            if tensor is not None:
+                held[name] = tensor
+                value.const_value = ir.ExternalTensor(_PENDING, None, None, tensor.dtype, shape=tensor.shape, name=name)
+        proto = ir.serde.serialize_model(model)
+    finally:       # the model as it was, whatever happened
+        for name, tensor in held.items():
+            graph.initializers[name].const_value = tensor
+    return proto, held
+
+
+def _with_weights(proto, held: dict):
+    """``proto`` of ``_without_weights`` with its initializers' data filled in: the ModelProto
+    ``ir.serde.serialize_model`` gave for the model then."""
+    import onnx
+    import onnx_ir as ir
+
+    for init in proto.graph.initializer:
+        tensor = held.get(init.name)
+        if tensor is not None and init.data_location == onnx.TensorProto.EXTERNAL:
+            full = ir.serde.serialize_tensor(tensor)
+            full.name = init.name
+            init.CopyFrom(full)
+    return proto
+
+
 def _exporter_versions() -> dict:
     """The ONNX exporter's packages, part of the key of every ONNX file it writes."""
     return package_versions(("onnx", "onnxscript", "onnx-ir"))
@@ -121,6 +167,15 @@ class Artifacts:
         self._exported = loaded.exported
         self._onnx = loaded.onnx_path
         self._programs: dict = {}
+        # the one ONNX translation of this run (``_translate``): the ONNXProgram, unoptimized,
+        # while the deployed file is still to be made from it (or its ExportFailed); what the
+        # exporter logged making it; the program it was made from (the exporter's prepared
+        # ExportedProgram: the ``onnx`` program); and the unoptimized model kept for the layer
+        # view when the deployed file was made first (``_without_weights``)
+        self._translation = None
+        self._translation_lines: list[str] = []
+        self._prepared = None
+        self._layer_model = None
 
     @property
     def has_torch(self) -> bool:
@@ -211,26 +266,63 @@ class Artifacts:
 
     def _export_onnx(self):
         """The cached or newly written ONNX export, or the ``ExportFailed`` of torch.onnx (a
-        failed torch.export raises: it is not this export's failure to keep)."""
-        import torch
-
-        path = self._cache_folder("onnx", "dynamo", "optimize") / "model.onnx"
+        failed torch.export raises: it is not this export's failure to keep). The file is what
+        ``torch.onnx.export(ep, dynamo=True, optimize=True)`` gives: this run's one translation
+        (``_translate``, unoptimized), then the exporter's optimizer on it. Where the layer
+        view's ONNX is not in the cache, the unoptimized model is kept for it first (its graph,
+        over the same weights: it costs no second translation)."""
+        path = self._deployed_path()
         if path.exists():
             self.onnx_from_cache = True
             return path
-        ep = self.exported_program()
+        self.exported_program()
         t0 = time.perf_counter()
+        said = captured(streams=True)      # per-op registry warnings, the optimizer's "Evaluation failed"
         try:
-            with captured(streams=True) as said:     # per-op registry warnings, the optimizer's "Evaluation failed"
-                program = torch.onnx.export(ep, dynamo=True, optimize=True, verbose=False)
+            program = self._translate()
+            self._translation = None       # optimized in place below: nothing else is made from it
+            if self._layer_model is None and not self._layers_cached():
+                try:
+                    self._layer_model = _without_weights(program.model)
+                except Exception:  # noqa: BLE001 - the layer view translates on its own then
+                    self._layer_model = None
+            with said:
+                program.optimize()
                 write_atomic(path, lambda tmp: program.save(str(tmp)))
+        except ExportFailed as failed:
+            return failed
         except Exception as e:
             return ExportFailed("torch.onnx.export", e)
         finally:
             self.timings["onnx_export_s"] = self.timings.get("onnx_export_s", 0.0) + time.perf_counter() - t0
-            if said.summary():
-                self.export_info["onnx_log"] = said.summary()
+            log = summarize(self._translation_lines + said.lines)
+            if log:
+                self.export_info["onnx_log"] = log
         return path
+
+    def _translate(self):
+        """This run's one ONNX translation of the ExportedProgram, made on first request:
+        ``torch.onnx.export(ep, dynamo=True, optimize=False)`` (the exporter prepares the
+        program, translates it and converts the opset; ``optimize=True`` is that and then
+        ``ONNXProgram.optimize()``). Keeps the program it translated (``_prepared``) and what
+        the exporter logged; a failure is kept as ``ExportFailed`` and raised again (a failed
+        torch.export raises its own)."""
+        if self._translation is None:
+            import torch
+
+            ep = self.exported_program()
+            said = captured(streams=True)
+            try:
+                with said:
+                    program = torch.onnx.export(ep, dynamo=True, optimize=False, verbose=False)
+                self._translation, self._prepared = program, program.exported_program
+            except Exception as e:
+                self._translation = ExportFailed("torch.onnx.export", e)
+            self._translation_lines = said.lines
+        return raise_failed(self._translation)
+
+    def _deployed_path(self) -> Path:
+        return self._cache_folder("onnx", "dynamo", "optimize") / "model.onnx"
 
     def _cache_folder(self, kind: str, *parts) -> Path:
         """The cache folder of an ONNX artifact ``kind`` of this model (by the exporter's versions)."""
@@ -258,11 +350,20 @@ class Artifacts:
         return program
 
     def _onnx_program(self):
-        """The ExportedProgram through the ONNX exporter's own preparation step (saved in the
-        cache; read back from it where it is there)."""
+        """The ExportedProgram through the ONNX exporter's own preparation step: the one this
+        run's ONNX translation was made from where there was one, else read back from the
+        cache, else prepared here (saved in the cache)."""
         import torch
 
         path = self._cache_folder("layers") / "layer_program.pt2"
+        if self._prepared is not None:
+            program = self._prepared
+            if self.cache.enabled and not path.exists():
+                try:
+                    write_atomic(path, lambda tmp: torch.export.save(program, str(tmp)))
+                except Exception:  # a program that does not serialise is still usable in memory
+                    pass
+            return program
         if path.exists():
             return torch.export.load(str(path))
         ep = copy.deepcopy(self.exported_program())
@@ -290,12 +391,17 @@ class Artifacts:
         return [o.name for o in onnx.load(str(self.loaded.onnx_path), load_external_data=False).graph.output]
 
     # -- the ONNX files of the layer view (cached on disk, never in memory) -----------
+    def _layers_cached(self) -> bool:
+        folder = self._cache_folder("layers")
+        return (folder / "layers.onnx").exists() and (folder / "nodes.txt").exists()
+
     def layer_onnx(self) -> tuple[Path, list[str]]:
         """The ONNX export of the ``onnx`` program without the exporter's optimizer, so every
         FX node keeps a value of its own name (nothing marked yet); cached. Returns (path, the
-        FX node names that have a floating-point value in it)."""
+        FX node names that have a floating-point value in it). It is this run's one ONNX
+        translation before the optimizer: kept by the deployed export where that came first,
+        else made here (and kept, unoptimized, for the deployed export to come)."""
         import onnx
-        import torch
 
         folder = self._cache_folder("layers")
         path, names_file = folder / "layers.onnx", folder / "nodes.txt"
@@ -305,16 +411,34 @@ class Artifacts:
             model = onnx.shape_inference.infer_shapes(onnx.load(str(self.loaded.onnx_path)))
             names = [layer.node for layer in L.onnx_layers(model)]
         else:
-            program = self.program("onnx")
             t0 = time.perf_counter()
-            with captured(streams=True):
-                model = torch.onnx.export(program, dynamo=True, optimize=False, verbose=False).model_proto
+            model = self._unoptimized_model()
             self.timings["layers_export_s"] = time.perf_counter() - t0
+            program = self.program("onnx")
             fx = {n.name for n in program.graph.nodes if n.op == "call_function"}
             names = [vi.name for vi in model.graph.value_info if vi.name in fx]
         write_atomic(path, lambda tmp: onnx.save(model, str(tmp)))
         names_file.write_text("\n".join(names))
         return path, names
+
+    def _unoptimized_model(self):
+        """This run's ONNX translation before the optimizer, as a ModelProto (see ``layer_onnx``).
+        A failed translation raises the exporter's own error, as the layer view always has."""
+        if self._layer_model is not None:
+            kept, self._layer_model = self._layer_model, None
+            return _with_weights(*kept)
+        failed = None
+        try:
+            proto = self._translate().model_proto
+        except ExportFailed as e:
+            if e.what != "torch.onnx.export":
+                raise
+            failed = e
+        if failed is not None:  # raised here, not in the handler: its own chain (the real error) stays as it is
+            raise failed.cause
+        if self._onnx is not None or self._deployed_path().exists():   # nothing else is made from it
+            self._translation = None
+        return proto
 
     def instrumented_onnx(self) -> tuple[Path, list[str]]:
         """``layer_onnx`` with every FX node's value marked as a graph output; cached."""
