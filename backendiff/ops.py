@@ -299,7 +299,7 @@ def verdicts(case: OpCase, indices: list[int], counts: list[int], b, module=None
     """Per-sample verdicts from the outputs of one run (``counts``: results per sample). A
     diverged sample that a triage rule explains (tie order, a random draw, undefined values)
     is counted apart as ``semantics``: the cell is ``diverged`` only for the others."""
-    reference = _eager(module, inputs) if module is not None and b.arrays is not None else None
+    reference = None                 # PyTorch's arrays, computed once and only when a sample diverged
     bad, explained, start = [], [], 0
     for i, n in zip(indices, counts):
         mine = b.outputs[start:start + n]
@@ -309,6 +309,8 @@ def verdicts(case: OpCase, indices: list[int], counts: list[int], b, module=None
             entry = {"sample": describe(case.samples[i]), "index": i, "metrics": worst.metrics,
                      "reason": worst.reason or ("another shape" if worst.reference_shape else "outside tolerance")}
             why = None
+            if reference is None and module is not None and b.arrays is not None:
+                reference = _eager(module, inputs)
             if reference is not None:
                 s = case.samples[i]
                 why = classify(case.name, [t.numpy() for t in tensors_of((s.input, s.args, s.kwargs))],
