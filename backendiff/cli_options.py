@@ -100,11 +100,12 @@ def sysnoise_from_cli(opts: dict, outputs: Sequence[Path | None]) -> tuple[list[
 
 def ops_from_cli(backends: str, limit: int, cache_dir: Path | None) -> tuple[list[str], CompareConfig]:
     """The backend specs and settings of ``ops``: every operator judged on its own (no layer
-    view, advice or task)."""
+    view, advice or task); no artifact cache, since every batch module is new (the export
+    is made once per batch in the parent and shared by the workers)."""
     specs = [s.text for s in parse_specs(backends)]
     if limit < 1:
         raise BadInput("--samples must be at least 1")
-    return specs, CompareConfig(layerwise="never", advise=False, cache_dir=cache_dir, task="off")
+    return specs, CompareConfig(layerwise="never", advise=False, cache_dir=cache_dir, task="off", use_cache=False)
 
 
 def option_value(text: str):

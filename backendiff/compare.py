@@ -229,11 +229,12 @@ def report_fields(loaded, handle, samples, inputs_from, config, requested, basel
 
 def prewarm(handle: ModelHandle, specs, progress, exports: bool) -> None:
     """Before forking workers: what several backends share is made once here, so that no
-    worker makes it again: the int8 calibration data, and with ``exports`` (no cache on
-    disk to share them through) the export and the ONNX file. A failure is left for the
-    workers to meet and report as theirs."""
+    worker makes it again: the runtimes' frontends (``Adapter.preload``), the int8
+    calibration data, and with ``exports`` (no cache on disk to share them through) the
+    export and the ONNX file. A failure is left for the workers to meet and report as theirs."""
     routes, calibrate = set(), False
     for cls, _, spec in specs:
+        cls.preload()
         try:
             adapter = cls(spec)
             routes.add(adapter.route(handle))

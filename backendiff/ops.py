@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import fnmatch
 import json
+import re
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -95,26 +96,45 @@ def cases(database, patterns: list[str], dtype: str, limit: int) -> list[OpCase]
 
 
 def sample_module(case: OpCase, indices: list[int]):
-    """(module, inputs, outputs per sample): a module whose forward runs ``case.op`` on each
-    chosen sample, its tensors passed as the module's inputs (non-tensor arguments are
-    constants of the graph), returning every tensor result as one flat tuple."""
+    """(module, inputs, outputs per sample): ``batch_module`` of one operator."""
+    module, inputs, counts = batch_module([Part(case, tuple(indices))])
+    return module, inputs, counts[0]
+
+
+@dataclass(frozen=True)
+class Part:
+    """One operator's chosen samples within a batch module, and the ATen operators it
+    exports to (what tells which operator of a batch a failure names)."""
+    case: OpCase
+    indices: tuple
+    aten: tuple = ()
+
+
+def batch_module(parts: list[Part]):
+    """(module, inputs, outputs per sample of each part): a module whose forward runs each
+    part's operator on each of its chosen samples, their tensors passed as the module's
+    inputs (non-tensor arguments are constants of the graph), returning every tensor result
+    as one flat tuple. One export and one compile serve every operator of the batch."""
     import torch
     from torch.utils import _pytree as pytree
 
-    structures, inputs = [], []
-    for i in indices:
-        s = case.samples[i]
-        leaves, spec = pytree.tree_flatten((s.input, s.args, s.kwargs))
-        where = [k for k, leaf in enumerate(leaves) if isinstance(leaf, torch.Tensor)]
-        structures.append((leaves, spec, where, len(inputs)))
-        inputs += [leaves[k].detach().clone() for k in where]
-
-    op = case.op
+    calls, inputs, counts = [], [], []
+    for part in parts:
+        mine = []
+        for i in part.indices:
+            s = part.case.samples[i]
+            leaves, spec = pytree.tree_flatten((s.input, s.args, s.kwargs))
+            where = [k for k, leaf in enumerate(leaves) if isinstance(leaf, torch.Tensor)]
+            calls.append((part.case.op, leaves, spec, where, len(inputs)))
+            inputs += [leaves[k].detach().clone() for k in where]
+            with torch.no_grad():
+                mine.append(len(tensors_of(part.case.op(s.input, *s.args, **s.kwargs))))
+        counts.append(mine)
 
     class Samples(torch.nn.Module):
         def forward(self, *tensors):
             results = []
-            for leaves, spec, where, start in structures:
+            for op, leaves, spec, where, start in calls:
                 filled = list(leaves)
                 for j, k in enumerate(where):
                     filled[k] = tensors[start + j]
@@ -122,11 +142,7 @@ def sample_module(case: OpCase, indices: list[int]):
                 results += tensors_of(op(x, *args, **kwargs))
             return tuple(results)
 
-    module = Samples().eval()
-    with torch.no_grad():
-        counts = [len(tensors_of(case.op(case.samples[i].input, *case.samples[i].args, **case.samples[i].kwargs)))
-                  for i in indices]
-    return module, tuple(inputs), counts
+    return Samples().eval(), tuple(inputs), counts
 
 
 def aten_ops(case: OpCase) -> list[str]:
@@ -240,81 +256,165 @@ def describe(sample) -> str:
     return ", ".join(args)
 
 
-# -- one cell: one operator on one backend ------------------------------------------------------
-def run_case(case: OpCase, spec: str, config) -> dict:
-    """The cell of ``case`` on ``spec``: ``agree`` / ``diverged`` (worst sample, its arguments
-    and metrics) / ``failed`` (stage and first line; the samples that fail alone, found by
-    splitting the batch) / ``skipped`` (why)."""
-    if not case.samples:
-        return {"status": "skipped", "reason": "no sample of this dtype within the size bound"}
-    t0 = time.perf_counter()
-    outcome = _run_indices(case, spec, config, list(range(len(case.samples))))
-    outcome["wall_s"] = round(time.perf_counter() - t0, 3)
-    return outcome
+# -- cells: operators on backends, many operators per module ------------------------------------
+#: operators per batch module: one export, one reference and one compile per backend serve
+#: all of them (a batch that fails is split until the failing operator, then its failing
+#: samples, stand alone)
+OPS_PER_MODULE = 8
+MAX_DEPTH = 16
+#: failures of these stages can belong to one operator or sample of a batch: worth a split
+SPLIT_STAGES = ("export", "convert", "compile", "run")
 
 
-def _run_indices(case: OpCase, spec: str, config, indices: list[int], depth: int = 0) -> dict:
+def run_batch(batch: list[OpCase], specs: list[str], config, aten: dict | None = None) -> dict[tuple[str, str], dict]:
+    """The cells (operator, spec) -> ``agree`` / ``semantics`` / ``diverged`` (worst sample,
+    its arguments and metrics) / ``failed`` (stage and first line; the samples that fail
+    alone, found by splitting the batch) / ``skipped`` (why), for every operator of
+    ``batch`` on every spec, run as one module (``aten``: each operator's ATen operators)."""
+    out, parts = {}, []
+    for case in batch:
+        if case.samples:
+            parts.append(Part(case, tuple(range(len(case.samples))), tuple((aten or {}).get(case.name) or ())))
+        else:
+            out |= {(case.name, s): {"status": "skipped", "reason": "no sample of this dtype within the size bound"}
+                    for s in specs}
+    if parts:
+        t0 = time.perf_counter()
+        found = _run_parts(parts, specs, config)
+        share = round((time.perf_counter() - t0) / len(parts), 3)      # each operator's share of the batch
+        out |= {key: cell | {"wall_s": share, "batch_ops": len(parts)} for key, cell in found.items()}
+    return out
+
+
+def _run_parts(parts: list[Part], specs: list[str], config, depth: int = 0) -> dict:
     import backendiff
 
+    def each(cell: dict, on=specs) -> dict:
+        return {(p.case.name, s): dict(cell, samples=len(p.indices)) for p in parts for s in on}
+
+    splittable = depth < MAX_DEPTH and (len(parts) > 1 or len(parts[0].indices) > 1)
     try:
-        module, inputs, counts = sample_module(case, indices)
+        module, inputs, counts = batch_module(parts)
     except Exception as e:  # noqa: BLE001 - PyTorch itself cannot run these samples: nothing to compare
-        return {"status": "skipped", "reason": f"PyTorch eager: {type(e).__name__}: {first_line(e)[:200]}"}
+        if len(parts) > 1:
+            return _halves(parts, specs, config, depth)
+        return each({"status": "skipped", "reason": f"PyTorch eager: {type(e).__name__}: {first_line(e)[:200]}"})
     try:
-        report = backendiff.compare(module, inputs=inputs, backends=[spec], config=config.but(keep_outputs=True))
+        report = backendiff.compare(module, inputs=inputs, backends=specs, config=config.but(keep_outputs=True))
     except BadInput as e:  # the reference itself cannot run the batch as one module (e.g. an in-place op on
-        # an input another sample reads): the samples alone, else nothing to compare
-        if len(indices) > 1 and depth < 12:
-            half = len(indices) // 2
-            return merge([_run_indices(case, spec, config, indices[:half], depth + 1),
-                          _run_indices(case, spec, config, indices[half:], depth + 1)])
-        return {"status": "skipped", "reason": f"PyTorch eager: {first_line(e)[:200]}", "samples": len(indices)}
-    b = report.backends[0]
-    if b.status in ("unavailable",):
-        return {"status": "skipped", "reason": f"unavailable: {b.error['message']}"}
-    if b.status in ("failed", "crashed", "timeout"):
-        err = b.error or {}
-        if len(indices) > 1 and depth < 12 and err.get("stage") in ("export", "convert", "compile", "run") \
-                and not names_the_op(err.get("message") or "", case.name):
-            half = len(indices) // 2
-            parts = [_run_indices(case, spec, config, indices[:half], depth + 1),
-                     _run_indices(case, spec, config, indices[half:], depth + 1)]
-            return merge(parts)
-        return {"status": "failed", "stage": err.get("stage"), "message": first_line(err.get("message") or "")[:300],
-                "examples": [describe(case.samples[i]) for i in indices[:3]], "samples": len(indices),
-                "failed_samples": len(indices), "index": indices[0]}
-    return verdicts(case, indices, counts, b, module, inputs)
+        # an input another sample reads): the halves alone, else nothing to compare
+        if splittable:
+            return _halves(parts, specs, config, depth)
+        return each({"status": "skipped", "reason": f"PyTorch eager: {first_line(e)[:200]}"})
+    eager: list = []                   # PyTorch's arrays, computed once and only when a sample diverged
+
+    def reference() -> list:
+        if not eager:
+            eager.append(_eager(module, inputs))
+        return eager[0]
+
+    out, again, named = {}, [], set()
+    for spec, b in zip(specs, report.backends):
+        if b.status == "unavailable":
+            out |= each({"status": "skipped", "reason": f"unavailable: {b.error['message']}"}, [spec])
+            continue
+        if b.status in ("failed", "crashed", "timeout"):
+            err = b.error or {}
+            message = err.get("message") or ""
+            mine = named_parts(err, parts)
+            # a failure that names the one operator of the batch is every sample's: no split
+            if splittable and err.get("stage") in SPLIT_STAGES and \
+                    not (len(parts) == 1 and names_the_op(message, parts[0].case.name)):
+                again.append(spec)
+                named |= mine
+                continue
+            out |= {(p.case.name, spec): {"status": "failed", "stage": err.get("stage"),
+                                          "message": failure_line(err)[:300],
+                                          "examples": [describe(p.case.samples[i]) for i in p.indices[:3]],
+                                          "samples": len(p.indices), "failed_samples": len(p.indices),
+                                          "index": p.indices[0]} for p in parts}
+            continue
+        start = 0
+        for p, n in zip(parts, counts):
+            stop = start + sum(n)
+            arrays = None if b.arrays is None else b.arrays[start:stop]
+            out[(p.case.name, spec)] = verdicts(p.case, p.indices, n, b.outputs[start:stop], arrays,
+                                                lambda a=start, z=stop: reference()[a:z])
+            start = stop
+    if again:
+        out |= _halves(parts, again, config, depth, named)
+    return out
+
+
+def _halves(parts: list[Part], specs: list[str], config, depth: int, named: set = frozenset()) -> dict:
+    """A failed batch run again in two: the operators a failure names apart from the others,
+    else halves of its operators, else (one operator) halves of its samples, whose cells
+    are merged."""
+    if len(parts) > 1:
+        first = [p for p in parts if p.case.name in named]
+        if not first or len(first) == len(parts):
+            first = parts[:len(parts) // 2]
+        rest = [p for p in parts if p.case.name not in {q.case.name for q in first}]
+        return _run_parts(first, specs, config, depth + 1) | _run_parts(rest, specs, config, depth + 1)
+    p, half = parts[0], len(parts[0].indices) // 2
+    left = _run_parts([Part(p.case, p.indices[:half])], specs, config, depth + 1)
+    right = _run_parts([Part(p.case, p.indices[half:])], specs, config, depth + 1)
+    return {key: merge([left[key], right[key]]) for key in left}
+
+
+def named_parts(err: dict, parts: list[Part]) -> set[str]:
+    """The operators of a batch a failure names: by their database name, by the ATen
+    operator the runtime reports (``error.operator``), or by an ATen operator of theirs
+    that not every operator of the batch has."""
+    message, operator = err.get("message") or "", (err.get("operator") or "").split(".")
+    reported = operator[1] if len(operator) > 2 and operator[0] == "aten" else None
+    shared = set.intersection(*(set(p.aten) for p in parts)) if parts else set()
+    return {p.case.name for p in parts
+            if names_the_op(message, p.case.name) or (reported and reported in p.aten)
+            or any(names_the_op(message, a) for a in p.aten if a not in shared)}
+
+
+#: lines of a runtime's failure that say where it was raised, not what failed (OpenVINO's
+#: assertion sites and its conversion report's framing)
+BOILERPLATE = re.compile(r"^(Check '.*' failed at |FrontEnd API failed|Model wasn't fully converted|Exception happened "
+                         r"during conversion|While validating node|Summary:|-- |Exception from src/)")
+
+
+def failure_line(err: dict) -> str:
+    """The line of a failure that says what failed (OpenVINO's first line is only its
+    assertion site), with the operator the runtime reports where the line lacks it."""
+    lines = [line.strip() for line in (err.get("message") or "").splitlines() if line.strip()]
+    useful = [line for line in lines if not BOILERPLATE.match(line)]
+    line = useful[0] if useful else (lines[0] if lines else "")
+    op = err.get("operator")
+    return f"{op}: {line}" if op and op not in line else line
 
 
 def names_the_op(message: str, name: str) -> bool:
     """Whether a failure names the operator itself (``Unsupported function types
     ['nonzero.default']``): every sample has it, so splitting the batch finds nothing."""
-    import re
-
     base = name.split(".")[-1] if not name.startswith("nn.functional.") else name.split(".")[2]
     return bool(re.search(rf"(?<![A-Za-z0-9]){re.escape(base)}(?![A-Za-z0-9])", message))
 
 
-def verdicts(case: OpCase, indices: list[int], counts: list[int], b, module=None, inputs=()) -> dict:
-    """Per-sample verdicts from the outputs of one run (``counts``: results per sample). A
+def verdicts(case: OpCase, indices, counts: list[int], outputs: list, arrays: list | None, reference) -> dict:
+    """Per-sample verdicts of one operator from its ``outputs`` of a run (``counts``: results
+    per sample; ``arrays``: the backend's values, ``reference()``: PyTorch's, for triage). A
     diverged sample that a triage rule explains (tie order, a random draw, undefined values)
     is counted apart as ``semantics``: the cell is ``diverged`` only for the others."""
-    reference = None                 # PyTorch's arrays, computed once and only when a sample diverged
     bad, explained, start = [], [], 0
     for i, n in zip(indices, counts):
-        mine = b.outputs[start:start + n]
+        mine = outputs[start:start + n]
         diverged = [o for o in mine if o.status == "diverged"]
         if diverged:
             worst = min(diverged, key=lambda o: (o.metrics or {}).get("sqnr_db") or -1e9)
             entry = {"sample": describe(case.samples[i]), "index": i, "metrics": worst.metrics,
                      "reason": worst.reason or ("another shape" if worst.reference_shape else "outside tolerance")}
             why = None
-            if reference is None and module is not None and b.arrays is not None:
-                reference = _eager(module, inputs)
-            if reference is not None:
+            if arrays is not None:
                 s = case.samples[i]
                 why = classify(case.name, [t.numpy() for t in tensors_of((s.input, s.args, s.kwargs))],
-                               reference[start:start + n], b.arrays[start:start + n])
+                               reference()[start:start + n], arrays[start:start + n])
             (explained if why else bad).append(entry | ({"triage": why} if why else {}))
         start += n
     out = {"samples": len(indices)}
@@ -365,11 +465,15 @@ def cell_path(out: Path, name: str, spec: str, dtype: str) -> Path:
 
 
 def run(patterns: list[str], specs: list[str], dtypes: list[str], limit: int, out: Path, force: bool,
-        config, progress=lambda m: None) -> dict:
-    """Every operator matching ``patterns`` × ``specs`` × ``dtypes``; returns the matrix."""
+        config, progress=lambda m: None, batch: int = OPS_PER_MODULE) -> dict:
+    """Every operator matching ``patterns`` × ``specs`` × ``dtypes``, ``batch`` operators per
+    module; every cell is stored as its batch finishes and read back on a rerun (``force``
+    recomputes). Returns the matrix."""
     for d in dtypes:
         if d not in DTYPES:
             raise BadInput(f"--dtypes {d!r}: supported here: {', '.join(DTYPES)}")
+    if batch < 1:
+        raise BadInput("--batch must be at least 1")
     database = load_database()
     (out / "cells").mkdir(parents=True, exist_ok=True)
     rows = []
@@ -377,29 +481,34 @@ def run(patterns: list[str], specs: list[str], dtypes: list[str], limit: int, ou
         chosen = cases(database, patterns, dtype, limit)
         if not chosen:
             raise BadInput(f"no operator of PyTorch's database matches {', '.join(patterns)} at {dtype}")
-        for k, case in enumerate(chosen):
-            row = {"op": case.name, "dtype": dtype, "cells": {}, "aten": None}
+        mine = [{"op": case.name, "dtype": dtype, "cells": {}, "aten": None} for case in chosen]
+        pending: dict[tuple, list] = {}          # the specs still to run -> the operators that need them
+        for case, row in zip(chosen, mine):
+            todo = []
             for spec in specs:
                 path = cell_path(out, case.name, spec, dtype)
                 if path.exists() and not force:
                     row["cells"][spec] = json.loads(path.read_text())
                     row["aten"] = row["aten"] or row["cells"][spec].get("aten")
-                    continue
-                progress(f"ops {k + 1}/{len(chosen)}: {case.name} on {spec}")
-                if row["aten"] is None:
-                    row["aten"] = aten_ops(case)
-                cell = {"schema": CELL_SCHEMA, "op": case.name, "spec": spec, "dtype": dtype, "aten": row["aten"],
-                        **run_case(case, spec, config)}
-                if cell["status"] == "diverged" and row["aten"]:
-                    cell["calls"] = diverging_calls(case, cell, row["aten"])
-                index = (cell.get("worst") or {}).get("index", cell.get("index"))
-                if cell["status"] in ("diverged", "failed") and index is not None:
-                    made = reproducer(case, index, spec, out / "reproducers")
-                    if made is not None:
-                        cell["reproducer"] = str(made)
-                write_atomic(path, lambda tmp: tmp.write_text(json.dumps(cell, default=_json)))
-                row["cells"][spec] = cell
-            rows.append(row)
+                else:
+                    todo.append(spec)
+            if todo:
+                pending.setdefault(tuple(todo), []).append((case, row))
+        done, total = 0, sum(len(v) for v in pending.values())
+        for todo, entries in pending.items():
+            for k in range(0, len(entries), batch):
+                group = entries[k:k + batch]
+                progress(f"ops {done + 1}-{done + len(group)}/{total}: "
+                         f"{', '.join(case.name for case, _ in group)} on {', '.join(todo)}")
+                for case, row in group:
+                    row["aten"] = row["aten"] if row["aten"] is not None else aten_ops(case)
+                found = run_batch([case for case, _ in group], list(todo), config,
+                                  {case.name: row["aten"] for case, row in group})
+                for case, row in group:
+                    for spec in todo:
+                        row["cells"][spec] = _store(case, spec, dtype, row["aten"], found[(case.name, spec)], out)
+                done += len(group)
+        rows += mine
     matrix = {"schema": "backendiff.ops/1", "specs": specs, "dtypes": dtypes, "patterns": patterns, "rows": rows,
               "summary": summary(rows, specs)}
     (out / "matrix.json").write_text(json.dumps(matrix, indent=1, default=_json))
@@ -407,6 +516,21 @@ def run(patterns: list[str], specs: list[str], dtypes: list[str], limit: int, ou
     latest.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(latest, lambda tmp: tmp.write_text(json.dumps(matrix, default=_json)))
     return matrix
+
+
+def _store(case: OpCase, spec: str, dtype: str, aten: list[str], found: dict, out: Path) -> dict:
+    """One finished cell with what it needs beyond its verdict (the diverging calls the
+    pre-flight matches, a reproducer), written to the store."""
+    cell = {"schema": CELL_SCHEMA, "op": case.name, "spec": spec, "dtype": dtype, "aten": aten, **found}
+    if cell["status"] == "diverged" and aten:
+        cell["calls"] = diverging_calls(case, cell, aten)
+    index = (cell.get("worst") or {}).get("index", cell.get("index"))
+    if cell["status"] in ("diverged", "failed") and index is not None:
+        made = reproducer(case, index, spec, out / "reproducers")
+        if made is not None:
+            cell["reproducer"] = str(made)
+    write_atomic(cell_path(out, case.name, spec, dtype), lambda tmp: tmp.write_text(json.dumps(cell, default=_json)))
+    return cell
 
 
 def cell_text(cell: dict) -> str:

@@ -78,6 +78,10 @@ class Adapter:
     defaults: dict[str, str] = {}
     #: part of the default set run when the user names no backends
     default: bool = True
+    #: what a worker would import afresh on every run (a runtime's frontend, the exporter it
+    #: needs): imported once by ``preload`` in the process that forks the workers, which
+    #: inherit it (TVM's PyTorch frontend: 1.2 s per worker otherwise)
+    preload_modules: tuple[str, ...] = ()
     #: variants whose ``keep=MODULE;...`` option keeps modules in fp32 (mixed-precision advice)
     keep_variants: tuple[str, ...] = ()
 
@@ -131,6 +135,16 @@ class Adapter:
                 raise BackendUnavailable(f"{dist} is not installed ({e.name or module})", cls.install_hint()) from None
             except Exception as e:  # a broken install: present but fails to import
                 raise BackendUnavailable(f"{dist} fails to import: {type(e).__name__}: {e}", cls.install_hint()) from None
+
+    @classmethod
+    def preload(cls) -> None:
+        """Import ``preload_modules`` here, before workers fork; a module that fails to import
+        is left for the worker to meet and report."""
+        for module in cls.preload_modules:
+            try:
+                importlib.import_module(module)
+            except Exception:  # noqa: BLE001 - the worker reports it as its own failure
+                pass
 
     @classmethod
     def versions(cls) -> dict[str, str]:

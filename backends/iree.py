@@ -201,6 +201,7 @@ class IreeAdapter(Adapter):
     description = ("IREE, llvm-cpu compiled ahead of time, local-task driver, from the ONNX export "
                    "(route=export: from the ExportedProgram, with iree-turbine)")
     packages = {"iree.compiler": "iree-base-compiler", "iree.runtime": "iree-base-runtime"}
+    preload_modules = ("iree.compiler", "iree.runtime", "onnxscript")
     extra = "iree"
     variants = ("fp32", "fp16")
     options = {"route": ("onnx", "export"), "opt": ("O0", "O1", "O2", "O3"), "target_cpu": None,

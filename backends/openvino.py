@@ -200,6 +200,7 @@ class OpenVinoAdapter(Adapter):
     name = "openvino"
     description = "OpenVINO CPU plugin, from the ExportedProgram (route=onnx: from the ONNX export)"
     packages = {"openvino": "openvino"}
+    preload_modules = ("openvino", "openvino.frontend.pytorch")
     extra = "openvino"
     variants = ("fp32", "fp16", "bf16", "int8")
     #: ``keep=MODULE;MODULE`` (int8, route=onnx): those PyTorch modules stay out of NNCF's

@@ -397,6 +397,7 @@ class OrtAdapter(Adapter):
     name = "ort"
     description = "ONNX Runtime, CPU execution provider, from the dynamo ONNX export"
     packages = {"onnxruntime": "onnxruntime"}
+    preload_modules = ("onnxruntime", "onnxscript", "torch.onnx._internal.exporter._core")
     extra = "ort"
     variants = ("fp32", "fp16", "int8")
     #: ``keep=MODULE;MODULE``: those PyTorch modules stay in fp32 (fp16 block list / int8 exclusions)

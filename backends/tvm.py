@@ -100,6 +100,7 @@ class TvmAdapter(Adapter):
     name = "tvm"
     description = "Apache TVM Relax, target llvm, from the ExportedProgram (route=onnx: from the ONNX export)"
     packages = {"tvm": "apache-tvm"}
+    preload_modules = ("tvm.relax", "tvm.relax.frontend.torch")
     extra = "tvm"
     variants = ("fp32", "fp16")
     options = {"route": ("export", "onnx"), "target": None, "opt": ("0", "1", "2", "3"), "accum": ("fp16", "fp32")}

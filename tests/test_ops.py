@@ -47,7 +47,7 @@ def test_a_subset_finds_tvms_selu_and_resumes(tmp_path, monkeypatch):
     def boom(*args, **kwargs):
         raise AssertionError("a stored cell was recomputed")
 
-    monkeypatch.setattr(ops, "run_case", boom)          # a rerun reads what is stored
+    monkeypatch.setattr(ops, "run_batch", boom)          # a rerun reads what is stored
     again = ops.run(["sigmoid", "nn.functional.selu"], ["ort", "tvm"], ["fp32"], 4, tmp_path, False, config(tmp_path))
     assert again["summary"] == matrix["summary"]
     with pytest.raises(AssertionError, match="recomputed"):  # --force recomputes
