@@ -194,3 +194,75 @@ def test_a_batch_the_reference_cannot_run_as_one_module_is_split_not_the_end_of_
     matrix = ops.run(["broadcast_tensors", "sigmoid"], ["ort"], ["fp32"], 8, tmp_path, False, config(tmp_path))
     cells = {row["op"]: row["cells"]["ort"] for row in matrix["rows"]}
     assert cells["sigmoid"]["status"] == "agree" and cells["broadcast_tensors"]["status"] in ("agree", "skipped")
+
+
+@needs("tvm")
+def test_operators_share_a_module_and_a_failure_is_split_to_the_operator_it_names(tmp_path, monkeypatch):
+    """Three operators in one module: TVM cannot convert nonzero; the failure names it, so it
+    is split out (not halved blindly) and the others keep the verdicts they have alone."""
+    import backendiff
+    import backendiff.ops as ops
+
+    calls = []
+    real = backendiff.compare
+
+    def counting(module, **kw):
+        calls.append(len(kw["inputs"]))
+        return real(module, **kw)
+
+    monkeypatch.setattr(backendiff, "compare", counting)
+    names = ["sigmoid", "nonzero", "nn.functional.selu"]
+    batched = ops.run(names, ["tvm"], ["fp32"], 4, tmp_path / "b", False, config(tmp_path), batch=3)
+    assert len(calls) == 3                         # the batch, then nonzero alone, then the other two
+    alone = ops.run(names, ["tvm"], ["fp32"], 4, tmp_path / "a", False, config(tmp_path), batch=1)
+    got = {r["op"]: r["cells"]["tvm"] for r in batched["rows"]}
+    single = {r["op"]: r["cells"]["tvm"] for r in alone["rows"]}
+    assert {k: c["status"] for k, c in got.items()} == {k: c["status"] for k, c in single.items()} == \
+        {"sigmoid": "agree", "nonzero": "failed", "nn.functional.selu": "diverged"}
+    assert got["nn.functional.selu"]["worst"]["metrics"] == single["nn.functional.selu"]["worst"]["metrics"]
+    assert got["sigmoid"]["batch_ops"] == 3 and single["sigmoid"]["batch_ops"] == 1
+
+
+def test_a_runtime_failure_is_shown_by_the_line_that_says_what_failed():
+    from backendiff.ops import Part, failure_line, named_parts
+
+    message = ("Check 'false' failed at src/frontends/common_translators/src/unconverted_ops_report.cpp:151:\n"
+               "FrontEnd API failed with OpConversionFailure:\nModel wasn't fully converted. Failed operations "
+               "detailed log:\n-- aten.avg_pool2d.default with a message:\nException happened during conversion of "
+               "operation avg_pool2d_5/aten.avg_pool2d.default with schema NONE\nCheck 'pads_begin.size() == "
+               "num_spatial' failed at src/core/shape_inference/include/pooling_shape_inference_util.hpp:23:\n"
+               "While validating node 'opset14::AvgPool AvgPool_188':\nExpected pads_begin size to be equal to "
+               "input size - 2. Got: 1\nSummary:\n-- Conversion is failed for: aten.avg_pool2d.default")
+    err = {"message": message, "operator": "aten.avg_pool2d.default"}
+    assert failure_line(err) == "aten.avg_pool2d.default: Expected pads_begin size to be equal to input size - 2. Got: 1"
+    assert failure_line({"message": "No ONNX function found for aten.x"}) == "No ONNX function found for aten.x"
+
+    class Case:
+        def __init__(self, name):
+            self.name = name
+
+    parts = [Part(Case("nn.functional.avg_pool2d"), (0,), ("avg_pool2d", "add")),
+             Part(Case("sigmoid"), (0,), ("sigmoid", "add")),
+             Part(Case("nn.functional.adaptive_max_pool1d"), (0,), ("adaptive_max_pool2d", "add"))]
+    assert named_parts(err, parts) == {"nn.functional.avg_pool2d"}
+    # named through an ATen operator of its own (the database name differs), not one all share
+    onnx = {"message": "DispatchError: No ONNX function found for aten.adaptive_max_pool2d; add failed"}
+    assert named_parts(onnx, parts) == {"nn.functional.adaptive_max_pool1d"}
+
+
+@needs("tvm")
+def test_runtime_frontends_are_imported_before_workers_fork(tmp_path):
+    """compare imports TVM's PyTorch frontend in the parent (Adapter.preload), so a forked
+    worker does not import it again on every run."""
+    import subprocess
+    import sys
+
+    code = ("import sys, torch, backendiff\n"
+            "assert 'tvm.relax.frontend.torch' not in sys.modules\n"
+            "m = torch.nn.Linear(3, 2)\n"
+            f"r = backendiff.compare(m, inputs=(torch.ones(1, 3),), backends=['tvm'], cache_dir={str(tmp_path)!r})\n"
+            "assert r.backends[0].status == 'ok', r.backends[0].status\n"
+            "print('tvm.relax.frontend.torch' in sys.modules)\n")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert out.stdout.strip().endswith("True")
