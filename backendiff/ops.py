@@ -773,8 +773,12 @@ for i, (e, g) in enumerate(zip(expected, got)):
     if e.shape != g.shape:
         print(f"output {{i}}: shape {{list(g.shape)}}, PyTorch {{list(e.shape)}}")
         continue
-    diff = np.abs(g.astype(np.float64) - e.astype(np.float64))
-    print(f"output {{i}}: max abs difference {{np.nanmax(diff) if diff.size else 0.0:.6g}}")
+    e64, g64 = e.astype(np.float64), g.astype(np.float64)
+    both = np.isfinite(e64) & np.isfinite(g64)
+    diff = np.abs(g64[both] - e64[both])
+    differ = int(((np.isnan(e64) != np.isnan(g64)) | ((np.isinf(e64) | np.isinf(g64)) & (e64 != g64))).sum())
+    print(f"output {{i}}: max abs difference {{diff.max() if diff.size else 0.0:.6g}}, "
+          f"NaN/Inf differ at {{differ}} elements")
 '''
     out = folder / f"{stem}.py"
     out.write_text(source)

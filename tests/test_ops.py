@@ -266,3 +266,39 @@ def test_runtime_frontends_are_imported_before_workers_fork(tmp_path):
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, out.stderr[-2000:]
     assert out.stdout.strip().endswith("True")
+
+
+FIVE = {"tvm": ["nn.functional.selu", "add", "addr"], "ort": ["var_mean"], "openvino": ["var_mean.unbiased"]}
+
+
+@needs("ort", "openvino", "tvm")
+def test_five_reproducers_run_standalone_and_show_their_divergence(tmp_path):
+    """A sample of five divergences of the full run (TVM's SELU, add's alpha, addr's beta=0
+    with NaN input; ORT's and OpenVINO's var_mean of an empty tensor): each reproducer runs
+    without backendiff, in a clean folder, and prints the difference."""
+    import re
+    import shutil
+    import subprocess
+    import sys
+
+    import backendiff.ops as ops
+
+    made = []
+    for spec, names in FIVE.items():
+        matrix = ops.run(names, [spec], ["fp32"], 16, tmp_path / spec, False, config(tmp_path))
+        for row in matrix["rows"]:
+            cell = row["cells"][spec]
+            assert cell["status"] == "diverged" and cell.get("reproducer"), (row["op"], spec, cell)
+            made.append(Path(cell["reproducer"]))
+    assert len(made) == 5
+    for path in made:
+        alone = tmp_path / "alone" / path.stem
+        alone.mkdir(parents=True)
+        for suffix in (".py", ".npz"):
+            shutil.copy(path.with_suffix(suffix), alone / path.with_suffix(suffix).name)
+        assert "backendiff" not in (alone / path.name).read_text().split('"""')[2]
+        shown = subprocess.run([sys.executable, path.name], capture_output=True, text=True, timeout=300, cwd=alone)
+        assert shown.returncode == 0, (path.name, shown.stderr[-2000:])
+        worst = max(float(x) for x in re.findall(r"max abs difference ([0-9.e+-]+|nan|inf)", shown.stdout))
+        differ = sum(int(x) for x in re.findall(r"NaN/Inf differ at (\d+)", shown.stdout))
+        assert worst > 1e-3 or differ > 0 or "shape" in shown.stdout, (path.name, shown.stdout)
