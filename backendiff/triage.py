@@ -1,8 +1,8 @@
 """Which operator-level divergences are semantics choices rather than bugs.
 
 A runtime that returns another index among equal values (topk, sort, argmax on ties), a
-different random draw, or other bytes of an uninitialized tensor does not compute the
-operator wrongly: PyTorch leaves those results unspecified. ``backendiff ops`` classifies
+different random draw, other bytes of an uninitialized tensor, or another value for the
+variance of no elements does not compute the operator wrongly: PyTorch leaves those results unspecified. ``backendiff ops`` classifies
 such samples with these rules, so that its "diverged" column holds real bugs. Each rule is
 a small pure function of the operator's name, the sample's input tensors, and the
 reference's and backend's outputs for the sample; it returns the reason, or None.
@@ -116,7 +116,20 @@ def nonfinite_to_integer(op: str, inputs, reference, actual) -> str | None:
     return None
 
 
-RULES = (random_draw, uninitialized, tie_order, nonfinite_to_integer)
+def empty_reduction(op: str, inputs, reference, actual) -> str | None:
+    """Outputs that differ only where PyTorch returns NaN for a statistic over an empty
+    input (the mean or variance of no elements): the value is undefined, NaN is a
+    convention another runtime need not share."""
+    if not any(np.asarray(t).size == 0 for t in inputs):
+        return None
+    bad = [(np.asarray(r), np.asarray(a)) for r, a in zip(reference, actual)
+           if np.asarray(r).shape == np.asarray(a).shape and not np.array_equal(r, a, equal_nan=True)]
+    if bad and all(r.dtype.kind == "f" and np.isnan(r[~((r == a) | (np.isnan(r) & np.isnan(a)))]).all() for r, a in bad):
+        return "undefined value: a statistic over an empty input (PyTorch returns NaN by convention)"
+    return None
+
+
+RULES = (random_draw, uninitialized, tie_order, nonfinite_to_integer, empty_reduction)
 
 
 def classify(op: str, inputs, reference, actual) -> dict | None:
