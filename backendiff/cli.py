@@ -7,6 +7,7 @@ comparison was vacuous (the reference output carries no signal).
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -305,9 +306,11 @@ def sweep_cmd(out_dir, store_dir, render_only, quiet, **opts):
 @click.option("--force", is_flag=True, help="Recompute stored cells.")
 @click.option("--batch", default=8, show_default=True,
               help="Operators per exported module (one export and compile serve them; a failing batch is split).")
+@click.option("--jobs", "-j", default=min(4, os.cpu_count() or 1), show_default="the CPUs, at most 4",
+              help="Batches run at once, each in a process of its own.")
 @click.option("--cache-dir", type=click.Path(path_type=Path), help="Cache folder (default ~/.cache/backendiff).")
 @click.option("--quiet", "-q", is_flag=True, help="No progress display.")
-def ops_cmd(backends, patterns, dtypes, limit, out_dir, force, batch, cache_dir, quiet):
+def ops_cmd(backends, patterns, dtypes, limit, out_dir, force, batch, jobs, cache_dir, quiet):
     """Run PyTorch's operator database (OpInfo) through each backend against PyTorch: which
     operators each runtime gets wrong, before a model hits them."""
     from .cli_options import ops_from_cli
@@ -319,7 +322,7 @@ def ops_cmd(backends, patterns, dtypes, limit, out_dir, force, batch, cache_dir,
 
     specs, config = ops_from_cli(backends, limit, cache_dir)
     with progress_display(quiet, "backendiff: loading PyTorch's operator database") as progress:
-        matrix = run_ops(list(patterns), specs, dtypes.split(","), limit, out_dir, force, config, progress, batch)
+        matrix = run_ops(list(patterns), specs, dtypes.split(","), limit, out_dir, force, config, progress, batch, jobs)
     page = write_ops_html(matrix, out_dir)
     print_ops(matrix, stdout_console(), out_dir / "matrix.json", page)
     return exit_code(matrix)

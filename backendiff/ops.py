@@ -473,15 +473,15 @@ def cell_path(out: Path, name: str, spec: str, dtype: str) -> Path:
 
 
 def run(patterns: list[str], specs: list[str], dtypes: list[str], limit: int, out: Path, force: bool,
-        config, progress=lambda m: None, batch: int = OPS_PER_MODULE) -> dict:
+        config, progress=lambda m: None, batch: int = OPS_PER_MODULE, jobs: int = 1) -> dict:
     """Every operator matching ``patterns`` × ``specs`` × ``dtypes``, ``batch`` operators per
-    module; every cell is stored as its batch finishes and read back on a rerun (``force``
-    recomputes). Returns the matrix."""
+    module, the batches shared by ``jobs`` processes; every cell is stored as its batch
+    finishes and read back on a rerun (``force`` recomputes). Returns the matrix."""
     for d in dtypes:
         if d not in DTYPES:
             raise BadInput(f"--dtypes {d!r}: supported here: {', '.join(DTYPES)}")
-    if batch < 1:
-        raise BadInput("--batch must be at least 1")
+    if batch < 1 or jobs < 1:
+        raise BadInput("--batch and --jobs must be at least 1")
     database = load_database()
     (out / "cells").mkdir(parents=True, exist_ok=True)
     rows = []
@@ -502,20 +502,18 @@ def run(patterns: list[str], specs: list[str], dtypes: list[str], limit: int, ou
                     todo.append(spec)
             if todo:
                 pending.setdefault(tuple(todo), []).append((case, row))
-        done, total = 0, sum(len(v) for v in pending.values())
-        for todo, entries in pending.items():
-            for k in range(0, len(entries), batch):
-                group = entries[k:k + batch]
-                progress(f"ops {done + 1}-{done + len(group)}/{total}: "
-                         f"{', '.join(case.name for case, _ in group)} on {', '.join(todo)}")
-                for case, row in group:
-                    row["aten"] = row["aten"] if row["aten"] is not None else aten_ops(case)
-                found = run_batch([case for case, _ in group], list(todo), config,
-                                  {case.name: row["aten"] for case, row in group})
-                for case, row in group:
-                    for spec in todo:
-                        row["cells"][spec] = _store(case, spec, dtype, row["aten"], found[(case.name, spec)], out)
-                done += len(group)
+        groups = [(todo, entries[k:k + batch]) for todo, entries in pending.items()
+                  for k in range(0, len(entries), batch)]
+        if jobs > 1 and len(groups) > 1:
+            _in_jobs(groups, jobs, dtype, config, out, progress)
+        done, total = 0, sum(len(group) for _, group in groups)
+        for todo, group in groups:
+            if jobs > 1 and _read_stored(todo, group, dtype, out):     # a job made them
+                continue
+            progress(f"ops {done + 1}-{done + len(group)}/{total}: "
+                     f"{', '.join(case.name for case, _ in group)} on {', '.join(todo)}")
+            _run_group(todo, group, dtype, config, out)
+            done += len(group)
         rows += mine
     matrix = {"schema": "backendiff.ops/1", "specs": specs, "dtypes": dtypes, "patterns": patterns, "rows": rows,
               "summary": summary(rows, specs)}
@@ -524,6 +522,58 @@ def run(patterns: list[str], specs: list[str], dtypes: list[str], limit: int, ou
     latest.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(latest, lambda tmp: tmp.write_text(json.dumps(matrix, default=_json)))
     return matrix
+
+
+def _run_group(todo: tuple, group: list, dtype: str, config, out: Path) -> None:
+    """One batch: its operators' ATen operators, the batch on every spec of ``todo``, each
+    cell stored and set on its row."""
+    for case, row in group:
+        row["aten"] = row["aten"] if row["aten"] is not None else aten_ops(case)
+    found = run_batch([case for case, _ in group], list(todo), config, {case.name: row["aten"] for case, row in group})
+    for case, row in group:
+        for spec in todo:
+            row["cells"][spec] = _store(case, spec, dtype, row["aten"], found[(case.name, spec)], out)
+
+
+def _read_stored(todo: tuple, group: list, dtype: str, out: Path) -> bool:
+    """Set a batch's stored cells on its rows; False (nothing set) where one is missing."""
+    paths = {(case.name, spec): cell_path(out, case.name, spec, dtype) for case, _ in group for spec in todo}
+    if not all(p.exists() for p in paths.values()):
+        return False
+    for case, row in group:
+        for spec in todo:
+            row["cells"][spec] = json.loads(paths[(case.name, spec)].read_text())
+        row["aten"] = row["cells"][todo[0]].get("aten")
+    return True
+
+
+def _in_jobs(groups: list, jobs: int, dtype: str, config, out: Path, progress) -> None:
+    """The batches shared among ``jobs`` forked processes, each storing its cells as they
+    finish; a batch a job did not finish (it died) is left for the caller to run."""
+    import multiprocessing
+
+    paths = [cell_path(out, case.name, spec, dtype) for todo, group in groups for case, _ in group for spec in todo]
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_job, args=(groups[j::jobs], dtype, config, out)) for j in range(jobs)]
+    for p in procs:
+        p.start()
+    try:
+        while any(p.is_alive() for p in procs):
+            progress(f"ops: {sum(p.exists() for p in paths)}/{len(paths)} cells, {jobs} jobs")
+            procs[0].join(timeout=1.0)
+    finally:
+        for p in procs:
+            if p.is_alive():
+                p.terminate()
+            p.join()
+
+
+def _job(groups: list, dtype: str, config, out: Path) -> None:
+    import torch
+
+    torch.set_num_threads(1)       # GNU OpenMP's thread pool does not survive a fork
+    for todo, group in groups:
+        _run_group(todo, group, dtype, config, out)
 
 
 def _store(case: OpCase, spec: str, dtype: str, aten: list[str], found: dict, out: Path) -> dict:

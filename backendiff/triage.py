@@ -2,8 +2,9 @@
 
 A runtime that returns another index among equal values (topk, sort, argmax on ties), a
 different random draw, other bytes of an uninitialized tensor, or another value for the
-variance of no elements does not compute the operator wrongly: PyTorch leaves those results unspecified. ``backendiff ops`` classifies
-such samples with these rules, so that its "diverged" column holds real bugs. Each rule is
+variance of no elements does not compute the operator wrongly: PyTorch leaves those
+results unspecified. ``backendiff ops`` classifies such samples with these rules, so that
+its "diverged" column holds real bugs. Each rule is
 a small pure function of the operator's name, the sample's input tensors, and the
 reference's and backend's outputs for the sample; it returns the reason, or None.
 """

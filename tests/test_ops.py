@@ -302,3 +302,20 @@ def test_five_reproducers_run_standalone_and_show_their_divergence(tmp_path):
         worst = max(float(x) for x in re.findall(r"max abs difference ([0-9.e+-]+|nan|inf)", shown.stdout))
         differ = sum(int(x) for x in re.findall(r"NaN/Inf differ at (\d+)", shown.stdout))
         assert worst > 1e-3 or differ > 0 or "shape" in shown.stdout, (path.name, shown.stdout)
+
+
+@needs("ort")
+def test_batches_in_parallel_jobs_give_the_matrix_of_one_job(tmp_path):
+    """Two forked jobs share the batches; every cell is stored once and the matrix is the
+    one a single process builds."""
+    import backendiff.ops as ops
+
+    names = ["sigmoid", "abs", "nn.functional.selu", "nonzero"]
+    one = ops.run(names, ["ort"], ["fp32"], 4, tmp_path / "one", False, config(tmp_path), batch=1)
+    two = ops.run(names, ["ort"], ["fp32"], 4, tmp_path / "two", False, config(tmp_path), batch=1, jobs=2)
+
+    def view(matrix):
+        return {r["op"]: (r["cells"]["ort"]["status"], r["cells"]["ort"]["samples"], tuple(r["aten"])) for r in matrix["rows"]}
+
+    assert view(two) == view(one) and len(view(one)) == 4
+    assert len(list((tmp_path / "two" / "cells").glob("*.json"))) == 4
