@@ -422,7 +422,7 @@ def verdicts(case: OpCase, indices, counts: list[int], outputs: list, arrays: li
             if arrays is not None:
                 s = case.samples[i]
                 why = classify(case.name, [t.numpy() for t in tensors_of((s.input, s.args, s.kwargs))],
-                               reference()[start:start + n], arrays[start:start + n])
+                               reference()[start:start + n], arrays[start:start + n], dict(s.kwargs))
             (explained if why else bad).append(entry | ({"triage": why} if why else {}))
         start += n
     out = {"samples": len(indices)}

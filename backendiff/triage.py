@@ -5,8 +5,9 @@ different random draw, other bytes of an uninitialized tensor, or another value 
 variance of no elements does not compute the operator wrongly: PyTorch leaves those
 results unspecified. ``backendiff ops`` classifies such samples with these rules, so that
 its "diverged" column holds real bugs. Each rule is
-a small pure function of the operator's name, the sample's input tensors, and the
-reference's and backend's outputs for the sample; it returns the reason, or None.
+a small pure function of the operator's name, the sample's input tensors, the
+reference's and backend's outputs for the sample, and its keyword arguments; it returns
+the reason, or None.
 """
 from __future__ import annotations
 
@@ -25,13 +26,16 @@ BY_VALUE = re.compile(r"(^|\.)(topk|sort|argsort|msort|argmax|argmin|max|min|kth
                       r"unique\w*|searchsorted)($|\.|_)")
 
 
-def random_draw(op: str, inputs, reference, actual) -> str | None:
+def random_draw(op: str, inputs, reference, actual, arguments=None) -> str | None:
     if RANDOM.search(op):
         return "random: the operator draws random numbers; two runs (or two runtimes) need not agree"
+    p = (arguments or {}).get("dropout_p")
+    if isinstance(p, (int, float)) and p > 0:
+        return f"random: dropout_p={p} draws a random mask; two runs (or two runtimes) need not agree"
     return None
 
 
-def uninitialized(op: str, inputs, reference, actual) -> str | None:
+def uninitialized(op: str, inputs, reference, actual, arguments=None) -> str | None:
     if UNINITIALIZED.search(op):
         return "undefined values: the result is uninitialized memory, only its shape and dtype are defined"
     return None
@@ -41,7 +45,7 @@ def _integer(a) -> bool:
     return np.issubdtype(np.asarray(a).dtype, np.integer)
 
 
-def tie_order(op: str, inputs, reference, actual) -> str | None:
+def tie_order(op: str, inputs, reference, actual, arguments=None) -> str | None:
     """Index outputs that differ while the input holds the same value at both indices: the
     backend broke a tie another way. Indices are read along the axis they index (topk, sort,
     argmax with dim), over the flattened input (argmax without dim) or over flattened
@@ -104,7 +108,7 @@ def _same_values(source: np.ndarray, r: np.ndarray, a: np.ndarray) -> bool | Non
     return verdict
 
 
-def nonfinite_to_integer(op: str, inputs, reference, actual) -> str | None:
+def nonfinite_to_integer(op: str, inputs, reference, actual, arguments=None) -> str | None:
     """Integer outputs that differ where the input holds NaN/Inf: converting those to an
     integer is undefined behaviour in C/C++, so every runtime returns its own value."""
     floats = [np.asarray(t) for t in inputs if np.asarray(t).dtype.kind == "f"]
@@ -117,7 +121,7 @@ def nonfinite_to_integer(op: str, inputs, reference, actual) -> str | None:
     return None
 
 
-def empty_reduction(op: str, inputs, reference, actual) -> str | None:
+def empty_reduction(op: str, inputs, reference, actual, arguments=None) -> str | None:
     """Outputs that differ only where PyTorch returns NaN for a statistic over an empty
     input (the mean or variance of no elements): the value is undefined, NaN is a
     convention another runtime need not share."""
@@ -133,12 +137,13 @@ def empty_reduction(op: str, inputs, reference, actual) -> str | None:
 RULES = (random_draw, uninitialized, tie_order, nonfinite_to_integer, empty_reduction)
 
 
-def classify(op: str, inputs, reference, actual) -> dict | None:
+def classify(op: str, inputs, reference, actual, arguments: dict | None = None) -> dict | None:
     """The first rule that explains a sample's divergence as a semantics choice:
-    {"rule": name, "reason": text}; None when it is a real divergence."""
+    {"rule": name, "reason": text}; None when it is a real divergence. ``arguments``: the
+    sample's keyword arguments (``dropout_p``)."""
     for rule in RULES:
         try:
-            reason = rule(op, inputs, reference, actual)
+            reason = rule(op, inputs, reference, actual, arguments)
         except (ValueError, IndexError, TypeError):    # arrays a rule cannot read: not explained
             reason = None
         if reason:

@@ -47,6 +47,10 @@ def test_pool_indices_that_point_elsewhere_are_a_bug_even_when_the_values_agree(
 def test_random_uninitialized_and_nan_to_integer():
     assert rule("bernoulli", [X], [X], [X + 1]) == "random-draw"
     assert rule("nn.functional.dropout", [X], [X], [X * 0]) == "random-draw"
+    # attention with dropout_p > 0 (the database's samples have it): a random mask, not a bug
+    sdpa = "nn.functional.scaled_dot_product_attention"
+    assert classify(sdpa, [X], [X], [X + 1], {"is_causal": True, "dropout_p": 0.5})["rule"] == "random-draw"
+    assert classify(sdpa, [X], [X], [X + 1], {"is_causal": True, "dropout_p": 0.0}) is None
     assert rule("empty_like", [X], [X], [X + 1]) == "uninitialized"
     nan = np.array([np.nan, 1.5], np.float32)
     assert rule("long", [nan], [np.array([0, 1])], [np.array([-2**63, 1])]) == "nonfinite-to-integer"
