@@ -314,6 +314,12 @@ def _run_parts(parts: list[Part], specs: list[str], config, depth: int = 0) -> d
         if splittable:
             return _halves(parts, specs, config, depth)
         return each({"status": "skipped", "reason": f"PyTorch eager: {first_line(e)[:200]}"})
+    except Exception as e:  # noqa: BLE001 - backendiff itself failed on these samples: a cell says so, the run goes on
+        if splittable:
+            return _halves(parts, specs, config, depth)
+        return each({"status": "failed", "stage": "backendiff", "message": f"{type(e).__name__}: {first_line(e)[:280]}",
+                     "examples": [describe(p.case.samples[i]) for p in parts for i in p.indices][:3],
+                     "failed_samples": len(parts[0].indices), "index": parts[0].indices[0]})
     eager: list = []                   # PyTorch's arrays, computed once and only when a sample diverged
 
     def reference() -> list:

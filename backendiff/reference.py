@@ -24,7 +24,8 @@ ORT_REFERENCE = "onnxruntime (graph optimizations off)"
 
 def flatten_outputs(out, as_float32: bool = False) -> tuple[list[str], list[np.ndarray]]:
     """Flatten a model's output pytree into (names, arrays) in pytree order (floating
-    outputs in float32 when ``as_float32``: numpy has no bfloat16)."""
+    outputs in float32 when ``as_float32``; a bfloat16 output always, exactly: numpy has no
+    bfloat16)."""
     import torch
     from torch.utils import _pytree as pytree
 
@@ -35,7 +36,7 @@ def flatten_outputs(out, as_float32: bool = False) -> tuple[list[str], list[np.n
             continue
         name = "".join(pytree.keystr((k,)) for k in path)
         names.append(name.lstrip(".") or "output")
-        if as_float32 and leaf.is_floating_point():
+        if leaf.is_floating_point() and (as_float32 or leaf.dtype == torch.bfloat16):
             leaf = leaf.float()
         arrays.append(leaf.detach().cpu().numpy())
     if len(names) == 1:

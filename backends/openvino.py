@@ -136,7 +136,17 @@ class OpenVinoCompiled(Compiled):
     def run(self, sample):
         arrays = [np.asarray(a) for a in sample.values()]
         results = self.request.infer(arrays)
-        return [np.array(results[o]) for o in self.compiled.outputs]
+        return [value_of(results, o) for o in self.compiled.outputs]
+
+
+def value_of(results, port) -> np.ndarray:
+    """An output of an inference as numpy. OpenVINO's Python API hands a bfloat16 output
+    over as a float16 array of the same bits (wrong numbers: 1.5625 reads as 1.945); its
+    bits are widened to the float32 they stand for, exactly."""
+    value = np.array(results[port])
+    if port.get_element_type().get_type_name() == "bf16":
+        value = (np.ascontiguousarray(value).view(np.uint16).astype(np.uint32) << 16).view(np.float32)
+    return value
 
 
 def executed_primitives(compiled) -> list[tuple[str, str]]:
@@ -298,7 +308,7 @@ class OpenVinoAdapter(Adapter):
         values = {}
         for port in compiled.outputs:
             for name in port.get_names():
-                values[name] = np.array(results[port])
+                values[name] = value_of(results, port)
         return as_float32(values)
 
     def layer_values(self, model: ModelView, sample):
@@ -338,7 +348,7 @@ class OpenVinoAdapter(Adapter):
             with tempfile.TemporaryDirectory(prefix="backendiff-ov-bisect-") as tmp:
                 compiled = self._compile_converted(prefix, tmp)
                 result = compiled.create_infer_request().infer([np.asarray(a) for a in sample.values()])
-                return as_float32({"v": np.array(result[compiled.outputs[0]])})["v"]
+                return as_float32({"v": value_of(result, compiled.outputs[0])})["v"]
 
         if self.variant == "int8":   # prefixes of the quantized model, each ending at one tensor
             deployed = self._deployed_model()
@@ -378,9 +388,9 @@ class OpenVinoAdapter(Adapter):
             compiled = self._compile_converted(converted, tmp)
             results = compiled.create_infer_request().infer([np.asarray(a) for a in sample.values()])
             outputs = list(compiled.outputs)
-            values = {node: np.array(results[port]) for node, port in zip(nodes, outputs[own:])}
+            values = {node: value_of(results, port) for node, port in zip(nodes, outputs[own:])}
             for name, port in zip(model.output_layer_names(kind), outputs[:own]):
-                values.setdefault(name, np.array(results[port]))
+                values.setdefault(name, value_of(results, port))
         return as_float32(values)
 
     def _config(self, folder: Path | None) -> dict:

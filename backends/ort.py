@@ -126,7 +126,26 @@ class OrtCompiled(Compiled):
 
     def run(self, sample):
         feeds = {n: np.asarray(a) for n, a in zip(self.input_names, sample.values())}
-        return list(self.session.run(None, feeds))
+        if not any(o.type == "tensor(bfloat16)" for o in self.session.get_outputs()):
+            return list(self.session.run(None, feeds))
+        import onnxruntime as ort
+
+        values = {n: ort.OrtValue.ortvalue_from_numpy(np.ascontiguousarray(a)) for n, a in feeds.items()}
+        return [as_numpy(v) for v in self.session.run_with_ort_values(None, values)]
+
+
+def as_numpy(value) -> np.ndarray:
+    """An OrtValue as numpy; a bfloat16 tensor (which numpy lacks and ``numpy()`` refuses)
+    widened exactly to float32 from its bits."""
+    if value.data_type() != "tensor(bfloat16)":
+        return value.numpy()
+    import ctypes
+
+    shape = value.shape()
+    count = int(np.prod(shape)) if shape else 1
+    bits = np.ctypeslib.as_array((ctypes.c_uint16 * count).from_address(value.data_ptr())).copy() if count else \
+        np.zeros(0, np.uint16)
+    return (bits.astype(np.uint32) << 16).view(np.float32).reshape(shape)
 
 
 def lower_fp16(src: Path, dst: Path, keep: list[str] = ()) -> None:
