@@ -557,6 +557,7 @@ def _in_jobs(groups: list, jobs: int, dtype: str, config, out: Path, progress) -
     """The batches shared among ``jobs`` forked processes, each storing its cells as they
     finish; a batch a job did not finish (it died) is left for the caller to run."""
     import multiprocessing
+    from multiprocessing.connection import wait
 
     paths = [cell_path(out, case.name, spec, dtype) for todo, group in groups for case, _ in group for spec in todo]
     ctx = multiprocessing.get_context("fork")
@@ -566,7 +567,7 @@ def _in_jobs(groups: list, jobs: int, dtype: str, config, out: Path, progress) -
     try:
         while any(p.is_alive() for p in procs):
             progress(f"ops: {sum(p.exists() for p in paths)}/{len(paths)} cells, {jobs} jobs")
-            procs[0].join(timeout=1.0)
+            wait([p.sentinel for p in procs if p.is_alive()], timeout=2.0)      # no spinning once one job is done
     finally:
         for p in procs:
             if p.is_alive():
