@@ -352,8 +352,14 @@ def _run_parts(parts: list[Part], specs: list[str], config, depth: int = 0) -> d
         for p, n in zip(parts, counts):
             stop = start + sum(n)
             arrays = None if b.arrays is None else b.arrays[start:stop]
-            out[(p.case.name, spec)] = verdicts(p.case, p.indices, n, b.outputs[start:stop], arrays,
-                                                lambda a=start, z=stop: reference()[a:z])
+            try:
+                out[(p.case.name, spec)] = verdicts(p.case, p.indices, n, b.outputs[start:stop], arrays,
+                                                    lambda a=start, z=stop: reference()[a:z])
+            except Exception as e:  # noqa: BLE001 - backendiff failed on this operator's results: its cell says so
+                out[(p.case.name, spec)] = {"status": "failed", "stage": "backendiff", "samples": len(p.indices),
+                                            "message": f"{type(e).__name__}: {first_line(e)[:280]}",
+                                            "failed_samples": len(p.indices), "index": p.indices[0],
+                                            "examples": [describe(p.case.samples[i]) for i in p.indices[:3]]}
             start = stop
     if again:
         out |= _halves(parts, again, config, depth, named)
@@ -427,7 +433,7 @@ def verdicts(case: OpCase, indices, counts: list[int], outputs: list, arrays: li
             why = None
             if arrays is not None:
                 s = case.samples[i]
-                why = classify(case.name, [t.numpy() for t in tensors_of((s.input, s.args, s.kwargs))],
+                why = classify(case.name, [as_numpy(t) for t in tensors_of((s.input, s.args, s.kwargs))],
                                reference()[start:start + n], arrays[start:start + n], dict(s.kwargs))
             (explained if why else bad).append(entry | ({"triage": why} if why else {}))
         start += n
@@ -446,7 +452,15 @@ def _eager(module, inputs) -> list[np.ndarray]:
     import torch
 
     with torch.no_grad():
-        return [t.detach().numpy() for t in tensors_of(module(*inputs))]
+        return [as_numpy(t) for t in tensors_of(module(*inputs))]
+
+
+def as_numpy(t) -> np.ndarray:
+    """A tensor as numpy; bfloat16 (which numpy lacks) widened exactly to float32."""
+    import torch
+
+    t = t.detach()
+    return (t.float() if t.dtype == torch.bfloat16 else t).numpy()
 
 
 def merge(parts: list[dict]) -> dict:
