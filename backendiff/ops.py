@@ -150,7 +150,7 @@ def as_real(t):
     carries complex tensors, so that a runtime is not called wrong for the representation."""
     import torch
 
-    return torch.view_as_real(t) if t.is_complex() else t
+    return torch.view_as_real(t.resolve_conj()) if t.is_complex() else t
 
 
 def aten_ops(case: OpCase) -> list[str]:
@@ -831,7 +831,7 @@ class Sample(torch.nn.Module):
     def forward(self, *T):
         out = {path}(*{args}, **{kwargs})
         out = tuple(out) if isinstance(out, (tuple, list)) else (out,)
-        return tuple(torch.view_as_real(t) if t.is_complex() else t for t in out)   # complex as exporters carry it
+        return tuple(torch.view_as_real(t.resolve_conj()) if t.is_complex() else t for t in out)  # as exporters carry it
 
 
 inputs = tuple(T)
