@@ -460,6 +460,7 @@ def as_numpy(t) -> np.ndarray:
     import torch
 
     t = t.detach()
+    t = t.to_dense() if t.layout != torch.strided else t
     return (t.float() if t.dtype == torch.bfloat16 else t).numpy()
 
 

@@ -36,6 +36,8 @@ def flatten_outputs(out, as_float32: bool = False) -> tuple[list[str], list[np.n
             continue
         name = "".join(pytree.keystr((k,)) for k in path)
         names.append(name.lstrip(".") or "output")
+        if leaf.layout != torch.strided:            # a sparse result: its values, as a runtime returns them
+            leaf = leaf.to_dense()
         if leaf.is_floating_point() and (as_float32 or leaf.dtype == torch.bfloat16):
             leaf = leaf.float()
         arrays.append(leaf.detach().cpu().numpy())
