@@ -17,7 +17,7 @@ import numpy as np
 
 #: operators whose result is a random draw (dropout in training mode, samplers)
 RANDOM = re.compile(r"(^|\.)(bernoulli|normal|uniform|multinomial|rand\w*|randn\w*|randint\w*|poisson|exponential|"
-                    r"cauchy|geometric|log_normal|(feature_|alpha_)?dropout\w*|rrelu)($|\.)")
+                    r"cauchy|geometric|log_normal|(feature_alpha_|feature_|alpha_)?dropout\w*|rrelu)($|\.)")
 #: operators whose values are whatever memory held (only the shape is defined)
 UNINITIALIZED = re.compile(r"(^|\.)(empty|empty_like|new_empty|new_empty_strided|empty_strided|empty_permuted)($|\.)")
 #: operators that pick elements by value: among equal values, which index is unspecified
@@ -32,6 +32,8 @@ def random_draw(op: str, inputs, reference, actual, arguments=None) -> str | Non
     p = (arguments or {}).get("dropout_p")
     if isinstance(p, (int, float)) and p > 0:
         return f"random: dropout_p={p} draws a random mask; two runs (or two runtimes) need not agree"
+    if (arguments or {}).get("training") is True and re.search(r"attention|dropout", op):
+        return "random: training=True applies dropout, a random mask; two runs (or two runtimes) need not agree"
     return None
 
 

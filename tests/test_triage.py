@@ -51,6 +51,11 @@ def test_random_uninitialized_and_nan_to_integer():
     sdpa = "nn.functional.scaled_dot_product_attention"
     assert classify(sdpa, [X], [X], [X + 1], {"is_causal": True, "dropout_p": 0.5})["rule"] == "random-draw"
     assert classify(sdpa, [X], [X], [X + 1], {"is_causal": True, "dropout_p": 0.0}) is None
+    # dropout_p given by position, training=True by name (multi_head_attention_forward)
+    mha = "nn.functional.multi_head_attention_forward"
+    assert classify(mha, [X], [X], [X + 1], {"training": True})["rule"] == "random-draw"
+    assert classify("nn.functional.batch_norm", [X], [X], [X + 1], {"training": True}) is None   # batch statistics
+    assert rule("nn.functional.feature_alpha_dropout.with_train", [X], [X], [X * 0]) == "random-draw"
     assert rule("empty_like", [X], [X], [X + 1]) == "uninitialized"
     nan = np.array([np.nan, 1.5], np.float32)
     assert rule("long", [nan], [np.array([0, 1])], [np.array([-2**63, 1])]) == "nonfinite-to-integer"
