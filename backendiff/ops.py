@@ -525,11 +525,12 @@ def run(patterns: list[str], specs: list[str], dtypes: list[str], limit: int, ou
                 pending.setdefault(tuple(todo), []).append((case, row))
         groups = [(todo, entries[k:k + batch]) for todo, entries in pending.items()
                   for k in range(0, len(entries), batch)]
-        if jobs > 1 and len(groups) > 1:
+        started, parallel = time.time(), jobs > 1 and len(groups) > 1
+        if parallel:
             _in_jobs(groups, jobs, dtype, config, out, progress)
         done, total = 0, sum(len(group) for _, group in groups)
         for todo, group in groups:
-            if jobs > 1 and _read_stored(todo, group, dtype, out):     # a job made them
+            if parallel and _read_stored(todo, group, dtype, out, started):     # a job made them
                 continue
             progress(f"ops {done + 1}-{done + len(group)}/{total}: "
                      f"{', '.join(case.name for case, _ in group)} on {', '.join(todo)}")
@@ -556,10 +557,11 @@ def _run_group(todo: tuple, group: list, dtype: str, config, out: Path) -> None:
             row["cells"][spec] = _store(case, spec, dtype, row["aten"], found[(case.name, spec)], out)
 
 
-def _read_stored(todo: tuple, group: list, dtype: str, out: Path) -> bool:
-    """Set a batch's stored cells on its rows; False (nothing set) where one is missing."""
+def _read_stored(todo: tuple, group: list, dtype: str, out: Path, since: float) -> bool:
+    """Set a batch's cells stored since ``since`` (by a job of this run, not an earlier run
+    that ``--force`` recomputes) on its rows; False (nothing set) where one is missing."""
     paths = {(case.name, spec): cell_path(out, case.name, spec, dtype) for case, _ in group for spec in todo}
-    if not all(p.exists() for p in paths.values()):
+    if not all(p.exists() and p.stat().st_mtime >= since for p in paths.values()):
         return False
     for case, row in group:
         for spec in todo:
