@@ -22,6 +22,7 @@ import numpy as np
 from .cache import write_atomic
 from .chatter import captured
 from .errors import BadInput, first_line
+from .reference import to_numpy
 from .triage import classify
 
 CELL_SCHEMA = "backendiff.ops.cell/1"
@@ -433,7 +434,7 @@ def verdicts(case: OpCase, indices, counts: list[int], outputs: list, arrays: li
             why = None
             if arrays is not None:
                 s = case.samples[i]
-                why = classify(case.name, [as_numpy(t) for t in tensors_of((s.input, s.args, s.kwargs))],
+                why = classify(case.name, [to_numpy(t) for t in tensors_of((s.input, s.args, s.kwargs))],
                                reference()[start:start + n], arrays[start:start + n], dict(s.kwargs))
             (explained if why else bad).append(entry | ({"triage": why} if why else {}))
         start += n
@@ -452,16 +453,7 @@ def _eager(module, inputs) -> list[np.ndarray]:
     import torch
 
     with torch.no_grad():
-        return [as_numpy(t) for t in tensors_of(module(*inputs))]
-
-
-def as_numpy(t) -> np.ndarray:
-    """A tensor as numpy; bfloat16 (which numpy lacks) widened exactly to float32."""
-    import torch
-
-    t = t.detach()
-    t = t.to_dense() if t.layout != torch.strided else t
-    return (t.float() if t.dtype == torch.bfloat16 else t).numpy()
+        return [to_numpy(t) for t in tensors_of(module(*inputs))]
 
 
 def merge(parts: list[dict]) -> dict:

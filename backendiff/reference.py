@@ -22,6 +22,20 @@ from .tasks import TaskData, batches
 ORT_REFERENCE = "onnxruntime (graph optimizations off)"
 
 
+def to_numpy(t, as_float32: bool = False) -> np.ndarray:
+    """A tensor as numpy: a sparse one as its dense values (as a runtime returns them),
+    bfloat16 (which numpy lacks) widened exactly to float32, every floating dtype in float32
+    when ``as_float32``."""
+    import torch
+
+    t = t.detach().cpu()
+    if t.layout != torch.strided:
+        t = t.to_dense()
+    if t.is_floating_point() and (as_float32 or t.dtype == torch.bfloat16):
+        t = t.float()
+    return t.numpy()
+
+
 def flatten_outputs(out, as_float32: bool = False) -> tuple[list[str], list[np.ndarray]]:
     """Flatten a model's output pytree into (names, arrays) in pytree order (floating
     outputs in float32 when ``as_float32``; a bfloat16 output always, exactly: numpy has no
@@ -36,11 +50,7 @@ def flatten_outputs(out, as_float32: bool = False) -> tuple[list[str], list[np.n
             continue
         name = "".join(pytree.keystr((k,)) for k in path)
         names.append(name.lstrip(".") or "output")
-        if leaf.layout != torch.strided:            # a sparse result: its values, as a runtime returns them
-            leaf = leaf.to_dense()
-        if leaf.is_floating_point() and (as_float32 or leaf.dtype == torch.bfloat16):
-            leaf = leaf.float()
-        arrays.append(leaf.detach().cpu().numpy())
+        arrays.append(to_numpy(leaf, as_float32))
     if len(names) == 1:
         names = ["output"] if names[0] in ("output", "[0]") else names
     return names, arrays

@@ -302,5 +302,11 @@ def feeds_in_order(input_names: list[str], originals: list[np.ndarray], named: d
     return out
 
 
+def bfloat16_bits(bits: np.ndarray) -> np.ndarray:
+    """bfloat16 values given by their 16-bit patterns, widened exactly to float32 (numpy has
+    no bfloat16; runtimes hand such outputs over as raw 16-bit words)."""
+    return (np.ascontiguousarray(bits).view(np.uint16).astype(np.uint32) << 16).view(np.float32)
+
+
 def as_float32(values: dict) -> dict:
     return {k: (v.astype(np.float32) if v.dtype in (np.float16,) else v) for k, v in values.items()}

@@ -30,7 +30,7 @@ import numpy as np
 from backendiff.contract import ModelView
 from backendiff.errors import BackendUnavailable
 
-from .base import Adapter, Compiled, as_float32, feeds_in_order, positive_int
+from .base import Adapter, Compiled, as_float32, bfloat16_bits, feeds_in_order, positive_int
 
 _HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16", "int8": "f32"}
 _PERF = {"latency": "LATENCY", "throughput": "THROUGHPUT"}
@@ -145,7 +145,7 @@ def value_of(results, port) -> np.ndarray:
     bits are widened to the float32 they stand for, exactly."""
     value = np.array(results[port])
     if port.get_element_type().get_type_name() == "bf16":
-        value = (np.ascontiguousarray(value).view(np.uint16).astype(np.uint32) << 16).view(np.float32)
+        value = bfloat16_bits(value)
     return value
 
 

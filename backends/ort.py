@@ -37,7 +37,7 @@ from backendiff.errors import BackendUnavailable, BadInput
 from backendiff.onnx_graph import parse_keep
 from backendiff.specs import BackendSpec
 
-from .base import Adapter, Compiled, as_float32, feeds_in_order, positive_int
+from .base import Adapter, Compiled, as_float32, bfloat16_bits, feeds_in_order, positive_int
 
 _LEVELS = {
     "disable": "ORT_DISABLE_ALL",
@@ -145,7 +145,7 @@ def as_numpy(value) -> np.ndarray:
     count = int(np.prod(shape)) if shape else 1
     bits = np.ctypeslib.as_array((ctypes.c_uint16 * count).from_address(value.data_ptr())).copy() if count else \
         np.zeros(0, np.uint16)
-    return (bits.astype(np.uint32) << 16).view(np.float32).reshape(shape)
+    return bfloat16_bits(bits).reshape(shape)
 
 
 def lower_fp16(src: Path, dst: Path, keep: list[str] = ()) -> None:
