@@ -362,7 +362,10 @@ def test_interrupted_sweep_keeps_finished_cells_and_resumes(tmp_path, cache_dir)
            "--cache-dir", str(cache_dir), "-q"]
     mark = f"BACKENDIFF_TEST_MARK={out}".encode()     # inherited by every process the sweep starts
     env = dict(os.environ, BACKENDIFF_TEST_MARK=str(out))
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env)
+    # Ctrl-C as a terminal delivers it: a run started from a background job (CI scripts
+    # run as `cmd &`) inherits SIGINT ignored, and Python then never raises KeyboardInterrupt
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=ROOT, env=env,
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     cells = out / "store" / "cells"
     deadline = time.time() + 120
     while time.time() < deadline and len(list(cells.glob("*.json"))) < 1:
