@@ -11,6 +11,7 @@ stored as it finishes, so a rerun resumes; ``--force`` recomputes.
 from __future__ import annotations
 
 import fnmatch
+import functools
 import json
 import re
 import time
@@ -318,15 +319,10 @@ def _run_parts(parts: list[Part], specs: list[str], config, depth: int = 0) -> d
     except Exception as e:  # noqa: BLE001 - backendiff itself failed on these samples: a cell says so, the run goes on
         if splittable:
             return _halves(parts, specs, config, depth)
-        return each({"status": "failed", "stage": "backendiff", "message": f"{type(e).__name__}: {first_line(e)[:280]}",
-                     "examples": [describe(p.case.samples[i]) for p in parts for i in p.indices][:3],
-                     "failed_samples": len(parts[0].indices), "index": parts[0].indices[0]})
-    eager: list = []                   # PyTorch's arrays, computed once and only when a sample diverged
-
-    def reference() -> list:
-        if not eager:
-            eager.append(_eager(module, inputs))
-        return eager[0]
+        return {(p.case.name, s): failed_cell(p, "backendiff", f"{type(e).__name__}: {first_line(e)}")
+                for p in parts for s in specs}
+    # PyTorch's arrays, computed once and only when a sample diverged
+    reference = functools.cache(lambda: _eager(module, inputs))
 
     out, again, named = {}, [], set()
     for spec, b in zip(specs, report.backends):
@@ -343,11 +339,7 @@ def _run_parts(parts: list[Part], specs: list[str], config, depth: int = 0) -> d
                 again.append(spec)
                 named |= mine
                 continue
-            out |= {(p.case.name, spec): {"status": "failed", "stage": err.get("stage"),
-                                          "message": failure_line(err)[:300],
-                                          "examples": [describe(p.case.samples[i]) for i in p.indices[:3]],
-                                          "samples": len(p.indices), "failed_samples": len(p.indices),
-                                          "index": p.indices[0]} for p in parts}
+            out |= {(p.case.name, spec): failed_cell(p, err.get("stage"), failure_line(err)) for p in parts}
             continue
         start = 0
         for p, n in zip(parts, counts):
@@ -357,14 +349,18 @@ def _run_parts(parts: list[Part], specs: list[str], config, depth: int = 0) -> d
                 out[(p.case.name, spec)] = verdicts(p.case, p.indices, n, b.outputs[start:stop], arrays,
                                                     lambda a=start, z=stop: reference()[a:z])
             except Exception as e:  # noqa: BLE001 - backendiff failed on this operator's results: its cell says so
-                out[(p.case.name, spec)] = {"status": "failed", "stage": "backendiff", "samples": len(p.indices),
-                                            "message": f"{type(e).__name__}: {first_line(e)[:280]}",
-                                            "failed_samples": len(p.indices), "index": p.indices[0],
-                                            "examples": [describe(p.case.samples[i]) for i in p.indices[:3]]}
+                out[(p.case.name, spec)] = failed_cell(p, "backendiff", f"{type(e).__name__}: {first_line(e)}")
             start = stop
     if again:
         out |= _halves(parts, again, config, depth, named)
     return out
+
+
+def failed_cell(part: Part, stage: str | None, message: str) -> dict:
+    """The cell of an operator whose every sample in ``part`` failed at ``stage``."""
+    return {"status": "failed", "stage": stage, "message": message[:300], "samples": len(part.indices),
+            "failed_samples": len(part.indices), "index": part.indices[0],
+            "examples": [describe(part.case.samples[i]) for i in part.indices[:3]]}
 
 
 def _halves(parts: list[Part], specs: list[str], config, depth: int, named: set = frozenset()) -> dict:

@@ -123,10 +123,12 @@ class OrtCompiled(Compiled):
         self.session = session
         self.input_names = [i.name for i in session.get_inputs()]
         self.info = {"providers": session.get_providers()}
+        # numpy has no bfloat16: such outputs are read through OrtValues (off the common path)
+        self.bfloat16 = any(o.type == "tensor(bfloat16)" for o in session.get_outputs())
 
     def run(self, sample):
         feeds = {n: np.asarray(a) for n, a in zip(self.input_names, sample.values())}
-        if not any(o.type == "tensor(bfloat16)" for o in self.session.get_outputs()):
+        if not self.bfloat16:
             return list(self.session.run(None, feeds))
         import onnxruntime as ort
 
