@@ -11,6 +11,7 @@ keyed on (what the translation was made from) all come from one ``torch.onnx.exp
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import functools
 import json
@@ -35,7 +36,7 @@ from .onnx_graph import isolate, mark_outputs
 EXPORT_MODES = ("non-strict", "strict", "draft")
 
 #: the programs every model can be decomposed to without an adapter naming how
-DECOMPOSITIONS = {"core_aten": lambda ep: ep.run_decompositions()}
+DECOMPOSITIONS = {"core_aten": lambda ep: ep.run_decompositions(), "onnx": lambda ep: prepare_for_onnx(ep)}
 
 
 class ExportFailed(Exception):
@@ -71,10 +72,23 @@ def raise_failed(outcome):
 
 @functools.lru_cache(maxsize=1)
 def _onnx_registry():
+    """torch.onnx's registry of ATen translations (a copy of the process's one: see
+    ``torchlib_registry_once``)."""
     from torch.onnx._internal.exporter import _registration
 
-    with captured():   # the registry logs a warning per missing torchvision op
+    with torchlib_registry_once():
         return _registration.ONNXRegistry.from_torchlib()
+
+
+def prepare_for_onnx(ep):
+    """``ep`` (consumed) as the ONNX exporter's own preparation step decomposes it (internal
+    API of torch.onnx; the default decompositions where it is missing)."""
+    try:
+        from torch.onnx._internal.exporter import _core
+
+        return _core._prepare_exported_program_for_export(ep, registry=_onnx_registry())
+    except (ImportError, AttributeError, TypeError):
+        return ep.run_decompositions()
 
 
 def draft_issues(ep) -> list[str]:
@@ -145,6 +159,49 @@ def _with_weights(proto, held: dict):
 def _exporter_versions() -> dict:
     """The ONNX exporter's packages, part of the key of every ONNX file it writes."""
     return package_versions(("onnx", "onnxscript", "onnx-ir"))
+
+
+@functools.cache
+def _torchlib_registry(opset_version: int):
+    """torch.onnx's registry of ATen translations at one opset, built once per process (it
+    turns every torchlib function into IR: 0.35 s on every export, the same each time)."""
+    from torch.onnx._internal.exporter import _registration
+
+    with captured():   # the registry logs a warning per missing torchvision op
+        return _FROM_TORCHLIB[0](_registration.ONNXRegistry, opset_version=opset_version)
+
+
+_FROM_TORCHLIB: list = []
+
+
+@contextlib.contextmanager
+def torchlib_registry_once():
+    """Within the block, ``torch.onnx.export`` starts from a copy of the process's one
+    registry instead of building it again (the exporter only adds to its copy's lists: custom
+    translations). A torch without that registry exports as it would."""
+    try:
+        from torch.onnx._internal.exporter import _registration
+
+        cls = _registration.ONNXRegistry
+        original = cls.__dict__["from_torchlib"]
+    except (ImportError, AttributeError, KeyError):
+        yield
+        return
+    if not _FROM_TORCHLIB:
+        _FROM_TORCHLIB.append(original.__func__)
+
+    def from_torchlib(klass, opset_version=_registration._constants.TORCHLIB_OPSET):
+        built = _torchlib_registry(opset_version)
+        registry = klass()
+        registry._opset_version = built._opset_version
+        registry.functions = {name: list(entries) for name, entries in built.functions.items()}
+        return registry
+
+    cls.from_torchlib = classmethod(from_torchlib)
+    try:
+        yield
+    finally:
+        cls.from_torchlib = original
 
 
 class Artifacts:
@@ -313,7 +370,7 @@ class Artifacts:
             ep = self.exported_program()
             said = captured(streams=True)
             try:
-                with said:
+                with said, torchlib_registry_once():
                     program = torch.onnx.export(ep, dynamo=True, optimize=False, verbose=False)
                 self._translation, self._prepared = program, program.exported_program
             except Exception as e:
@@ -368,12 +425,7 @@ class Artifacts:
             return torch.export.load(str(path))
         ep = copy.deepcopy(self.exported_program())
         t0 = time.perf_counter()
-        try:  # the exporter's own preparation step (internal API of torch.onnx)
-            from torch.onnx._internal.exporter import _core
-
-            program = _core._prepare_exported_program_for_export(ep, registry=_onnx_registry())
-        except (ImportError, AttributeError, TypeError):
-            program = ep.run_decompositions()
+        program = prepare_for_onnx(ep)
         self.timings["layer_program_s"] = time.perf_counter() - t0
         if self.cache.enabled:  # saving costs about as much as decomposing a small model again
             try:

@@ -24,6 +24,8 @@ from .cache import write_atomic
 from .chatter import captured
 from .errors import BadInput, first_line
 from .reference import to_numpy
+from .registry import adapter_class
+from .specs import parse_spec
 from .triage import classify
 
 CELL_SCHEMA = "backendiff.ops.cell/1"
@@ -105,11 +107,16 @@ def sample_module(case: OpCase, indices: list[int]):
 
 @dataclass(frozen=True)
 class Part:
-    """One operator's chosen samples within a batch module, and the ATen operators it
-    exports to (what tells which operator of a batch a failure names)."""
+    """One operator's chosen samples within a batch module, and the ATen operators each of
+    them exports to (what tells which operator of a batch, and which samples, a failure
+    names; empty where unknown)."""
     case: OpCase
     indices: tuple
-    aten: tuple = ()
+    sample_aten: tuple = ()
+
+    @property
+    def aten(self) -> set[str]:
+        return set().union(*(self.sample_aten[i] for i in self.indices)) if self.sample_aten else set()
 
 
 def batch_module(parts: list[Part]):
@@ -155,20 +162,38 @@ def as_real(t):
     return torch.view_as_real(t.resolve_conj()) if t.is_complex() else t
 
 
-def aten_ops(case: OpCase) -> list[str]:
-    """The ATen operators an operator's samples export to (``selu``, ``max_pool2d_with_indices``):
-    what the pre-flight of ``compare`` matches a model's graph against. Empty where the
-    samples do not export."""
+def aten_ops(case: OpCase) -> list[frozenset]:
+    """The ATen operators each of an operator's samples exports to (``selu``,
+    ``max_pool2d_with_indices``), from one export of all of them: a node is a sample's when
+    one of that sample's results depends on it. What the pre-flight of ``compare`` matches a
+    model's graph against (their union), and what tells which samples a runtime's
+    "unsupported operator" failure is about. Empty sets where the samples do not export."""
     import torch
 
     try:
-        module, inputs, _ = sample_module(case, list(range(len(case.samples))))
+        module, inputs, counts = sample_module(case, list(range(len(case.samples))))
         with captured(streams=True):
             graph = torch.export.export(module, inputs, strict=False).graph
     except Exception:  # noqa: BLE001 - then the cell itself says why
-        return []
-    return sorted({str(getattr(n.target, "_opname", "")) for n in graph.nodes
-                   if n.op == "call_function" and getattr(n.target, "_opname", None)})
+        return [frozenset() for _ in case.samples]
+    results = list(torch.utils._pytree.tree_leaves(next(n for n in graph.nodes if n.op == "output").args))
+    owner = [i for i, n in enumerate(counts) for _ in range(n)]     # result position -> its sample
+    found = [set() for _ in case.samples]
+    for node, i in zip(results, owner):
+        seen, todo = set(), [node]
+        while todo:
+            n = todo.pop()
+            if not isinstance(n, torch.fx.Node) or n in seen:
+                continue
+            seen.add(n)
+            if n.op == "call_function" and getattr(n.target, "_opname", None):
+                found[i].add(str(n.target._opname))
+            todo += n.all_input_nodes
+    return [frozenset(f) for f in found]
+
+
+def union(sets) -> list[str]:
+    return sorted(set().union(*sets))
 
 
 def _plain(value):
@@ -280,7 +305,8 @@ def run_batch(batch: list[OpCase], specs: list[str], config, aten: dict | None =
     """The cells (operator, spec) -> ``agree`` / ``semantics`` / ``diverged`` (worst sample,
     its arguments and metrics) / ``failed`` (stage and first line; the samples that fail
     alone, found by splitting the batch) / ``skipped`` (why), for every operator of
-    ``batch`` on every spec, run as one module (``aten``: each operator's ATen operators)."""
+    ``batch`` on every spec, run as one module (``aten``: the ATen operators of each of an
+    operator's samples)."""
     out, parts = {}, []
     for case in batch:
         if case.samples:
@@ -325,6 +351,7 @@ def _run_parts(parts: list[Part], specs: list[str], config, depth: int = 0) -> d
     reference = functools.cache(lambda: _eager(module, inputs))
 
     out, again, named = {}, [], set()
+    owners = functools.cache(lambda decompose: sample_targets(module, inputs, parts, counts, decompose))
     for spec, b in zip(specs, report.backends):
         if b.status == "unavailable":
             out |= each({"status": "skipped", "reason": f"unavailable: {b.error['message']}"}, [spec])
@@ -332,6 +359,11 @@ def _run_parts(parts: list[Part], specs: list[str], config, depth: int = 0) -> d
         if b.status in ("failed", "crashed", "timeout"):
             err = b.error or {}
             message = err.get("message") or ""
+            missing = adapter_class(parse_spec(spec).name).failed_nodes(err)
+            failing = missing and failing_samples(owners(missing.decompose), missing)
+            if failing:     # the samples the failure is certainly about: failed, without a split
+                out |= _without(parts, failing, spec, err, config, depth)
+                continue
             mine = named_parts(err, parts)
             # a failure that names the one operator of the batch is every sample's: no split
             if splittable and err.get("stage") in SPLIT_STAGES and \
@@ -339,7 +371,8 @@ def _run_parts(parts: list[Part], specs: list[str], config, depth: int = 0) -> d
                 again.append(spec)
                 named |= mine
                 continue
-            out |= {(p.case.name, spec): failed_cell(p, err.get("stage"), failure_line(err)) for p in parts}
+            together = len(parts[0].indices) > 1 and splittable      # not run apart: the failure names the operator
+            out |= {(p.case.name, spec): failed_cell(p, err.get("stage"), failure_line(err), together) for p in parts}
             continue
         start = 0
         for p, n in zip(parts, counts):
@@ -356,11 +389,77 @@ def _run_parts(parts: list[Part], specs: list[str], config, depth: int = 0) -> d
     return out
 
 
-def failed_cell(part: Part, stage: str | None, message: str) -> dict:
-    """The cell of an operator whose every sample in ``part`` failed at ``stage``."""
+def sample_targets(module, inputs, parts: list[Part], counts: list[list[int]], decompose) -> dict:
+    """(part index, sample index) -> the (name, operator type, has complex inputs) of every node
+    its results depend on in the batch module's program as ``decompose(ep)`` gives it (as a
+    route decomposes it); empty where it does not export."""
+    import torch
+
+    try:
+        with captured(streams=True):
+            ep = decompose(torch.export.export(module, inputs, strict=False))
+    except Exception:  # noqa: BLE001 - nothing to tell the samples apart by: the batch is split instead
+        return {}
+    owner = [(k, i) for k, (p, n) in enumerate(zip(parts, counts)) for i, c in zip(p.indices, n) for _ in range(c)]
+    nodes = {n.name: n for n in ep.graph.nodes}
+    results = [nodes.get(o.arg.name) if hasattr(o.arg, "name") else None for o in ep.graph_signature.output_specs
+               if o.kind == torch.export.graph_signature.OutputKind.USER_OUTPUT]
+    found: dict = {}
+    for node, who in zip(results, owner):
+        mine, todo = found.setdefault(who, set()), [node]
+        while todo:
+            n = todo.pop()
+            if not isinstance(n, torch.fx.Node) or (n.name, True) in mine or (n.name, False) in mine:
+                continue
+            complex_in = any(getattr(a.meta.get("val"), "is_complex", lambda: False)() for a in n.all_input_nodes)
+            mine.add((n.name, complex_in))
+            todo += n.all_input_nodes
+    return {who: {(name, str(nodes[name].target), c) for name, c in mine if nodes[name].op == "call_function"}
+            for who, mine in found.items()}
+
+
+def failing_samples(targets: dict, missing) -> dict:
+    """(part index, sample index) -> the types of the nodes its program has of a failure's
+    ``backends.base.FailedNodes``, for the samples that have one."""
+    def hit(name: str, target: str, complex_in: bool) -> str | None:
+        if name in missing.nodes:
+            return target
+        bare = target.split(".", 1)[-1]      # TVM names overloads without their namespace
+        if missing.complex is not None and complex_in != missing.complex:
+            return None
+        return target if target in missing.targets else bare if bare in missing.targets else None
+
+    found = {who: {h for n, t, c in nodes if (h := hit(n, t, c))} for who, nodes in targets.items()}
+    return {who: hits for who, hits in found.items() if hits}
+
+
+def _without(parts: list[Part], failing: dict, spec: str, err: dict, config, depth: int) -> dict:
+    """The cells of ``spec`` when the samples ``failing`` are known to fail (operators the
+    route cannot translate): theirs failed (naming the types each operator has, where the
+    failure names more), the others run again without them, merged."""
+    line, cells, rest = failure_line(err), {}, []
+    named = set().union(*failing.values())
+    for k, p in enumerate(parts):
+        bad = tuple(i for i in p.indices if (k, i) in failing)
+        good = tuple(i for i in p.indices if (k, i) not in failing)
+        if bad:
+            mine = set().union(*(failing[(k, i)] for i in bad))
+            said = line if mine == named else f"{', '.join(sorted(mine))}: {line}"
+            cells[p.case.name] = [failed_cell(Part(p.case, bad), err.get("stage"), said)]
+        if good:
+            rest.append(Part(p.case, good, p.sample_aten))
+    if rest:
+        for (name, _), cell in _run_parts(rest, [spec], config, depth + 1).items():
+            cells.setdefault(name, []).append(cell)
+    return {(name, spec): merge(found) if len(found) > 1 else found[0] for name, found in cells.items()}
+
+
+def failed_cell(part: Part, stage: str | None, message: str, together: bool = False) -> dict:
+    """The cell of an operator whose samples in ``part`` failed at ``stage`` (``together``:
+    run as one module only, so some of them may not fail alone)."""
     return {"status": "failed", "stage": stage, "message": message[:300], "samples": len(part.indices),
             "failed_samples": len(part.indices), "index": part.indices[0],
-            "examples": [describe(part.case.samples[i]) for i in part.indices[:3]]}
+            "examples": [describe(part.case.samples[i]) for i in part.indices[:3]]} | ({"together": True} if together else {})
 
 
 def _halves(parts: list[Part], specs: list[str], config, depth: int, named: set = frozenset()) -> dict:
@@ -374,8 +473,8 @@ def _halves(parts: list[Part], specs: list[str], config, depth: int, named: set 
         rest = [p for p in parts if p.case.name not in {q.case.name for q in first}]
         return _run_parts(first, specs, config, depth + 1) | _run_parts(rest, specs, config, depth + 1)
     p, half = parts[0], len(parts[0].indices) // 2
-    left = _run_parts([Part(p.case, p.indices[:half])], specs, config, depth + 1)
-    right = _run_parts([Part(p.case, p.indices[half:])], specs, config, depth + 1)
+    left = _run_parts([Part(p.case, p.indices[:half], p.sample_aten)], specs, config, depth + 1)
+    right = _run_parts([Part(p.case, p.indices[half:], p.sample_aten)], specs, config, depth + 1)
     return {key: merge([left[key], right[key]]) for key in left}
 
 
@@ -462,6 +561,8 @@ def merge(parts: list[dict]) -> dict:
     if first["status"] == "failed":
         first["failed_samples"] = sum(p.get("failed_samples", 0) for p in parts if p["status"] == "failed")
         first["examples"] = [e for p in parts if p["status"] == "failed" for e in p["examples"]][:3]
+        if any(p.get("together") for p in parts):
+            first["together"] = True
         other = next((p for p in parts if p["status"] == "diverged"), None)
         if other:
             first["also_diverged"] = other["worst"]
@@ -537,9 +638,10 @@ def run(patterns: list[str], specs: list[str], dtypes: list[str], limit: int, ou
 def _run_group(todo: tuple, group: list, dtype: str, config, out: Path) -> None:
     """One batch: its operators' ATen operators, the batch on every spec of ``todo``, each
     cell stored and set on its row."""
+    sample_aten = {case.name: aten_ops(case) for case, _ in group}
     for case, row in group:
-        row["aten"] = row["aten"] if row["aten"] is not None else aten_ops(case)
-    found = run_batch([case for case, _ in group], list(todo), config, {case.name: row["aten"] for case, row in group})
+        row["aten"] = row["aten"] if row["aten"] is not None else union(sample_aten[case.name])
+    found = run_batch([case for case, _ in group], list(todo), config, sample_aten)
     for case, row in group:
         for spec in todo:
             row["cells"][spec] = _store(case, spec, dtype, row["aten"], found[(case.name, spec)], out)
@@ -566,7 +668,8 @@ def _in_jobs(groups: list, jobs: int, dtype: str, config, out: Path, progress) -
 
     paths = [cell_path(out, case.name, spec, dtype) for todo, group in groups for case, _ in group for spec in todo]
     ctx = multiprocessing.get_context("fork")
-    procs = [ctx.Process(target=_job, args=(groups[j::jobs], dtype, config, out)) for j in range(jobs)]
+    taken = ctx.Value("i", 0)      # the next batch to take: a job free takes it (batches differ tenfold in cost)
+    procs = [ctx.Process(target=_job, args=(groups, taken, dtype, config, out)) for _ in range(jobs)]
     for p in procs:
         p.start()
     try:
@@ -580,12 +683,17 @@ def _in_jobs(groups: list, jobs: int, dtype: str, config, out: Path, progress) -
             p.join()
 
 
-def _job(groups: list, dtype: str, config, out: Path) -> None:
+def _job(groups: list, taken, dtype: str, config, out: Path) -> None:
     import torch
 
     torch.set_num_threads(1)       # GNU OpenMP's thread pool does not survive a fork
-    for todo, group in groups:
-        _run_group(todo, group, dtype, config, out)
+    while True:
+        with taken.get_lock():
+            k = taken.value
+            taken.value += 1
+        if k >= len(groups):
+            return
+        _run_group(*groups[k], dtype, config, out)
 
 
 def _store(case: OpCase, spec: str, dtype: str, aten: list[str], found: dict, out: Path) -> dict:
@@ -612,7 +720,8 @@ def cell_text(cell: dict) -> str:
         shown = "n/a" if sqnr is None else ("inf" if sqnr == float("inf") else f"{sqnr:.1f}")
         return f"{cell['diverged_samples']}/{cell['samples']} · SQNR {shown} dB · {w['reason']} · {w['sample'][:120]}"
     if status == "failed":
-        return f"[{cell.get('stage')}] {cell.get('message', '')[:160]} ({cell.get('failed_samples')} samples)"
+        together = " run together" if cell.get("together") else ""
+        return f"[{cell.get('stage')}] {cell.get('message', '')[:160]} ({cell.get('failed_samples')} samples{together})"
     if status == "skipped":
         return cell.get("reason", "")[:80]
     if status == "semantics":

@@ -10,15 +10,34 @@ of output arrays, in the model's output order. The hooks get the model as a ``Mo
 from __future__ import annotations
 
 import importlib
+import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 from backendiff.contract import ModelView
 from backendiff.errors import BackendUnavailable, BadInput
 from backendiff.specs import BackendSpec
+
+
+class FailedNodes(NamedTuple):
+    """The nodes a failure is certainly about, in the program ``decompose(ep)`` gives (what the
+    route translates): every node of a type in ``targets`` (``aten.sort.stable``; TVM names
+    them without the namespace), which the route cannot translate whatever the arguments
+    (where only nodes with complex (True) or real (False) inputs fail, ``complex`` says
+    which), and the nodes named in ``nodes``."""
+    decompose: Callable
+    targets: frozenset = frozenset()
+    nodes: frozenset = frozenset()
+    complex: bool | None = None
+
+
+#: torch.onnx's dispatcher: no translation of that overload for real (complex) inputs
+ONNX_UNSUPPORTED = re.compile(r"No ONNX function found for <OpOverload\(op='([\w.]+)', overload='(\w+)'\)>\. "
+                              r"Failure message: No decompositions registered for the (real|complex)-valued input")
 
 
 @dataclass(frozen=True)
@@ -145,6 +164,19 @@ class Adapter:
                 importlib.import_module(module)
             except Exception:  # noqa: BLE001 - the worker reports it as its own failure
                 pass
+
+    @classmethod
+    def failed_nodes(cls, error: dict) -> FailedNodes | None:
+        """What in the model's program a failure of this adapter (``BackendResult.error``) is
+        certainly about, or None: what lets ``backendiff ops`` tell the failing samples of a
+        batch without running them apart. Here: torch.onnx's operators without a translation
+        (the onnx routes); an adapter adds its own importer's."""
+        from backendiff.artifacts import prepare_for_onnx
+
+        if m := ONNX_UNSUPPORTED.search(error.get("message") or ""):
+            return FailedNodes(prepare_for_onnx, frozenset({f"{m.group(1)}.{m.group(2)}"}),
+                               complex=m.group(3) == "complex")
+        return None
 
     @classmethod
     def versions(cls) -> dict[str, str]:

@@ -23,6 +23,7 @@ What ran is read back per executed primitive from the compiled model's runtime m
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +31,10 @@ import numpy as np
 from backendiff.contract import ModelView
 from backendiff.errors import BackendUnavailable
 
-from .base import Adapter, Compiled, as_float32, bfloat16_bits, feeds_in_order, positive_int
+from .base import Adapter, Compiled, FailedNodes, as_float32, bfloat16_bits, feeds_in_order, positive_int
+
+#: the PyTorch frontend's report of operator types it has no converter for
+NO_RULE = re.compile(r"No conversion rule found for operations: ([^\n]+)")
 
 _HINTS = {"fp32": "f32", "bf16": "bf16", "fp16": "f16", "int8": "f32"}
 _PERF = {"latency": "LATENCY", "throughput": "THROUGHPUT"}
@@ -273,6 +277,15 @@ class OpenVinoAdapter(Adapter):
                 "and its own decomposition), every node's value added as an output (add_outputs), same device "
                 "and precision settings (added outputs can change fusion; final outputs are measured on the "
                 "unmodified model)")
+
+    @classmethod
+    def failed_nodes(cls, error: dict) -> FailedNodes | None:
+        """Operator types without a conversion rule (in the program OpenVINO's own
+        decomposition gives). A node whose conversion failed is not enough: the frontend names
+        one node per type, and peeling them one run at a time costs more than halving."""
+        if m := NO_RULE.search(error.get("message") or ""):
+            return FailedNodes(openvino_decomposition, frozenset(t.strip() for t in m.group(1).split(",")))
+        return super().failed_nodes(error)
 
     def layers_program(self, model: ModelView) -> str:
         if self.route(model) == "onnx":

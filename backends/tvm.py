@@ -14,6 +14,7 @@ is counted on the transformed module and kept beside the cached library.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -22,7 +23,10 @@ from backendiff.cache import write_atomic
 from backendiff.contract import ModelView
 from backendiff.errors import BackendUnavailable
 
-from .base import Adapter, Compiled, as_float32, feeds_in_order
+from .base import Adapter, Compiled, FailedNodes, as_float32, feeds_in_order
+
+#: Relax's importer of ExportedPrograms (after the default decompositions) lacks a converter
+UNSUPPORTED = re.compile(r"Unsupported function types \[([^\]]*)\]")
 
 
 def constants_as_tensors(graph) -> None:
@@ -126,6 +130,12 @@ class TvmAdapter(Adapter):
 
     def layers_program(self, model: ModelView) -> str:
         return "onnx" if self.route(model) == "onnx" else "core_aten"
+
+    @classmethod
+    def failed_nodes(cls, error: dict) -> FailedNodes | None:
+        if (m := UNSUPPORTED.search(error.get("message") or "")) and (names := re.findall(r"'([\w.]+)'", m.group(1))):
+            return FailedNodes(lambda ep: ep.run_decompositions(), frozenset(names))
+        return super().failed_nodes(error)
 
     def run_onnx(self, path, originals, named):
         import onnx

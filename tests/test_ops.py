@@ -213,7 +213,8 @@ def test_operators_share_a_module_and_a_failure_is_split_to_the_operator_it_name
     monkeypatch.setattr(backendiff, "compare", counting)
     names = ["sigmoid", "nonzero", "nn.functional.selu"]
     batched = ops.run(names, ["tvm"], ["fp32"], 4, tmp_path / "b", False, config(tmp_path), batch=3)
-    assert len(calls) == 3                         # the batch, then nonzero alone, then the other two
+    # the batch, then the other two: TVM names nonzero's type, so its samples fail without a run of their own
+    assert len(calls) == 2
     alone = ops.run(names, ["tvm"], ["fp32"], 4, tmp_path / "a", False, config(tmp_path), batch=1)
     got = {r["op"]: r["cells"]["tvm"] for r in batched["rows"]}
     single = {r["op"]: r["cells"]["tvm"] for r in alone["rows"]}
@@ -221,6 +222,53 @@ def test_operators_share_a_module_and_a_failure_is_split_to_the_operator_it_name
         {"sigmoid": "agree", "nonzero": "failed", "nn.functional.selu": "diverged"}
     assert got["nn.functional.selu"]["worst"]["metrics"] == single["nn.functional.selu"]["worst"]["metrics"]
     assert got["sigmoid"]["batch_ops"] == 3 and single["sigmoid"]["batch_ops"] == 1
+    assert got["nonzero"]["failed_samples"] == single["nonzero"]["failed_samples"] == got["nonzero"]["samples"]
+
+
+@needs("ort")
+def test_only_the_samples_with_an_untranslatable_node_fail(tmp_path, monkeypatch):
+    """torch.onnx has no translation of adaptive_max_pool3d, but only half of the database's
+    samples keep one after its decompositions (an output size of 1 becomes amax): those fail,
+    found from the program without a run each, and the others run and agree."""
+    import backendiff
+    import backendiff.ops as ops
+
+    calls = []
+    real = backendiff.compare
+    monkeypatch.setattr(backendiff, "compare", lambda module, **kw: calls.append(1) or real(module, **kw))
+    names = ["nn.functional.adaptive_max_pool3d", "sigmoid"]
+    matrix = ops.run(names, ["ort"], ["fp32"], 16, tmp_path / "b", False, config(tmp_path), batch=2)
+    cells = {r["op"]: r["cells"]["ort"] for r in matrix["rows"]}
+    pool = cells["nn.functional.adaptive_max_pool3d"]
+    assert pool["status"] == "failed" and pool["samples"] == 16 and pool["failed_samples"] == 8
+    assert "adaptive_max_pool3d" in pool["message"] and not pool.get("together")
+    assert cells["sigmoid"]["status"] == "agree"
+    assert len(calls) == 2                      # the batch, then everything but the 8 failing samples
+    # each sample alone, for the truth of it
+    alone = [ops.run_batch([ops.OpCase(c.name, c.dtype, c.op, (s,))], ["ort"], config(tmp_path))
+             for c in ops.cases(ops.load_database(), ["nn.functional.adaptive_max_pool3d"], "fp32", 16)
+             for s in c.samples]
+    assert sum(next(iter(a.values()))["status"] == "failed" for a in alone) == 8
+
+
+def test_failures_that_name_what_a_route_cannot_translate_are_read_per_adapter():
+    from backends.openvino import OpenVinoAdapter
+    from backends.ort import OrtAdapter
+    from backends.tvm import TvmAdapter
+
+    tvm = TvmAdapter.failed_nodes({"message": "Unsupported function types ['sort.stable', 'amax.default']"})
+    assert tvm.targets == {"sort.stable", "amax.default"} and tvm.complex is None
+    onnx = ("torch.onnx.export failed: DispatchError: No ONNX function found for <OpOverload(op='aten.constant_pad_nd', "
+            "overload='default')>. Failure message: No decompositions registered for the complex-valued input")
+    for adapter in (OrtAdapter, OpenVinoAdapter, TvmAdapter):        # any onnx route meets torch.onnx's
+        found = adapter.failed_nodes({"message": onnx})
+        assert found.targets == {"aten.constant_pad_nd.default"} and found.complex is True
+    ov = OpenVinoAdapter.failed_nodes({"message": "Model wasn't fully converted.\nSummary:\n-- No conversion rule "
+                                                  "found for operations: aten.polygamma.default, aten.lgamma.default"})
+    assert ov.targets == {"aten.polygamma.default", "aten.lgamma.default"}
+    # a failure of one node's arguments is not every node of its type's
+    assert OpenVinoAdapter.failed_nodes({"message": "-- Conversion is failed for: aten.avg_pool2d.default"}) is None
+    assert OrtAdapter.failed_nodes({"message": "[ONNXRuntimeError] : 1 : FAIL : Non-zero status code"}) is None
 
 
 def test_a_runtime_failure_is_shown_by_the_line_that_says_what_failed():
@@ -241,9 +289,9 @@ def test_a_runtime_failure_is_shown_by_the_line_that_says_what_failed():
         def __init__(self, name):
             self.name = name
 
-    parts = [Part(Case("nn.functional.avg_pool2d"), (0,), ("avg_pool2d", "add")),
-             Part(Case("sigmoid"), (0,), ("sigmoid", "add")),
-             Part(Case("nn.functional.adaptive_max_pool1d"), (0,), ("adaptive_max_pool2d", "add"))]
+    parts = [Part(Case("nn.functional.avg_pool2d"), (0,), (frozenset({"avg_pool2d", "add"}),)),
+             Part(Case("sigmoid"), (0,), (frozenset({"sigmoid", "add"}),)),
+             Part(Case("nn.functional.adaptive_max_pool1d"), (0,), (frozenset({"adaptive_max_pool2d", "add"}),))]
     assert named_parts(err, parts) == {"nn.functional.avg_pool2d"}
     # named through an ATen operator of its own (the database name differs), not one all share
     onnx = {"message": "DispatchError: No ONNX function found for aten.adaptive_max_pool2d; add failed"}
