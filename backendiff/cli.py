@@ -112,6 +112,10 @@ def cli():
                    "defaults 300/900/900/600/1800 s). A backend that overstays is killed and reported as timeout.")
 @click.option("--isolate-layers", is_flag=True,
               help="Also run every layer on the reference's inputs (its own error) and confirm or drop suspects.")
+@click.option("--max-memory", "max_memory", metavar="SIZE",
+              help="Memory the layer-wise view may use (e.g. 4GB, 512MB; default: half of this machine's): "
+                   "values are compared as they arrive and dropped, and a backend that can captures them in chunks "
+                   "of layers over several runs.")
 @click.option("--bisect", is_flag=True,
               help="Also binary-search unmodified prefix graphs for the first diverging layer (fusion undisturbed).")
 @click.option("--advise/--no-advise", default=True, show_default=True,

@@ -73,14 +73,27 @@ def config_from_cli(opts: dict, out_path: Path | None, argv: Sequence[str]) -> C
         rtol=o.rtol, atol=o.atol, cache_dir=o.cache_dir,
         use_cache=not o.no_cache, golden=not o.no_golden, fp64_factor=o.fp64_factor, min_sqnr=o.min_sqnr,
         min_cosine=o.min_cosine, layerwise={None: "auto", True: "always", False: "never"}[o.layerwise],
-        isolate_layers=o.isolate_layers, bisect=o.bisect, advise=o.advise,
-        task="off" if o.no_task else ("auto" if o.task is None else "on"),
+        isolate_layers=o.isolate_layers, max_memory=parse_size(o.max_memory, "--max-memory"), bisect=o.bisect,
+        advise=o.advise, task="off" if o.no_task else ("auto" if o.task is None else "on"),
         task_name=None if o.task in (None, "on") else o.task, data_file=o.data_file, preprocess=o.preprocess,
         max_task_drop=o.max_task_drop, sysnoise=o.sysnoise,
         nan_strict=o.nan_strict, isolate=o.isolate, timeout=o.timeout,
         partial_path=partial_path_for(out_path) if out_path else None,
         command="backendiff " + " ".join(shlex.quote(a) for a in argv),
     )
+
+
+def parse_size(text: str | None, option: str) -> int | None:
+    """A size such as ``4GB``, ``512MB``, ``1.5G`` or a number of bytes, in bytes (None: not given)."""
+    if text is None:
+        return None
+    m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMGT]?)(?:i?B)?\s*", text, re.IGNORECASE)
+    if not m:
+        raise BadInput(f"{option} {text!r}: a size such as 4GB or 512MB")
+    size = int(float(m.group(1)) * 1024 ** " KMGT".index(m.group(2).upper() or " "))
+    if size <= 0:
+        raise BadInput(f"{option} must be more than 0")
+    return size
 
 
 def sysnoise_from_cli(opts: dict, outputs: Sequence[Path | None]) -> tuple[list[str], CompareConfig]:

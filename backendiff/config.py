@@ -34,6 +34,7 @@ class CompareConfig:
     # "always", or "never"
     layerwise: str = "auto"
     isolate_layers: bool = False                # also run every layer on the reference's inputs
+    max_memory: int | None = None               # --max-memory: bytes a layer-wise view may hold (None: half the machine's)
     bisect: bool = False                        # also bisect over unmodified prefix graphs
     advise: bool = True                         # mixed-precision advice for diverged low-precision variants
     task: str = "auto"                          # "auto": when the model or data declares one; "on"; "off"

@@ -20,6 +20,27 @@ def peak_rss_mb() -> float | None:
     return round(peak / (1024 * 1024 if sys.platform == "darwin" else 1024), 1)   # bytes on macOS, KiB on Linux
 
 
+def current_rss_bytes() -> int:
+    """This process's resident memory now, in bytes (0 where the OS does not say)."""
+    try:
+        with open("/proc/self/statm") as f:
+            import os
+
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        return 0
+
+
+def total_memory_bytes() -> int | None:
+    """This machine's memory, in bytes (None where the OS does not say)."""
+    try:
+        import os
+
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
 def cpu_name() -> str:
     try:
         with open("/proc/cpuinfo") as f:

@@ -238,26 +238,61 @@ def onnx_layers(model) -> list[Layer]:
 def record_nodes(graph_module, args) -> dict[str, np.ndarray]:
     """Run an FX graph module and keep every call_function node's tensor output (float32
     numpy; the first tensor of a tuple output)."""
+    values: dict[str, np.ndarray] = {}
+
+    def keep(name, value):
+        if value is not None:
+            values[name] = value
+
+    walk_nodes(graph_module, args, on_value=keep)
+    return values
+
+
+def node_array(result) -> np.ndarray | None:
+    """A node's value as the layer view compares it: its tensor (the first of a tuple) as
+    numpy, floating point as float32; None where it has none."""
+    import torch
+
+    t = result
+    if isinstance(t, (tuple, list)):
+        t = next((x for x in t if isinstance(x, torch.Tensor)), None)
+    if not isinstance(t, torch.Tensor):
+        return None
+    t = t.detach()
+    return (t.float() if t.is_floating_point() else t).cpu().numpy().copy()
+
+
+def walk_nodes(*runs, on_value) -> None:
+    """Run FX graph modules of one graph (``(graph_module, args)`` pairs: the same program
+    in fp32 and fp64, say) node by node in step, handing every call_function node's values
+    (``node_array``) to ``on_value(name, *values)`` as they are made. A value no later node
+    reads is freed as it is dropped (torch.fx's Interpreter): what is held is the live
+    activations of each run, not every intermediate. A node without a tensor gives None."""
     import torch
     from torch.fx import Interpreter
 
-    values: dict[str, np.ndarray] = {}
-
-    class Recorder(Interpreter):
-        def run_node(self, n):
-            result = super().run_node(n)
-            if n.op == "call_function":
-                t = result
-                if isinstance(t, (tuple, list)):
-                    t = next((x for x in t if isinstance(x, torch.Tensor)), None)
-                if isinstance(t, torch.Tensor):
-                    t = t.detach()
-                    values[n.name] = (t.float() if t.is_floating_point() else t).cpu().numpy().copy()
-            return result
-
+    if runs and not isinstance(runs[0], tuple):     # walk_nodes(graph_module, args, on_value=...)
+        runs = (runs,)
+    steppers = []
+    for graph_module, args in runs:
+        it = Interpreter(graph_module)
+        it.env, it.args_iter = {}, iter(args)
+        steppers.append((it, list(graph_module.graph.nodes)))
     with torch.no_grad():
-        Recorder(graph_module).run(*args)
-    return values
+        for step in zip(*(nodes for _, nodes in steppers)):
+            if step[0].op == "output":
+                break
+            made = []
+            for (it, _), node in zip(steppers, step):
+                it.env[node] = it.run_node(node)
+                made.append(it.env[node])
+            if step[0].op == "call_function":
+                on_value(step[0].name, *(node_array(v) for v in made))
+            for (it, _), node in zip(steppers, step):
+                for dead in it.user_to_last_uses.get(node, ()):
+                    del it.env[dead]
+                if not node.users:              # read by no node: nothing keeps it
+                    it.env.pop(node, None)
 
 
 def growth(delta: float, input_deltas: list[float]) -> float:
@@ -295,70 +330,92 @@ def realign(a: np.ndarray, r: np.ndarray) -> tuple[np.ndarray, tuple[int, ...]] 
 
 
 def layer_rows(layers: list[Layer], reference: dict, actual: dict, rtol: float, atol: float) -> list[LayerRow]:
-    """One row per layer both sides have: metrics, growth, within tolerance, and whether a
-    NaN/Inf is born there (appears where the reference is finite, from inputs that had
-    none). A layer without a row (a multi-output
-    op seen through its ``getitem``) passes its inputs' δ on, so growth is measured
-    against the nearest measured ancestors. A row far worse than its inputs whose values are
-    the reference's in another dimension order is compared in the reference's order
-    (``realign``; the row says ``layout``)."""
-    rows, delta, tainted, quality = [], {}, set(), {}
+    """``Rows`` over values held in two dicts."""
+    rows = Rows(layers, set(actual), rtol, atol)
     for layer in layers:
+        rows.add(layer, reference.get(layer.node), actual.get(layer.node))
+    return rows.rows
+
+
+class Rows:
+    """The layer view made one layer at a time, in execution order, from each layer's
+    reference value and the backend's (``add``), neither kept: what lets a run compare values
+    as they arrive and drop them.
+
+    ``rows``: one row per layer both sides have: metrics, growth, within tolerance, and
+    whether a NaN/Inf is born there (appears where the reference is finite, from inputs that
+    had none). A layer without a row (a multi-output op seen through its ``getitem``) passes
+    its inputs' δ on, so growth is measured against the nearest measured ancestors. A row far
+    worse than its inputs whose values are the reference's in another dimension order is
+    compared in the reference's order (``realign``; the row says ``layout``).
+
+    ``unmeasured``: the layers with a floating-point reference value but no row: the
+    backend's layer-wise run has no value for them (computed inside a later op: a conv whose
+    ReLU a quantizer folded into its QuantizeLinear, an op a converter fused), or one of
+    another shape (a layout it did not bring back). Reported, never silently skipped.
+    ``present``: the nodes the backend's run has a value for."""
+
+    def __init__(self, layers: list[Layer], present: set[str], rtol: float, atol: float, measure: bool = True):
+        self.layers, self.present, self.rtol, self.atol, self.measure = layers, present, rtol, atol, measure
+        self.order = {layer.node: i for i, layer in enumerate(layers)}
+        # a multi-output op (batch norm) is measured through the getitem that picks its output
+        self.seen_through = {layer.inputs[0] for layer in layers
+                             if layer.node.startswith("getitem") and layer.inputs and layer.node in present}
+        self.rows: list[LayerRow] = []
+        self.unmeasured: list[dict] = []
+        self.delta: dict[str, float] = {}
+        self.tainted: set[str] = set()
+        self.quality: dict[str, float] = {}
+
+    def add(self, layer: Layer, r, a) -> None:
+        self._unmeasured(layer, r, a)
+        if self.measure:
+            self._row(layer, r, a)
+
+    def _unmeasured(self, layer: Layer, r, a) -> None:
+        if r is None or np.asarray(r).dtype.kind not in "fc" or layer.node in self.seen_through:
+            return
+        if a is None:
+            why = "no value in the layer-wise run"
+            into = downstream_present(layer.node, self.layers[self.order[layer.node] + 1:], self.present)
+        elif np.shape(a) != np.shape(r):
+            why, into = f"not comparable: shape {list(np.shape(a))} vs the reference's {list(np.shape(r))}", None
+        else:
+            return
+        self.unmeasured.append({"index": layer.index, "module": layer.module, "op_type": layer.op_type,
+                                "node": layer.node, "source": layer.source, "why": why, "fused_into": into})
+
+    def _row(self, layer: Layer, r, a) -> None:
+        delta, tainted, quality = self.delta, self.tainted, self.quality
         inputs = [delta[i] for i in layer.inputs if i in delta]
         inherited = any(i in tainted for i in layer.inputs)
-        r, a = reference.get(layer.node), actual.get(layer.node)
         if r is None or a is None or np.shape(r) != np.shape(a) or r.dtype.kind not in "fc":
             if inputs:
                 delta[layer.node] = max(inputs)
             if inherited:
                 tainted.add(layer.node)
-            continue
-        m, outside, mismatch = M.compare_arrays(a, r, rtol, atol)
+            return
+        m, outside, mismatch = M.compare_arrays(a, r, self.rtol, self.atol)
         layout = None
         worst_input = min((quality[i] for i in layer.inputs if i in quality), default=None)
         if outside and (worst_input is None or M.sqnr_value(m) < worst_input - LAYOUT_DROP_DB):
             found = realign(a, r)
             if found is not None:
                 a, layout = found[0], list(found[1])
-                m, outside, mismatch = M.compare_arrays(a, r, rtol, atol)
+                m, outside, mismatch = M.compare_arrays(a, r, self.rtol, self.atol)
         quality[layer.node] = M.sqnr_value(m)
         if mismatch or inherited:
             tainted.add(layer.node)
         born = mismatch and not inherited  # a NaN/Inf is born here, not carried in
         delta[layer.node] = m["mean_abs"]
-        rows.append(LayerRow(
+        self.rows.append(LayerRow(
             index=layer.index, module=layer.module, op_type=layer.op_type, node=layer.node, source=layer.source,
             fused_into=None, metrics=m, growth=growth(m["mean_abs"], inputs), within_tolerance=outside == 0,
             nonfinite_born=born,
         ))
         if layout is not None:
-            rows[-1]["layout"] = {"buffer_order": layout, "note": "the backend's value is the reference's in another "
-                                  "dimension order; compared after bringing it back"}
-    return rows
-
-
-def unmeasured_layers(layers: list[Layer], reference: dict, actual: dict) -> list[dict]:
-    """The layers with a floating-point reference value but no row: the backend's layer-wise
-    run has no value for them (computed inside a later op: a conv whose ReLU a quantizer
-    folded into its QuantizeLinear, an op a converter fused), or one of another shape
-    (a layout it did not bring back). Reported, never silently skipped."""
-    # a multi-output op (batch norm) is measured through the getitem that picks its output
-    seen_through = {layer.inputs[0] for layer in layers
-                    if layer.node.startswith("getitem") and layer.inputs and layer.node in actual}
-    out = []
-    for i, layer in enumerate(layers):
-        r, a = reference.get(layer.node), actual.get(layer.node)
-        if r is None or np.asarray(r).dtype.kind not in "fc" or layer.node in seen_through:
-            continue
-        if a is None:
-            why, into = "no value in the layer-wise run", downstream_present(layer.node, layers[i + 1:], set(actual))
-        elif np.shape(a) != np.shape(r):
-            why, into = f"not comparable: shape {list(np.shape(a))} vs the reference's {list(np.shape(r))}", None
-        else:
-            continue
-        out.append({"index": layer.index, "module": layer.module, "op_type": layer.op_type, "node": layer.node,
-                    "source": layer.source, "why": why, "fused_into": into})
-    return out
+            self.rows[-1]["layout"] = {"buffer_order": layout, "note": "the backend's value is the reference's in "
+                                       "another dimension order; compared after bringing it back"}
 
 
 def mark_fused(rows: list[dict], layers: list[Layer], present: set[str] | None,
@@ -412,3 +469,71 @@ def first_divergence(rows: list[LayerRow]) -> FirstDivergence | None:
 def _summary(row: LayerRow, reason: str) -> FirstDivergence:
     return FirstDivergence(index=row["index"], module=row["module"], op_type=row["op_type"], node=row["node"],
                            source=row["source"], metrics=row["metrics"], growth=row["growth"], reason=reason)
+
+
+class HeldValues:
+    """A backend's layer values held at once (``Adapter.layer_values``), as the streamed layer
+    view reads them: ``names`` (the nodes that have one) and ``get(node)``."""
+
+    def __init__(self, values: dict[str, np.ndarray]):
+        self.values, self.names, self.runs = values, set(values), 1
+
+    def get(self, node: str):
+        return self.values.get(node)
+
+
+class ChunkedValues:
+    """A backend's layer values captured in chunks of layers over several runs of one
+    instrumented model (``run(names) -> {name: value}``), one chunk held at a time: asked in
+    execution order, each chunk is run once. ``runs``: how many runs it took."""
+
+    def __init__(self, run, chunks: list[list[str]]):
+        self.run, self.chunks = run, chunks
+        self.where = {name: k for k, chunk in enumerate(chunks) for name in chunk}
+        self.names = set(self.where)
+        self.current, self.values, self.runs = None, {}, 0
+
+    def get(self, node: str):
+        k = self.where.get(node)
+        if k is None:
+            return None
+        if k != self.current:
+            self.values = {}                    # dropped before the next chunk is made
+            self.values, self.current = self.run(self.chunks[k]), k
+            self.runs += 1
+        return self.values.get(node)
+
+
+def chunks_within(names: list[str], sizes: dict[str, int], budget: int) -> list[list[str]]:
+    """``names`` (in execution order) cut into consecutive chunks whose values (``sizes``,
+    bytes; unknown counts as 0) add up to at most ``budget`` each; a value larger than the
+    budget is a chunk of its own."""
+    chunks, current, held = [], [], 0
+    for name in names:
+        size = sizes.get(name, 0)
+        if current and held + size > budget:
+            chunks.append(current)
+            current, held = [], 0
+        current.append(name)
+        held += size
+    if current:
+        chunks.append(current)
+    return chunks
+
+
+def value_sizes(graph) -> dict[str, int]:
+    """Each FX node's value size in bytes as the layer view holds it (float32 for floating
+    point), from the shapes export recorded (``meta["val"]``)."""
+    import torch
+
+    out = {}
+    for node in graph.nodes:
+        val = node.meta.get("val")
+        if isinstance(val, (tuple, list)):
+            val = next((v for v in val if isinstance(v, torch.Tensor)), None)
+        if isinstance(val, torch.Tensor):
+            try:
+                out[node.name] = int(val.numel()) * (4 if val.is_floating_point() else val.element_size())
+            except Exception:  # noqa: BLE001 - a symbolic size: unknown
+                continue
+    return out

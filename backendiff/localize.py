@@ -23,23 +23,21 @@ def localize(adapter, handle: ModelHandle, result: BackendResult, tol, progress,
     """Propagated mode: every layer's error on the first sample, and where divergence starts.
     Final outputs above stay measured on the unmodified compiled model; when the
     instrumented run's own outputs differ from them, the report says so."""
-    from .layers import first_divergence, fp64_rows, layer_rows, mark_fused, unmeasured_layers
+    from .layers import first_divergence, mark_fused
 
     progress(f"{result.spec}: layer-wise comparison")
     t0 = time.perf_counter()
     try:
         kind = adapter.layers_program(handle)
-        layers, reference = handle.reference_layers(kind)
-        actual = adapter.layer_values(handle, handle.samples[0])
+        layers, view, actual, reference = layer_view(adapter, handle, kind, tol, config, result)
     except BadInput:
         raise
     except Exception as e:  # the layer-wise view is extra: its failure loses nothing already measured
         result.info["layers_error"] = f"{type(e).__name__}: {first_line(e)}"
         return
-    rows = layer_rows(layers, reference, actual, tol.rtol, tol.atol)
-    missing = unmeasured_layers(layers, reference, actual)
-    if missing:
-        result.info["unmeasured_layers"] = missing
+    if view.unmeasured:
+        result.info["unmeasured_layers"] = view.unmeasured
+    rows = view.rows
     try:
         present, groups = adapter.deployed_fusion()
     except Exception as e:  # fusion info is extra: keep the rows
@@ -50,7 +48,7 @@ def localize(adapter, handle: ModelHandle, result: BackendResult, tol, progress,
         result.info["fusion"] = "unknown: this backend (or variant) does not say what its deployed model fused"
     if config.golden and (result.status == DIVERGED or not all(row["within_tolerance"] for row in rows)):
         # the fp64 floor tells a diverged layer from fp32 rounding: made only where one is
-        fp64_rows(rows, reference, handle.reference.layers_fp64(kind))
+        fp64_floor(handle, kind, rows, reference)
     elif config.golden:
         result.info["fp64_layers"] = "not computed: every layer is within tolerance"
     if config.isolate_layers:
@@ -84,6 +82,72 @@ def localize(adapter, handle: ModelHandle, result: BackendResult, tol, progress,
             "no layer of the instrumented run is past tolerance")
     adopt_bisection(result, rows)
     result.timings["layers_s"] = round(time.perf_counter() - t0, 6)
+
+
+def layer_view(adapter, handle: ModelHandle, kind: str, tol, config: CompareConfig, result: BackendResult):
+    """(layers, ``layers.Rows``, the backend's values of the model's output layers, the
+    reference's values or None). Streamed where the reference is an FX program and no
+    isolated view needs every reference value: each layer's reference value is compared with
+    the backend's as it is made and dropped, the backend's values come in chunks within the
+    memory budget (``--max-memory``) where the adapter can capture them so; else every
+    value of both sides at once."""
+    from .layers import HeldValues, Rows
+
+    outputs = set(handle.output_layer_names(kind))
+    if not handle.reference.streams(kind) or config.isolate_layers:
+        layers, reference = handle.reference_layers(kind)
+        actual = adapter.layer_values(handle, handle.samples[0])
+        source = HeldValues(actual)
+    else:
+        layers, reference = handle.reference.layer_list(kind), None
+        budget = capture_budget(config.max_memory)
+        source = adapter.layer_source(handle, handle.samples[0], budget)
+        result.info["layer_capture"] = {"streamed": True, "chunk_mb": round(budget / 2**20, 1)}
+    rows, kept, by_node = Rows(layers, source.names, tol.rtol, tol.atol), {}, {layer.node: layer for layer in layers}
+
+    def arrive(node: str, r) -> None:
+        a = source.get(node)
+        if node in outputs and a is not None:
+            kept[node] = a
+        if node in by_node:
+            rows.add(by_node[node], r, a)
+
+    if reference is not None:
+        for layer in layers:
+            arrive(layer.node, reference.get(layer.node))
+    else:
+        handle.reference.walk_layers(kind, arrive)
+        result.info["layer_capture"]["runs"] = source.runs
+    return layers, rows, kept, reference
+
+
+#: the most bytes of backend values one capture holds, whatever the budget leaves: what keeps
+#: a layer-wise run's memory flat in model depth (a chunk costs one more inference)
+CHUNK_BYTES = 256 << 20
+
+
+def capture_budget(max_memory: int | None) -> int:
+    """The bytes of backend values one capture may hold: half of what ``max_memory`` (default:
+    half of this machine's memory) leaves beside this process's present size, at most
+    ``CHUNK_BYTES`` and at least 1 MiB."""
+    from .environment import current_rss_bytes, total_memory_bytes
+
+    limit = max_memory or (total_memory_bytes() or 8 << 30) // 2
+    return int(min(CHUNK_BYTES, max(1 << 20, (limit - current_rss_bytes()) // 2)))
+
+
+def fp64_floor(handle: ModelHandle, kind: str, rows: list[LayerRow], reference: dict | None) -> None:
+    """Each row's fp32-reference-vs-fp64 error (``fp64_baseline``): from the values held
+    where the view held them, else from the two programs run in step, nothing kept."""
+    from .layers import fp64_rows
+
+    if reference is not None:
+        fp64_rows(rows, reference, handle.reference.layers_fp64(kind))
+        return
+    found = handle.reference.fp64_baselines(kind, {row["node"] for row in rows}) or {}
+    for row in rows:
+        if row["node"] in found:
+            row["fp64_baseline"] = found[row["node"]]
 
 
 def adopt_bisection(result: BackendResult, rows: list[LayerRow]) -> None:

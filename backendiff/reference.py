@@ -14,6 +14,7 @@ from typing import Callable, NamedTuple
 import numpy as np
 
 from . import layers as L
+from . import metrics as M
 from .artifacts import Artifacts, to_torch
 from .errors import BadInput, first_line
 from .onnx_graph import mark_outputs
@@ -145,6 +146,7 @@ class Reference:
         self._task_outputs: np.ndarray | None = None
         self._layers: dict[str, tuple] = {}
         self._layers_fp64: dict[str, dict | None] = {}
+        self._modules: dict[str, object] = {}
 
     # -- the outputs ------------------------------------------------------------------
     def outputs(self) -> list[list[np.ndarray]]:
@@ -288,12 +290,63 @@ class Reference:
 
     def _record_layers(self, kind: str):
         if self.artifacts.has_torch or kind != "onnx":
-            graph_module = self.artifacts.program(kind).module()
+            graph_module = self._module(kind)
             return L.graph_layers(graph_module), L.record_nodes(graph_module, self.artifacts.example_args())
         import onnx
 
         layers = L.onnx_layers(onnx.load(str(self.artifacts.loaded.onnx_path), load_external_data=False))
         return layers, self._onnx_runner().run(_feeds(self.samples[0]), every=True)
+
+    def _module(self, kind: str):
+        """The ``kind`` program as a runnable graph module (made once per kind)."""
+        if kind not in self._modules:
+            self._modules[kind] = self.artifacts.program(kind).module()
+        return self._modules[kind]
+
+    # -- the same, streamed: values handed over as they are made, none kept -----------
+    def streams(self, kind: str) -> bool:
+        """Whether the ``kind`` program's layer values can be streamed (an FX program; an
+        ``.onnx`` source's values come from its runner at once)."""
+        return self.artifacts.has_torch or kind != "onnx"
+
+    def layer_list(self, kind: str = "onnx") -> list:
+        """The layers of the ``kind`` program, without their values."""
+        if kind in self._layers:
+            return self._layers[kind][0]
+        return L.graph_layers(self._module(kind))
+
+    def walk_layers(self, kind: str, on_value) -> None:
+        """Every layer's fp32 reference value on the first sample, handed to ``on_value(node,
+        value)`` in execution order as it is made (``layers.walk_nodes``): only the live
+        activations are held, whatever the model's depth."""
+        t0 = time.perf_counter()
+        L.walk_nodes(self._module(kind), self.artifacts.example_args(), on_value=on_value)
+        name = "reference_layers_s" if kind == "onnx" else f"reference_layers_{kind}_s"
+        self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
+
+    def fp64_baselines(self, kind: str, nodes: set[str]) -> dict[str, dict] | None:
+        """Each of ``nodes``' fp32-reference-vs-fp64 error ({max_abs, sqnr_db}), the two programs
+        run in step and compared as they go; None where the model does not run in float64."""
+        import torch
+
+        out: dict[str, dict] = {}
+
+        def compare(name, r, g):
+            if name in nodes and r is not None and g is not None and np.shape(r) == np.shape(g):
+                m = M.compare_arrays(r, g)[0]
+                out[name] = {"max_abs": m["max_abs"], "sqnr_db": m["sqnr_db"]}
+
+        t0 = time.perf_counter()
+        try:
+            double = copy.deepcopy(self._module(kind)).double()
+            args = self.artifacts.example_args()
+            wide = [a.double() if a.is_floating_point() else a for a in args]
+            L.walk_nodes((self._module(kind), args), (double, wide), on_value=compare)
+        except (RuntimeError, TypeError, ValueError, torch.fx.proxy.TraceError):
+            return None
+        finally:
+            self.timings["layers_fp64_s"] = time.perf_counter() - t0
+        return out
 
     def layers_fp64(self, kind: str = "onnx") -> dict | None:
         """Every layer's value in float64 (the ``kind`` program run in double), or None where

@@ -274,6 +274,17 @@ class Adapter:
         (propagated mode), or None when this adapter cannot give them yet."""
         return None
 
+    def layer_source(self, model: ModelView, sample: dict[str, np.ndarray], budget: int | None):
+        """This backend's layer values as the streamed layer view reads them, in execution
+        order (``backendiff.layers.HeldValues`` / ``ChunkedValues``), or None as
+        ``layer_values``. ``budget``: the bytes of values one capture may hold, for an adapter
+        that can capture chunks of layers over several runs (None: no bound). Default: every
+        value at once, from ``layer_values``."""
+        from backendiff.layers import HeldValues
+
+        values = self.layer_values(model, sample)
+        return None if values is None else HeldValues(values)
+
     def run_onnx(self, path: Path, originals: list[np.ndarray], named: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         """Run an ONNX file (a layer view of the model) with this spec's settings: the graph's
         first inputs get ``originals`` in order, the rest their value in ``named``. Returns

@@ -633,6 +633,28 @@ class OrtAdapter(Adapter):
     def layer_values(self, model: ModelView, sample):
         if self.variant == "int8":
             return self.int8_layer_values(model, sample)
+        return self.run_onnx(self._instrumented(model), list(sample.values()), {})
+
+    def layer_source(self, model: ModelView, sample, budget):
+        """One instrumented session, run once per chunk of layers (``session.run`` with that
+        chunk's names: ORT frees what no requested value needs), the chunks cut to ``budget``
+        bytes of values by the shapes the export recorded."""
+        if self.variant == "int8":
+            return super().layer_source(model, sample, budget)
+        from backendiff.layers import ChunkedValues, chunks_within, value_sizes
+
+        session = self._session(self._instrumented(model))
+        inputs = [i.name for i in session.get_inputs()]
+        feeds = dict(zip(inputs, feeds_in_order(inputs, list(sample.values()), {})))
+        graph = model.program("onnx").graph
+        order = {node.name: i for i, node in enumerate(graph.nodes)}
+        names = sorted((o.name for o in session.get_outputs()), key=lambda n: order.get(n, len(order)))
+        sizes = value_sizes(graph)
+        chunks = chunks_within(names, sizes, budget) if budget else [names]
+        return ChunkedValues(lambda chunk: as_float32(dict(zip(chunk, session.run(chunk, feeds)))), chunks)
+
+    def _instrumented(self, model: ModelView) -> Path:
+        """The instrumented ONNX model of this variant: every FX node's value an output."""
         path, _ = model.instrumented_onnx()
         if self.variant == "fp16" and self.ep != "trt":
             # as a deployment engineer would instrument it: the fp16 model, then its values
@@ -651,7 +673,7 @@ class OrtAdapter(Adapter):
                     mark_outputs(lowered, names)
                     onnx.save(lowered, str(tmp))
                 write_atomic(path, write)
-        return self.run_onnx(path, list(sample.values()), {})
+        return path
 
     @property
     def keep(self) -> list[str]:

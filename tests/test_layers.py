@@ -439,26 +439,34 @@ def nudged_reference(monkeypatch, position: float) -> dict:
 
     import backendiff.layers as L
 
-    original, chosen = L.record_nodes, {}
+    original, chosen = L.walk_nodes, {}
 
-    def record(graph_module, args):
+    def walk(*runs, on_value):
+        if len(runs) != 1 and isinstance(runs[0], tuple):     # the fp32/fp64 pair: not nudged
+            return original(*runs, on_value=on_value)
+        graph_module, args = runs[0] if isinstance(runs[0], tuple) else runs
         gm = copy.deepcopy(graph_module)
         nodes = [n for n in gm.graph.nodes if n.op == "call_function" and n.target is not operator.getitem
                  and isinstance(n.meta.get("val"), torch.Tensor) and n.meta["val"].is_floating_point()
                  and n.meta["val"].dtype == torch.float32]
         node = nodes[min(int(position * len(nodes)), len(nodes) - 1)]
-        clean = original(graph_module, args)
+        clean = {}
+        original(graph_module, args, on_value=lambda name, v: clean.setdefault(name, v) if name == node.name else None)
         shift = 1.0 + float(np.abs(clean[node.name]).max())
         with gm.graph.inserting_after(node):
             shifted = gm.graph.call_function(torch.ops.aten.add.Tensor, (node, shift))
         node.replace_all_uses_with(shifted, delete_user_cb=lambda user: user is not shifted)
         gm.recompile()
-        values = original(gm, args)
-        values[node.name] = values.pop(shifted.name)
         chosen[frozenset(n.name for n in gm.graph.nodes)] = node.name
-        return values
 
-    monkeypatch.setattr(L, "record_nodes", record)
+        def renamed(name, value):        # the shifted value stands for the node's own
+            if name == shifted.name:
+                on_value(node.name, value)
+            elif name != node.name:
+                on_value(name, value)
+        original(gm, args, on_value=renamed)
+
+    monkeypatch.setattr(L, "walk_nodes", walk)
     return chosen
 
 
