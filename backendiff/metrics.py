@@ -42,29 +42,39 @@ def compare_arrays(actual, reference, rtol: float = 0.0, atol: float = 0.0,
     ``|a − r| <= atol + rtol·|r|`` plus non-finite mismatches, whether a NaN/Inf appears
     where the reference has none or another). With ``strict_nonfinite`` every NaN/Inf of
     ``actual`` counts as a mismatch, even where the reference has the same."""
-    a, r = _as64(actual), _as64(reference)
+    a, r = np.asarray(actual), np.asarray(reference)
     if a.shape != r.shape:
         raise ValueError(f"shape mismatch: {a.shape} vs reference {r.shape}")
-    fa, fr = np.isfinite(a), np.isfinite(r)
-    both = fa & fr
-    if both.all():
+    # finiteness on the arrays as given (float32 is finite exactly where its float64 is)
+    fa = np.isfinite(a) if a.dtype.kind in "fc" else np.ones(a.shape, bool)
+    fr = np.isfinite(r) if r.dtype.kind in "fc" else np.ones(r.shape, bool)
+    a, r = _as64(a), _as64(r)
+    finite = bool(fa.all() and fr.all())
+    if finite:
         av, rv = a.ravel(), r.ravel()
-        mismatch = 0
+        mismatch = pattern = nonfinite = 0
     else:
+        both = fa & fr
         av, rv = a[both], r[both]
-        mismatch = int((~fa).sum()) if strict_nonfinite else int(nonfinite_mismatch(a, r).sum())
-    diff = np.abs(av - rv)
+        pattern = int(np.count_nonzero(nonfinite_mismatch(a, r)))
+        nonfinite = int(np.count_nonzero(~fa))
+        mismatch = nonfinite if strict_nonfinite else pattern
+    diff = np.subtract(av, rv)
+    np.abs(diff, out=diff)
     abs_r = np.abs(rv)
     if diff.size:
         max_abs, mean_abs = float(diff.max()), float(diff.mean())
-        max_rel = float((diff / (abs_r + REL_EPS)).max())
-        outside = int((diff > atol + rtol * abs_r).sum())
+        scratch = np.add(abs_r, REL_EPS)
+        max_rel = float(np.divide(diff, scratch, out=scratch).max())
+        np.multiply(abs_r, rtol, out=scratch)
+        scratch += atol
+        outside = int(np.count_nonzero(np.greater(diff, scratch)))
+        del scratch
     else:
         max_abs = mean_abs = max_rel = 0.0
         outside = 0
     noise, signal = float(np.linalg.norm(diff)), float(np.linalg.norm(rv))
     na = float(np.linalg.norm(av))
-    pattern = 0 if both.all() else int(nonfinite_mismatch(a, r).sum())
     first = None
     if pattern:
         where = nonfinite_mismatch(a, r)
@@ -75,7 +85,7 @@ def compare_arrays(actual, reference, rtol: float = 0.0, atol: float = 0.0,
     else:
         sq = 20.0 * math.log10(signal / noise)
     metrics = {"max_abs": max_abs, "mean_abs": mean_abs, "max_rel": max_rel, "cosine": cos, "sqnr_db": sq,
-               "identical": noise == 0.0 and not pattern, "nonfinite": int((~fa).sum()),
+               "identical": noise == 0.0 and not pattern, "nonfinite": nonfinite,
                "nonfinite_mismatch": pattern, "first_mismatch": first}
     return metrics, outside + mismatch, mismatch > 0
 

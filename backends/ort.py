@@ -126,6 +126,11 @@ class OrtCompiled(Compiled):
         # numpy has no bfloat16: such outputs are read through OrtValues (off the common path)
         self.bfloat16 = any(o.type == "tensor(bfloat16)" for o in session.get_outputs())
 
+    def close(self) -> None:
+        """The session (and the weights and arena it holds) let go once the runs are done: the
+        layer view that follows builds its own, and must not hold two."""
+        self.session = None
+
     def run(self, sample):
         feeds = {n: np.asarray(a) for n, a in zip(self.input_names, sample.values())}
         if not self.bfloat16:

@@ -92,3 +92,25 @@ def test_a_bad_max_memory_is_a_one_line_error():
                            "lots"], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert "--max-memory 'lots'" in done.stderr
+
+
+@needs("ort")
+def test_the_deployed_session_is_let_go_before_the_layer_view_builds_its_own():
+    """ORT's compiled model drops its session when its runs are done: the layer view's
+    instrumented session would otherwise sit beside a second copy of the weights."""
+    from backendiff.backends.ort import OrtAdapter
+
+    seen = {}
+    real = OrtAdapter.layer_source
+
+    def spy(self, model, sample, budget):
+        seen["deployed_session"] = self.deployed.session
+        return real(self, model, sample, budget)
+
+    OrtAdapter.layer_source = spy
+    try:
+        report = backendiff.compare(Deep(2).eval(), inputs=(X,), backends=["ort"], layerwise="always",
+                                    use_cache=False, isolate=False, golden=False)
+    finally:
+        OrtAdapter.layer_source = real
+    assert report.backends[0].layers and seen == {"deployed_session": None}

@@ -252,9 +252,9 @@ def test_only_the_samples_with_an_untranslatable_node_fail(tmp_path, monkeypatch
 
 
 def test_failures_that_name_what_a_route_cannot_translate_are_read_per_adapter():
-    from backends.openvino import OpenVinoAdapter
-    from backends.ort import OrtAdapter
-    from backends.tvm import TvmAdapter
+    from backendiff.backends.openvino import OpenVinoAdapter
+    from backendiff.backends.ort import OrtAdapter
+    from backendiff.backends.tvm import TvmAdapter
 
     tvm = TvmAdapter.failed_nodes({"message": "Unsupported function types ['sort.stable', 'amax.default']"})
     assert tvm.targets == {"sort.stable", "amax.default"} and tvm.complex is None
