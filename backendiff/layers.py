@@ -248,9 +248,10 @@ def record_nodes(graph_module, args) -> dict[str, np.ndarray]:
     return values
 
 
-def node_array(result) -> np.ndarray | None:
+def node_array(result, copy: bool = True) -> np.ndarray | None:
     """A node's value as the layer view compares it: its tensor (the first of a tuple) as
-    numpy, floating point as float32; None where it has none."""
+    numpy, floating point as float32; None where it has none. ``copy=False``: a view of the
+    tensor, for a value used before the next node runs (a later in-place op may change it)."""
     import torch
 
     t = result
@@ -259,15 +260,17 @@ def node_array(result) -> np.ndarray | None:
     if not isinstance(t, torch.Tensor):
         return None
     t = t.detach()
-    return (t.float() if t.is_floating_point() else t).cpu().numpy().copy()
+    t = (t.float() if t.is_floating_point() else t).cpu()
+    return t.numpy().copy() if copy else t.resolve_conj().resolve_neg().numpy()
 
 
-def walk_nodes(*runs, on_value) -> None:
+def walk_nodes(*runs, on_value, copy: bool = True) -> None:
     """Run FX graph modules of one graph (``(graph_module, args)`` pairs: the same program
     in fp32 and fp64, say) node by node in step, handing every call_function node's values
     (``node_array``) to ``on_value(name, *values)`` as they are made. A value no later node
     reads is freed as it is dropped (torch.fx's Interpreter): what is held is the live
-    activations of each run, not every intermediate. A node without a tensor gives None."""
+    activations of each run, not every intermediate. A node without a tensor gives None;
+    ``copy=False`` hands over views, valid only during the call."""
     import torch
     from torch.fx import Interpreter
 
@@ -287,7 +290,7 @@ def walk_nodes(*runs, on_value) -> None:
                 it.env[node] = it.run_node(node)
                 made.append(it.env[node])
             if step[0].op == "call_function":
-                on_value(step[0].name, *(node_array(v) for v in made))
+                on_value(step[0].name, *(node_array(v, copy) for v in made))
             for (it, _), node in zip(steppers, step):
                 for dead in it.user_to_last_uses.get(node, ()):
                     del it.env[dead]

@@ -358,21 +358,18 @@ def _run_parts(parts: list[Part], specs: list[str], config, depth: int = 0) -> d
             continue
         if b.status in ("failed", "crashed", "timeout"):
             err = b.error or {}
-            message = err.get("message") or ""
             missing = adapter_class(parse_spec(spec).name).failed_nodes(err)
             failing = missing and failing_samples(owners(missing.decompose), missing)
             if failing:     # the samples the failure is certainly about: failed, without a split
                 out |= _without(parts, failing, spec, err, config, depth)
                 continue
-            mine = named_parts(err, parts)
-            # a failure that names the one operator of the batch is every sample's: no split
-            if splittable and err.get("stage") in SPLIT_STAGES and \
-                    not (len(parts) == 1 and names_the_op(message, parts[0].case.name)):
+            # another failure can be one operator's or one sample's (an argument the runtime
+            # does not support): split until the failing samples stand alone
+            if splittable and err.get("stage") in SPLIT_STAGES:
                 again.append(spec)
-                named |= mine
+                named |= named_parts(err, parts)
                 continue
-            together = len(parts[0].indices) > 1 and splittable      # not run apart: the failure names the operator
-            out |= {(p.case.name, spec): failed_cell(p, err.get("stage"), failure_line(err), together) for p in parts}
+            out |= {(p.case.name, spec): failed_cell(p, err.get("stage"), failure_line(err)) for p in parts}
             continue
         start = 0
         for p, n in zip(parts, counts):
@@ -454,12 +451,11 @@ def _without(parts: list[Part], failing: dict, spec: str, err: dict, config, dep
     return {(name, spec): merge(found) if len(found) > 1 else found[0] for name, found in cells.items()}
 
 
-def failed_cell(part: Part, stage: str | None, message: str, together: bool = False) -> dict:
-    """The cell of an operator whose samples in ``part`` failed at ``stage`` (``together``:
-    run as one module only, so some of them may not fail alone)."""
+def failed_cell(part: Part, stage: str | None, message: str) -> dict:
+    """The cell of an operator whose every sample in ``part`` failed at ``stage``."""
     return {"status": "failed", "stage": stage, "message": message[:300], "samples": len(part.indices),
             "failed_samples": len(part.indices), "index": part.indices[0],
-            "examples": [describe(part.case.samples[i]) for i in part.indices[:3]]} | ({"together": True} if together else {})
+            "examples": [describe(part.case.samples[i]) for i in part.indices[:3]]}
 
 
 def _halves(parts: list[Part], specs: list[str], config, depth: int, named: set = frozenset()) -> dict:
@@ -507,8 +503,8 @@ def failure_line(err: dict) -> str:
 
 
 def names_the_op(message: str, name: str) -> bool:
-    """Whether a failure names the operator itself (``Unsupported function types
-    ['nonzero.default']``): every sample has it, so splitting the batch finds nothing."""
+    """Whether a failure names the operator (``Unsupported function types ['nonzero.default']``
+    names ``nonzero``): what tells which operator of a batch a failure is about."""
     base = name.split(".")[-1] if not name.startswith("nn.functional.") else name.split(".")[2]
     return bool(re.search(rf"(?<![A-Za-z0-9]){re.escape(base)}(?![A-Za-z0-9])", message))
 
@@ -561,8 +557,6 @@ def merge(parts: list[dict]) -> dict:
     if first["status"] == "failed":
         first["failed_samples"] = sum(p.get("failed_samples", 0) for p in parts if p["status"] == "failed")
         first["examples"] = [e for p in parts if p["status"] == "failed" for e in p["examples"]][:3]
-        if any(p.get("together") for p in parts):
-            first["together"] = True
         other = next((p for p in parts if p["status"] == "diverged"), None)
         if other:
             first["also_diverged"] = other["worst"]
@@ -720,8 +714,7 @@ def cell_text(cell: dict) -> str:
         shown = "n/a" if sqnr is None else ("inf" if sqnr == float("inf") else f"{sqnr:.1f}")
         return f"{cell['diverged_samples']}/{cell['samples']} · SQNR {shown} dB · {w['reason']} · {w['sample'][:120]}"
     if status == "failed":
-        together = " run together" if cell.get("together") else ""
-        return f"[{cell.get('stage')}] {cell.get('message', '')[:160]} ({cell.get('failed_samples')} samples{together})"
+        return f"[{cell.get('stage')}] {cell.get('message', '')[:160]} ({cell.get('failed_samples')} samples)"
     if status == "skipped":
         return cell.get("reason", "")[:80]
     if status == "semantics":

@@ -317,10 +317,10 @@ class Reference:
 
     def walk_layers(self, kind: str, on_value) -> None:
         """Every layer's fp32 reference value on the first sample, handed to ``on_value(node,
-        value)`` in execution order as it is made (``layers.walk_nodes``): only the live
-        activations are held, whatever the model's depth."""
+        value)`` in execution order as it is made (``layers.walk_nodes``; a view, valid during
+        the call): only the live activations are held, whatever the model's depth."""
         t0 = time.perf_counter()
-        L.walk_nodes(self._module(kind), self.artifacts.example_args(), on_value=on_value)
+        L.walk_nodes(self._module(kind), self.artifacts.example_args(), on_value=on_value, copy=False)
         name = "reference_layers_s" if kind == "onnx" else f"reference_layers_{kind}_s"
         self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
 
@@ -341,7 +341,7 @@ class Reference:
             double = copy.deepcopy(self._module(kind)).double()
             args = self.artifacts.example_args()
             wide = [a.double() if a.is_floating_point() else a for a in args]
-            L.walk_nodes((self._module(kind), args), (double, wide), on_value=compare)
+            L.walk_nodes((self._module(kind), args), (double, wide), on_value=compare, copy=False)
         except (RuntimeError, TypeError, ValueError, torch.fx.proxy.TraceError):
             return None
         finally:
