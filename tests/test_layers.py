@@ -441,9 +441,9 @@ def nudged_reference(monkeypatch, position: float) -> dict:
 
     original, chosen = L.walk_nodes, {}
 
-    def walk(*runs, on_value, copy=True):
+    def walk(*runs, on_value, **kw):
         if len(runs) != 1 and isinstance(runs[0], tuple):     # the fp32/fp64 pair: not nudged
-            return original(*runs, on_value=on_value, copy=copy)
+            return original(*runs, on_value=on_value, **kw)
         graph_module, args = runs[0] if isinstance(runs[0], tuple) else runs
         gm = copy.deepcopy(graph_module)
         nodes = [n for n in gm.graph.nodes if n.op == "call_function" and n.target is not operator.getitem
@@ -464,7 +464,7 @@ def nudged_reference(monkeypatch, position: float) -> dict:
                 on_value(node.name, value)
             elif name != node.name:
                 on_value(name, value)
-        original(gm, args, on_value=renamed, copy=copy)
+        original(gm, args, on_value=renamed, **kw)
 
     monkeypatch.setattr(L, "walk_nodes", walk)
     return chosen
