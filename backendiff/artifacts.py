@@ -12,7 +12,6 @@ keyed on (what the translation was made from) all come from one ``torch.onnx.exp
 from __future__ import annotations
 
 import contextlib
-import copy
 import functools
 import json
 import time
@@ -159,6 +158,21 @@ def _with_weights(proto, held: dict):
 def _exporter_versions() -> dict:
     """The ONNX exporter's packages, part of the key of every ONNX file it writes."""
     return package_versions(("onnx", "onnxscript", "onnx-ir"))
+
+
+def sharing_weights_of(program, ep):
+    """``program`` (read back from the cache) with each weight that equals ``ep``'s of the
+    same name replaced by ``ep``'s tensor: one copy of the model in memory, not two."""
+    import torch
+
+    mine = L.program_weights(ep)
+    for table in (program.state_dict, program.constants):
+        for name, t in list(table.items()):
+            other = mine.get(name)
+            if isinstance(t, torch.Tensor) and other is not None and type(t) is type(other) \
+                    and t.shape == other.shape and t.dtype == other.dtype and torch.equal(t, other):
+                table[name] = other
+    return program
 
 
 @functools.cache
@@ -402,7 +416,7 @@ class Artifacts:
         if decompose is None:
             raise KeyError(f"no program {kind!r} was made for this model")
         t0 = time.perf_counter()
-        program = decompose(copy.deepcopy(self.exported_program()))
+        program = decompose(L.copy_sharing_weights(self.exported_program()))
         self.timings[f"program_{kind}_s"] = time.perf_counter() - t0
         return program
 
@@ -422,8 +436,8 @@ class Artifacts:
                     pass
             return program
         if path.exists():
-            return torch.export.load(str(path))
-        ep = copy.deepcopy(self.exported_program())
+            return sharing_weights_of(torch.export.load(str(path)), self.exported_program())
+        ep = L.copy_sharing_weights(self.exported_program())
         t0 = time.perf_counter()
         program = prepare_for_onnx(ep)
         self.timings["layer_program_s"] = time.perf_counter() - t0

@@ -57,11 +57,11 @@ def program_prefix(ep, cut: str):
     """A copy of an ExportedProgram that returns only node ``cut``'s value, everything that
     does not lead to it removed: the unmodified prefix of the program, for runtimes that
     import the program itself."""
-    import copy
-
     from torch.export.graph_signature import OutputKind, OutputSpec, TensorArgument
 
-    ep = copy.deepcopy(ep)
+    from .layers import copy_sharing_weights
+
+    ep = copy_sharing_weights(ep)
     graph = ep.graph_module.graph
     node = next(n for n in graph.nodes if n.name == cut)
     out = next(n for n in graph.nodes if n.op == "output")

@@ -13,6 +13,7 @@ grows downstream). Where a NaN/Inf is first born is its own finding and takes pr
 """
 from __future__ import annotations
 
+import copy
 import operator
 import re
 from dataclasses import dataclass
@@ -176,16 +177,28 @@ def isolate_rows(rows: list[dict], reference: dict, isolated: dict, rtol: float,
         row["isolated"] = {"metrics": m, "within_tolerance": outside == 0, "nonfinite_born": born}
 
 
+def program_weights(ep) -> dict:
+    """An ExportedProgram's weights and constants that are tensors, by name."""
+    import torch
+
+    return {name: t for name, t in [*ep.state_dict.items(), *ep.constants.items()] if isinstance(t, torch.Tensor)}
+
+
+def copy_sharing_weights(ep):
+    """A deep copy of an ExportedProgram whose weights are the original's tensors (what a
+    decomposition consumes without a second copy of the model: decompositions rewrite the
+    graph, not the weights)."""
+    return copy.deepcopy(ep, {id(t): t for t in program_weights(ep).values()})
+
+
 def program_with_outputs(ep, names) -> tuple[object, list[str]]:
     """A copy of an ExportedProgram whose graph also returns the tensor value of every node
     in ``names`` (user outputs appended after the model's own), for runtimes that import the
     program itself. Returns (program, the appended node names in output order)."""
-    import copy
-
     import torch
     from torch.export.graph_signature import OutputKind, OutputSpec, TensorArgument
 
-    ep = copy.deepcopy(ep)
+    ep = copy_sharing_weights(ep)
     graph = ep.graph_module.graph
     out = next(n for n in graph.nodes if n.op == "output")
     own = {a.name for a in out.args[0] if hasattr(a, "name")}

@@ -114,3 +114,29 @@ def test_the_deployed_session_is_let_go_before_the_layer_view_builds_its_own():
     finally:
         OrtAdapter.layer_source = real
     assert report.backends[0].layers and seen == {"deployed_session": None}
+
+
+def test_programs_made_from_the_export_share_its_weights_and_compute_the_same():
+    """A decomposed or cached program holds the model's weights once: the copy a
+    decomposition consumes shares the export's tensors, and a program read back from the
+    cache takes the export's tensor wherever its own is equal (never where it differs)."""
+    import io
+
+    from backendiff.artifacts import sharing_weights_of
+    from backendiff.layers import copy_sharing_weights
+
+    model = Deep(2).eval()
+    ep = torch.export.export(model, (X,))
+    decomposed = copy_sharing_weights(ep).run_decompositions()
+    assert all(decomposed.state_dict[k] is v for k, v in ep.state_dict.items())
+    assert torch.equal(decomposed.module()(X), model(X))
+    buffer = io.BytesIO()
+    torch.export.save(decomposed, buffer)
+    buffer.seek(0)
+    loaded = torch.export.load(buffer)
+    name = "head.weight"
+    with torch.no_grad():
+        loaded.state_dict[name].add_(1.0)                  # one weight that is not the export's
+    shared = sharing_weights_of(loaded, ep)
+    assert shared.state_dict[name] is not ep.state_dict[name]
+    assert all(shared.state_dict[k] is v for k, v in ep.state_dict.items() if k != name)
