@@ -383,10 +383,15 @@ class Rows:
         self.tainted: set[str] = set()
         self.quality: dict[str, float] = {}
 
-    def add(self, layer: Layer, r, a) -> None:
+    def add(self, layer: Layer, r, a, compared: tuple | None = None) -> None:
+        """The next layer, its reference value ``r`` and the backend's ``a`` (None where it has
+        none); ``compared``: ``metrics.compare_arrays(a, r, rtol, atol)`` where already made."""
         self._unmeasured(layer, r, a)
         if self.measure:
-            self._row(layer, r, a)
+            self._row(layer, r, a, compared)
+
+    def comparable(self, r, a) -> bool:
+        return r is not None and a is not None and np.shape(r) == np.shape(a) and r.dtype.kind in "fc"
 
     def _unmeasured(self, layer: Layer, r, a) -> None:
         if r is None or np.asarray(r).dtype.kind not in "fc" or layer.node in self.seen_through:
@@ -401,17 +406,17 @@ class Rows:
         self.unmeasured.append({"index": layer.index, "module": layer.module, "op_type": layer.op_type,
                                 "node": layer.node, "source": layer.source, "why": why, "fused_into": into})
 
-    def _row(self, layer: Layer, r, a) -> None:
+    def _row(self, layer: Layer, r, a, compared: tuple | None) -> None:
         delta, tainted, quality = self.delta, self.tainted, self.quality
         inputs = [delta[i] for i in layer.inputs if i in delta]
         inherited = any(i in tainted for i in layer.inputs)
-        if r is None or a is None or np.shape(r) != np.shape(a) or r.dtype.kind not in "fc":
+        if not self.comparable(r, a):
             if inputs:
                 delta[layer.node] = max(inputs)
             if inherited:
                 tainted.add(layer.node)
             return
-        m, outside, mismatch = M.compare_arrays(a, r, self.rtol, self.atol)
+        m, outside, mismatch = compared or M.compare_arrays(a, r, self.rtol, self.atol)
         layout = None
         worst_input = min((quality[i] for i in layer.inputs if i in quality), default=None)
         if outside and (worst_input is None or M.sqnr_value(m) < worst_input - LAYOUT_DROP_DB):
@@ -485,6 +490,41 @@ def first_divergence(rows: list[LayerRow]) -> FirstDivergence | None:
 def _summary(row: LayerRow, reason: str) -> FirstDivergence:
     return FirstDivergence(index=row["index"], module=row["module"], op_type=row["op_type"], node=row["node"],
                            source=row["source"], metrics=row["metrics"], growth=row["growth"], reason=reason)
+
+
+class RowsAhead:
+    """``Rows.add`` with each layer's comparison made on a second thread while the next
+    layers run (numpy and torch let go of the GIL): the same rows in the same order, at most
+    ``ahead`` layers' values waiting. ``finish()`` settles the rest."""
+
+    def __init__(self, rows: Rows, ahead: int = 4):
+        from collections import deque
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.rows, self.ahead, self.waiting = rows, ahead, deque()
+        self.pool = ThreadPoolExecutor(1, thread_name_prefix="backendiff-rows")
+
+    def add(self, layer: Layer, r, a) -> None:
+        """As ``Rows.add``; ``r`` may be a view valid only during the call (it is copied)."""
+        job = None
+        if self.rows.measure and self.rows.comparable(r, a):
+            r = np.array(r)
+            job = self.pool.submit(M.compare_arrays, a, r, self.rows.rtol, self.rows.atol)
+        self.waiting.append((layer, r, a, job))
+        while len(self.waiting) > self.ahead:
+            self._settle()
+
+    def _settle(self) -> None:
+        layer, r, a, job = self.waiting.popleft()
+        self.rows.add(layer, r, a, job.result() if job is not None else None)
+
+    def finish(self) -> Rows:
+        try:
+            while self.waiting:
+                self._settle()
+        finally:
+            self.pool.shutdown(cancel_futures=True)
+        return self.rows
 
 
 class HeldValues:

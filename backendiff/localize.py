@@ -91,7 +91,7 @@ def layer_view(adapter, handle: ModelHandle, kind: str, tol, config: CompareConf
     the backend's as it is made and dropped, the backend's values come in chunks within the
     memory budget (``--max-memory``) where the adapter can capture them so; else every
     value of both sides at once."""
-    from .layers import HeldValues, Rows
+    from .layers import HeldValues, Rows, RowsAhead
 
     outputs = set(handle.output_layer_names(kind))
     if not handle.reference.streams(kind) or config.isolate_layers:
@@ -104,20 +104,24 @@ def layer_view(adapter, handle: ModelHandle, kind: str, tol, config: CompareConf
         source = adapter.layer_source(handle, handle.samples[0], budget)
         result.info["layer_capture"] = {"streamed": True, "chunk_mb": round(budget / 2**20, 1)}
     rows, kept, by_node = Rows(layers, source.names, tol.rtol, tol.atol), {}, {layer.node: layer for layer in layers}
+    ahead = RowsAhead(rows)      # each comparison beside the next layers' run
 
     def arrive(node: str, r) -> None:
         a = source.get(node)
         if node in outputs and a is not None:
             kept[node] = a
         if node in by_node:
-            rows.add(by_node[node], r, a)
+            ahead.add(by_node[node], r, a)
 
-    if reference is not None:
-        for layer in layers:
-            arrive(layer.node, reference.get(layer.node))
-    else:
-        handle.reference.walk_layers(kind, arrive)
-        result.info["layer_capture"]["runs"] = source.runs
+    try:
+        if reference is not None:
+            for layer in layers:
+                arrive(layer.node, reference.get(layer.node))
+        else:
+            handle.reference.walk_layers(kind, arrive)
+            result.info["layer_capture"]["runs"] = source.runs
+    finally:
+        ahead.finish()
     return layers, rows, kept, reference
 
 

@@ -11,7 +11,8 @@ import torch
 import backendiff
 from backendiff.cli_options import parse_size
 from backendiff.errors import BadInput
-from backendiff.layers import ChunkedValues, Rows, chunks_within, graph_layers, layer_rows, record_nodes, walk_nodes
+from backendiff.layers import (ChunkedValues, Rows, RowsAhead, chunks_within, graph_layers, layer_rows, record_nodes,
+                               walk_nodes)
 
 from .conftest import needs
 
@@ -51,6 +52,10 @@ def test_streamed_rows_are_the_rows_of_held_values():
     walk_nodes(gm, (X,), on_value=lambda node, r: streamed.add(by_node[node], r, actual.get(node)))
     assert streamed.rows == held and len(held) > 10
     assert [u["node"] for u in streamed.unmeasured] == [floats[5]]
+    # compared on a second thread while the walk goes on (views handed over): the same rows
+    ahead = RowsAhead(Rows(layers, set(actual), 1e-4, 1e-4), ahead=3)
+    walk_nodes(gm, (X,), on_value=lambda node, r: ahead.add(by_node[node], r, actual.get(node)), copy=False)
+    assert ahead.finish().rows == held
     assert next(r for r in held if not r["within_tolerance"])["node"] == floats[3]
 
 
