@@ -11,8 +11,7 @@ import torch
 import backendiff
 from backendiff.cli_options import parse_size
 from backendiff.errors import BadInput
-from backendiff.layers import (ChunkedValues, Rows, RowsAhead, chunks_within, graph_layers, layer_rows, record_nodes,
-                               walk_nodes)
+from backendiff.layers import ChunkedValues, Rows, RowsAhead, chunks_within, graph_layers, layer_rows, record_nodes, walk_nodes
 
 from .conftest import needs
 
