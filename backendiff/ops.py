@@ -177,22 +177,28 @@ def aten_ops(case: OpCase) -> list[frozenset]:
     except Exception:  # noqa: BLE001 - then the cell itself says why
         return [frozenset() for _ in case.samples]
     results = list(torch.utils._pytree.tree_leaves(next(n for n in graph.nodes if n.op == "output").args))
-    owner = [i for i, n in enumerate(counts) for _ in range(n)]     # result position -> its sample
-    found = [set() for _ in case.samples]
-    for node, i in zip(results, owner):
-        seen, todo = set(), [node]
+    reach = upstream(results, [i for i, n in enumerate(counts) for _ in range(n)])   # sample -> its nodes
+    return [frozenset(str(n.target._opname) for n in reach.get(i, ())
+                      if n.op == "call_function" and getattr(n.target, "_opname", None)) for i in range(len(counts))]
+
+
+def upstream(results: list, owners: list) -> dict:
+    """Owner -> every FX node that one of its results (``results[k]`` is ``owners[k]``'s)
+    depends on, itself included."""
+    import torch
+
+    found: dict = {}
+    for node, who in zip(results, owners):
+        mine, todo = found.setdefault(who, set()), [node]
         while todo:
             n = todo.pop()
-            if not isinstance(n, torch.fx.Node) or n in seen:
-                continue
-            seen.add(n)
-            if n.op == "call_function" and getattr(n.target, "_opname", None):
-                found[i].add(str(n.target._opname))
-            todo += n.all_input_nodes
-    return [frozenset(f) for f in found]
+            if isinstance(n, torch.fx.Node) and n not in mine:
+                mine.add(n)
+                todo += n.all_input_nodes
+    return found
 
 
-def union(sets) -> list[str]:
+def all_aten(sets) -> list[str]:
     return sorted(set().union(*sets))
 
 
@@ -387,7 +393,7 @@ def _run_parts(parts: list[Part], specs: list[str], config, depth: int = 0) -> d
 
 
 def sample_targets(module, inputs, parts: list[Part], counts: list[list[int]], decompose) -> dict:
-    """(part index, sample index) -> the (name, operator type, has complex inputs) of every node
+    """(part index, sample index) -> the (operator type, has complex inputs) of every node
     its results depend on in the batch module's program as ``decompose(ep)`` gives it (as a
     route decomposes it); empty where it does not export."""
     import torch
@@ -397,36 +403,28 @@ def sample_targets(module, inputs, parts: list[Part], counts: list[list[int]], d
             ep = decompose(torch.export.export(module, inputs, strict=False))
     except Exception:  # noqa: BLE001 - nothing to tell the samples apart by: the batch is split instead
         return {}
-    owner = [(k, i) for k, (p, n) in enumerate(zip(parts, counts)) for i, c in zip(p.indices, n) for _ in range(c)]
+    owners = [(k, i) for k, (p, n) in enumerate(zip(parts, counts)) for i, c in zip(p.indices, n) for _ in range(c)]
     nodes = {n.name: n for n in ep.graph.nodes}
     results = [nodes.get(o.arg.name) if hasattr(o.arg, "name") else None for o in ep.graph_signature.output_specs
                if o.kind == torch.export.graph_signature.OutputKind.USER_OUTPUT]
-    found: dict = {}
-    for node, who in zip(results, owner):
-        mine, todo = found.setdefault(who, set()), [node]
-        while todo:
-            n = todo.pop()
-            if not isinstance(n, torch.fx.Node) or (n.name, True) in mine or (n.name, False) in mine:
-                continue
-            complex_in = any(getattr(a.meta.get("val"), "is_complex", lambda: False)() for a in n.all_input_nodes)
-            mine.add((n.name, complex_in))
-            todo += n.all_input_nodes
-    return {who: {(name, str(nodes[name].target), c) for name, c in mine if nodes[name].op == "call_function"}
-            for who, mine in found.items()}
+
+    def has_complex_input(n) -> bool:
+        return any(getattr(a.meta.get("val"), "is_complex", lambda: False)() for a in n.all_input_nodes)
+
+    return {who: {(str(n.target), has_complex_input(n)) for n in mine if n.op == "call_function"}
+            for who, mine in upstream(results, owners).items()}
 
 
 def failing_samples(targets: dict, missing) -> dict:
-    """(part index, sample index) -> the types of the nodes its program has of a failure's
-    ``backends.base.FailedNodes``, for the samples that have one."""
-    def hit(name: str, target: str, complex_in: bool) -> str | None:
-        if name in missing.nodes:
-            return target
-        bare = target.split(".", 1)[-1]      # TVM names overloads without their namespace
+    """(part index, sample index) -> the untranslatable types (``backends.base.FailedNodes``)
+    its program has a node of, for the samples that have one."""
+    def hit(target: str, complex_in: bool) -> str | None:
         if missing.complex is not None and complex_in != missing.complex:
             return None
+        bare = target.split(".", 1)[-1]      # TVM names overloads without their namespace
         return target if target in missing.targets else bare if bare in missing.targets else None
 
-    found = {who: {h for n, t, c in nodes if (h := hit(n, t, c))} for who, nodes in targets.items()}
+    found = {who: {h for t, c in nodes if (h := hit(t, c))} for who, nodes in targets.items()}
     return {who: hits for who, hits in found.items() if hits}
 
 
@@ -634,7 +632,7 @@ def _run_group(todo: tuple, group: list, dtype: str, config, out: Path) -> None:
     cell stored and set on its row."""
     sample_aten = {case.name: aten_ops(case) for case, _ in group}
     for case, row in group:
-        row["aten"] = row["aten"] if row["aten"] is not None else union(sample_aten[case.name])
+        row["aten"] = row["aten"] if row["aten"] is not None else all_aten(sample_aten[case.name])
     found = run_batch([case for case, _ in group], list(todo), config, sample_aten)
     for case, row in group:
         for spec in todo:

@@ -24,14 +24,13 @@ from backendiff.specs import BackendSpec
 
 
 class FailedNodes(NamedTuple):
-    """The nodes a failure is certainly about, in the program ``decompose(ep)`` gives (what the
-    route translates): every node of a type in ``targets`` (``aten.sort.stable``; TVM names
-    them without the namespace), which the route cannot translate whatever the arguments
-    (where only nodes with complex (True) or real (False) inputs fail, ``complex`` says
-    which), and the nodes named in ``nodes``."""
+    """What a failure says a route has no translation for at all, so that every node of such
+    a type fails whatever its arguments: the operator types (``aten.sort.stable``; TVM names
+    them without the namespace) as nodes of the program ``decompose(ep)`` gives (what the
+    route translates), and, where only nodes with complex (True) or real (False) inputs fail,
+    which."""
     decompose: Callable
-    targets: frozenset = frozenset()
-    nodes: frozenset = frozenset()
+    targets: frozenset
     complex: bool | None = None
 
 
