@@ -648,7 +648,9 @@ class OrtAdapter(Adapter):
             return super().layer_source(model, sample, budget)
         from backendiff.layers import ChunkedValues, chunks_within, value_sizes
 
-        session = self._session(self._instrumented(model))
+        so = self._options()
+        so.enable_cpu_mem_arena = False     # what a chunk's run needed goes back, not kept for the next
+        session = self._session(self._instrumented(model), so)
         inputs = [i.name for i in session.get_inputs()]
         feeds = dict(zip(inputs, feeds_in_order(inputs, list(sample.values()), {})))
         graph = model.program("onnx").graph
