@@ -308,8 +308,9 @@ def sweep_cmd(out_dir, store_dir, render_only, quiet, **opts):
 @click.option("--out", "out_dir", type=click.Path(path_type=Path), default=Path("reports/ops"), show_default=True,
               help="Where the cells and the matrix go; a rerun resumes from the cells stored there.")
 @click.option("--force", is_flag=True, help="Recompute stored cells.")
-@click.option("--batch", default=8, show_default=True,
-              help="Operators per exported module (one export and compile serve them; a failing batch is split).")
+@click.option("--batch", type=int, default=None,
+              help="Operators per exported module (one export and compile serve them; a failing batch is split). "
+                   "Default: 8, fewer where that leaves a job fewer than two batches.")
 @click.option("--jobs", "-j", default=min(4, os.cpu_count() or 1), show_default="the CPUs, at most 4",
               help="Batches run at once, each in a process of its own.")
 @click.option("--cache-dir", type=click.Path(path_type=Path), help="Cache folder (default ~/.cache/backendiff).")

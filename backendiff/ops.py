@@ -13,6 +13,7 @@ from __future__ import annotations
 import fnmatch
 import functools
 import json
+import math
 import re
 import time
 from dataclasses import dataclass
@@ -575,14 +576,14 @@ def cell_path(out: Path, name: str, spec: str, dtype: str) -> Path:
 
 
 def run(patterns: list[str], specs: list[str], dtypes: list[str], limit: int, out: Path, force: bool,
-        config, progress=lambda m: None, batch: int = OPS_PER_MODULE, jobs: int = 1) -> dict:
+        config, progress=lambda m: None, batch: int | None = None, jobs: int = 1) -> dict:
     """Every operator matching ``patterns`` × ``specs`` × ``dtypes``, ``batch`` operators per
     module, the batches shared by ``jobs`` processes; every cell is stored as its batch
     finishes and read back on a rerun (``force`` recomputes). Returns the matrix."""
     for d in dtypes:
         if d not in DTYPES:
             raise BadInput(f"--dtypes {d!r}: supported here: {', '.join(DTYPES)}")
-    if batch < 1 or jobs < 1:
+    if (batch is not None and batch < 1) or jobs < 1:
         raise BadInput("--batch and --jobs must be at least 1")
     database = load_database()
     (out / "cells").mkdir(parents=True, exist_ok=True)
@@ -604,8 +605,9 @@ def run(patterns: list[str], specs: list[str], dtypes: list[str], limit: int, ou
                     todo.append(spec)
             if todo:
                 pending.setdefault(tuple(todo), []).append((case, row))
-        groups = [(todo, entries[k:k + batch]) for todo, entries in pending.items()
-                  for k in range(0, len(entries), batch)]
+        size = batch or batch_size(sum(len(e) for e in pending.values()), jobs)
+        groups = [(todo, entries[k:k + size]) for todo, entries in pending.items()
+                  for k in range(0, len(entries), size)]
         started, parallel = time.time(), jobs > 1 and len(groups) > 1
         if parallel:
             _in_jobs(groups, jobs, dtype, config, out, progress)
@@ -625,6 +627,12 @@ def run(patterns: list[str], specs: list[str], dtypes: list[str], limit: int, ou
     latest.parent.mkdir(parents=True, exist_ok=True)
     write_atomic(latest, lambda tmp: tmp.write_text(json.dumps(matrix, default=_json)))
     return matrix
+
+
+def batch_size(operators: int, jobs: int) -> int:
+    """Operators per module by default: ``OPS_PER_MODULE``, fewer where that would leave a job
+    fewer than two batches (a filtered run's few batches differ tenfold in cost)."""
+    return max(1, min(OPS_PER_MODULE, math.ceil(operators / (2 * jobs))))
 
 
 def _run_group(todo: tuple, group: list, dtype: str, config, out: Path) -> None:

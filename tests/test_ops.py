@@ -75,6 +75,14 @@ def test_halves_of_a_batch_merge_worst_first():
     assert not names_the_op("shapes do not match", "nn.functional.selu")
 
 
+def test_the_default_batch_leaves_every_job_two_batches_at_least():
+    from backendiff.ops import OPS_PER_MODULE, batch_size
+
+    assert batch_size(677, 2) == OPS_PER_MODULE == 8      # the whole database: full modules
+    assert batch_size(20, 2) == 5                           # a filtered run: 4 batches for 2 jobs
+    assert batch_size(3, 4) == batch_size(1, 1) == 1
+
+
 def test_bad_ops_arguments_are_one_line(tmp_path):
     from click.testing import CliRunner
 
