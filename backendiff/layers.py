@@ -155,18 +155,6 @@ def record_isolated(graph_module, args, reference: dict, dtype=None) -> dict[str
     return values
 
 
-def fp64_rows(rows: list[dict], reference: dict, golden: dict | None) -> None:
-    """Add each row's fp32-reference-vs-fp64 error: what ordinary fp32 rounding gives at that
-    layer (a backend near it is as good as PyTorch itself there). In place."""
-    if not golden:
-        return
-    for row in rows:
-        r, g = reference.get(row["node"]), golden.get(row["node"])
-        if r is not None and g is not None and np.shape(r) == np.shape(g):
-            m = M.compare_arrays(r, g)[0]
-            row["fp64_baseline"] = {"max_abs": m["max_abs"], "sqnr_db": m["sqnr_db"]}
-
-
 def isolate_rows(rows: list[dict], reference: dict, isolated: dict, rtol: float, atol: float) -> None:
     """Add each row's own error (isolated mode), in place."""
     for row in rows:
@@ -371,8 +359,8 @@ class Rows:
     another shape (a layout it did not bring back). Reported, never silently skipped.
     ``present``: the nodes the backend's run has a value for."""
 
-    def __init__(self, layers: list[Layer], present: set[str], rtol: float, atol: float, measure: bool = True):
-        self.layers, self.present, self.rtol, self.atol, self.measure = layers, present, rtol, atol, measure
+    def __init__(self, layers: list[Layer], present: set[str], rtol: float, atol: float):
+        self.layers, self.present, self.rtol, self.atol = layers, present, rtol, atol
         self.order = {layer.node: i for i, layer in enumerate(layers)}
         # a multi-output op (batch norm) is measured through the getitem that picks its output
         self.seen_through = {layer.inputs[0] for layer in layers
@@ -387,8 +375,7 @@ class Rows:
         """The next layer, its reference value ``r`` and the backend's ``a`` (None where it has
         none); ``compared``: ``metrics.compare_arrays(a, r, rtol, atol)`` where already made."""
         self._unmeasured(layer, r, a)
-        if self.measure:
-            self._row(layer, r, a, compared)
+        self._row(layer, r, a, compared)
 
     def comparable(self, r, a) -> bool:
         return r is not None and a is not None and np.shape(r) == np.shape(a) and r.dtype.kind in "fc"
@@ -507,7 +494,7 @@ class RowsAhead:
     def add(self, layer: Layer, r, a) -> None:
         """As ``Rows.add``; ``r`` may be a view valid only during the call (it is copied)."""
         job = None
-        if self.rows.measure and self.rows.comparable(r, a):
+        if self.rows.comparable(r, a):
             r = np.array(r)
             job = self.pool.submit(M.compare_arrays, a, r, self.rows.rtol, self.rows.atol)
         self.waiting.append((layer, r, a, job))

@@ -48,7 +48,7 @@ def localize(adapter, handle: ModelHandle, result: BackendResult, tol, progress,
         result.info["fusion"] = "unknown: this backend (or variant) does not say what its deployed model fused"
     if config.golden and (result.status == DIVERGED or not all(row["within_tolerance"] for row in rows)):
         # the fp64 floor tells a diverged layer from fp32 rounding: made only where one is
-        fp64_floor(handle, kind, rows, reference)
+        fp64_floor(handle, kind, rows)
     elif config.golden:
         result.info["fp64_layers"] = "not computed: every layer is within tolerance"
     if config.isolate_layers:
@@ -140,14 +140,9 @@ def capture_budget(max_memory: int | None) -> int:
     return int(min(CHUNK_BYTES, max(1 << 20, (limit - current_rss_bytes()) // 2)))
 
 
-def fp64_floor(handle: ModelHandle, kind: str, rows: list[LayerRow], reference: dict | None) -> None:
-    """Each row's fp32-reference-vs-fp64 error (``fp64_baseline``): from the values held
-    where the view held them, else from the two programs run in step, nothing kept."""
-    from .layers import fp64_rows
-
-    if reference is not None:
-        fp64_rows(rows, reference, handle.reference.layers_fp64(kind))
-        return
+def fp64_floor(handle: ModelHandle, kind: str, rows: list[LayerRow]) -> None:
+    """Each row's fp32-reference-vs-fp64 error (``fp64_baseline``), from the two programs run
+    in step, nothing kept."""
     found = handle.reference.fp64_baselines(kind, {row["node"] for row in rows}) or {}
     for row in rows:
         if row["node"] in found:

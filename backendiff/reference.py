@@ -145,7 +145,6 @@ class Reference:
         self._golden: tuple[list[list[np.ndarray]] | None, str | None] | None = None
         self._task_outputs: np.ndarray | None = None
         self._layers: dict[str, tuple] = {}
-        self._layers_fp64: dict[str, dict | None] = {}
         self._modules: dict[str, object] = {}
 
     # -- the outputs ------------------------------------------------------------------
@@ -325,8 +324,11 @@ class Reference:
         self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
 
     def fp64_baselines(self, kind: str, nodes: set[str]) -> dict[str, dict] | None:
-        """Each of ``nodes``' fp32-reference-vs-fp64 error ({max_abs, sqnr_db}), the two programs
-        run in step and compared as they go; None where the model does not run in float64."""
+        """Each of ``nodes``' fp32-reference-vs-fp64 error ({max_abs, sqnr_db}): what ordinary
+        fp32 rounding gives at that layer, the two programs run in step and compared as they
+        go; None where there is no PyTorch program or it does not run in float64."""
+        if not self.artifacts.has_torch:
+            return None
         import torch
 
         out: dict[str, dict] = {}
@@ -348,21 +350,3 @@ class Reference:
             self.timings["layers_fp64_s"] = time.perf_counter() - t0
         return out
 
-    def layers_fp64(self, kind: str = "onnx") -> dict | None:
-        """Every layer's value in float64 (the ``kind`` program run in double), or None where
-        the model does not run in float64: what fp32 rounding alone does to each layer."""
-        if kind not in self._layers_fp64:
-            self._layers_fp64[kind] = self._record_fp64(kind)
-        return self._layers_fp64[kind]
-
-    def _record_fp64(self, kind: str) -> dict | None:
-        if not self.artifacts.has_torch:
-            return None
-        import torch
-
-        try:
-            graph_module = copy.deepcopy(self.artifacts.program(kind).module()).double()
-            args = [a.double() if a.is_floating_point() else a for a in self.artifacts.example_args()]
-            return L.record_nodes(graph_module, args)
-        except (RuntimeError, TypeError, ValueError, torch.fx.proxy.TraceError):
-            return None
